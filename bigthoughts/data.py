@@ -1,0 +1,369 @@
+"""GSM8K loading (local path or checksummed download) and the prompts we feed models.
+
+GSM8K (Cobbe et al., 2021) ships as two JSON-lines files, ``train.jsonl`` (7,473 rows)
+and ``test.jsonl`` (1,319 rows), each row ``{"question": ..., "answer": ...}`` where
+the answer is a worked solution ending in a line ``#### N``. We keep the solution
+text and its canonical final number (:func:`bigthoughts.answers.parse_gold`).
+
+Where the files come from, in order: an explicit path (``--data``), the environment
+variable ``BIGTHOUGHTS_DATA``, then the cache ``$XDG_CACHE_HOME/bigthoughts/gsm8k``
+(``~/.cache/bigthoughts/gsm8k``), which ``bigthoughts download`` fills from the
+official repository and checks against the SHA-256 digests below.
+
+Prompts come in two shapes: Gemma chat turns for instruction-tuned models, and a
+plain few-shot text for base models, which continue a pattern rather than follow an
+instruction. Both ask for ``<reasoning>...</reasoning>`` then ``<answer>N</answer>``,
+the format that :mod:`bigthoughts.rewards` scores.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import os
+import re
+import tempfile
+import urllib.error
+import urllib.request
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from bigthoughts.answers import parse_gold
+
+__all__ = [
+    "ANSWER_STOP",
+    "DATA_ENV_VAR",
+    "FEWSHOT_EXAMPLES",
+    "FEWSHOT_STOP",
+    "GSM8K_SHA256",
+    "GSM8K_URL",
+    "SPLITS",
+    "SYSTEM_PROMPT",
+    "DataError",
+    "Example",
+    "WorkedExample",
+    "build_prompt",
+    "chat_prompt",
+    "default_cache_dir",
+    "download",
+    "fewshot_prompt",
+    "load_gsm8k",
+    "resolve_data_dir",
+    "solution_to_reasoning",
+]
+
+SPLITS = ("train", "test")
+DATA_ENV_VAR = "BIGTHOUGHTS_DATA"
+GSM8K_URL = (
+    "https://raw.githubusercontent.com/openai/grade-school-math/master/"
+    "grade_school_math/data/{split}.jsonl"
+)
+GSM8K_SHA256 = {
+    "train": "17f347dc51477c50d4efb83959dbb7c56297aba886e5544ee2aaed3024813465",
+    "test": "3730d312f6e3440559ace48831e51066acaca737f6eabec99bccb9e4b3c39d14",
+}
+
+
+class DataError(Exception):
+    """The data set could not be found, read, parsed or downloaded."""
+
+
+@dataclass(frozen=True)
+class Example:
+    """One GSM8K problem. ``gold`` is the canonical final number of ``answer``."""
+
+    id: str
+    question: str
+    answer: str
+    gold: str
+
+
+def default_cache_dir(env: Mapping[str, str] | None = None) -> Path:
+    """``$XDG_CACHE_HOME/bigthoughts/gsm8k``, or ``~/.cache/bigthoughts/gsm8k``."""
+    env = os.environ if env is None else env
+    base = env.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "bigthoughts" / "gsm8k"
+
+
+def resolve_data_dir(
+    path: str | Path | None = None, *, env: Mapping[str, str] | None = None
+) -> Path:
+    """The GSM8K directory: ``path``, else ``$BIGTHOUGHTS_DATA``, else the cache dir.
+
+    ``env`` defaults to ``os.environ``. Raises DataError saying what was tried and how
+    to fix it when the chosen directory does not exist.
+    """
+    env = os.environ if env is None else env
+    if path is not None:
+        candidate, source = Path(path).expanduser(), "the path given"
+    elif env.get(DATA_ENV_VAR):
+        candidate, source = Path(env[DATA_ENV_VAR]).expanduser(), f"${DATA_ENV_VAR}"
+    else:
+        candidate, source = default_cache_dir(env), "the default cache directory"
+    if not candidate.is_dir():
+        raise DataError(
+            f"GSM8K data not found: {candidate} ({source}) is not a directory. "
+            f"Pass --data DIR, set {DATA_ENV_VAR}=DIR, or run `bigthoughts download`."
+        )
+    return candidate
+
+
+def _split_file(split: str, path: str | Path | None, env: Mapping[str, str] | None) -> Path:
+    if split not in SPLITS:
+        raise DataError(f"unknown GSM8K split {split!r}; expected one of {', '.join(SPLITS)}")
+    if path is not None and Path(path).suffix == ".jsonl":
+        file = Path(path).expanduser()
+    else:
+        file = resolve_data_dir(path, env=env) / f"{split}.jsonl"
+    if not file.is_file():
+        raise DataError(
+            f"GSM8K file not found: {file}. Pass --data DIR, set {DATA_ENV_VAR}=DIR, "
+            "or run `bigthoughts download`."
+        )
+    return file
+
+
+def load_gsm8k(
+    split: str = "test",
+    path: str | Path | None = None,
+    *,
+    strict: bool = False,
+    limit: int | None = None,
+    env: Mapping[str, str] | None = None,
+) -> list[Example]:
+    """Load a GSM8K split as :class:`Example` rows, ids ``"{split}-{row:04d}"``.
+
+    ``path`` is a directory holding ``{split}.jsonl`` or a ``.jsonl`` file; None
+    resolves it with :func:`resolve_data_dir`. Rows whose answer lacks a ``#### N``
+    number are skipped with one warning giving their count, or raise DataError when
+    ``strict``. Malformed JSON and missing keys always raise DataError naming the file
+    and line. ``limit`` keeps the first ``limit`` examples.
+    """
+    if limit is not None and limit < 0:
+        raise DataError(f"limit must be >= 0, got {limit}")
+    file = _split_file(split, path, env)
+    try:
+        # split on "\n" only: str.splitlines() would also break at U+2028 inside a string
+        lines = file.read_text(encoding="utf-8").split("\n")
+    except (OSError, UnicodeDecodeError) as err:
+        raise DataError(f"could not read {file}: {err}") from err
+    examples: list[Example] = []
+    skipped, row = 0, -1
+    for lineno, line in enumerate(lines, start=1):
+        if limit is not None and len(examples) >= limit:
+            break
+        if not line.strip():
+            continue
+        row += 1
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{file}:{lineno}: malformed JSON ({err.msg})") from err
+        if not isinstance(record, dict):
+            raise DataError(f"{file}:{lineno}: expected a JSON object, got {type(record).__name__}")
+        for key in ("question", "answer"):
+            if not isinstance(record.get(key), str):
+                raise DataError(
+                    f"{file}:{lineno}: missing or non-string key {key!r} "
+                    "(each row needs 'question' and 'answer')"
+                )
+        try:
+            gold = parse_gold(record["answer"])
+        except ValueError as err:
+            if strict:
+                raise DataError(f"{file}:{lineno}: {err}") from err
+            skipped += 1
+            continue
+        examples.append(Example(f"{split}-{row:04d}", record["question"], record["answer"], gold))
+    if skipped:
+        warnings.warn(f"skipped {skipped} rows without a '#### N' answer in {file}", stacklevel=2)
+    return examples
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _fetch(url: str, timeout: float) -> bytes:
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        return response.read()
+
+
+def _write_atomic(target: Path, payload: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(payload)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def download(
+    dest: Path | None = None,
+    *,
+    splits: Sequence[str] = SPLITS,
+    timeout: float = 30,
+    env: Mapping[str, str] | None = None,
+) -> Path:
+    """Fetch the official GSM8K files into ``dest`` (default: the cache dir); return it.
+
+    Each file is checked against :data:`GSM8K_SHA256` before it replaces anything
+    (written to a temporary file, then ``os.replace``). Files already present with
+    the right digest are not fetched again. Raises DataError when offline or when a
+    digest does not match (the bad file is not kept).
+    """
+    dest = Path(dest).expanduser() if dest is not None else default_cache_dir(env)
+    for split in splits:
+        if split not in SPLITS:
+            raise DataError(f"unknown GSM8K split {split!r}; expected one of {', '.join(SPLITS)}")
+    dest.mkdir(parents=True, exist_ok=True)
+    for split in splits:
+        target, expected = dest / f"{split}.jsonl", GSM8K_SHA256[split]
+        if target.is_file() and _sha256_file(target) == expected:
+            continue
+        url = GSM8K_URL.format(split=split)
+        try:
+            payload = _fetch(url, timeout)
+        except urllib.error.HTTPError as err:
+            raise DataError(
+                f"could not download GSM8K from {url}: HTTP {err.code} {err.reason}. "
+                f"Copy train.jsonl/test.jsonl into {dest} or set {DATA_ENV_VAR}"
+            ) from err
+        except (OSError, http.client.HTTPException, ValueError) as err:
+            reason = getattr(err, "reason", None) or err
+            raise DataError(
+                f"could not download GSM8K from {url}: {reason}. You appear to be offline; "
+                f"copy train.jsonl/test.jsonl into {dest} or set {DATA_ENV_VAR}"
+            ) from err
+        actual = hashlib.sha256(payload).hexdigest()
+        if actual != expected:
+            raise DataError(
+                f"checksum mismatch for {url}: expected sha256 {expected}, got {actual}; "
+                "the file was not saved"
+            )
+        _write_atomic(target, payload)
+    return dest
+
+
+SYSTEM_PROMPT = (
+    "Solve the math word problem. Think step by step and write your reasoning between "
+    "<reasoning> and </reasoning>. Then give only the final answer, a single number "
+    "without units, between <answer> and </answer>."
+)
+
+FEWSHOT_STOP = "\nQuestion:"
+"""Where a base model starts inventing the next few-shot question: stop generating."""
+ANSWER_STOP = "</answer>"
+"""Nothing after the closed answer is needed: stop generating."""
+
+
+@dataclass(frozen=True)
+class WorkedExample:
+    """A hand-written few-shot demonstration (not taken from GSM8K)."""
+
+    question: str
+    reasoning: str
+    answer: str
+
+
+FEWSHOT_EXAMPLES = (
+    WorkedExample(
+        question=(
+            "A baker makes 24 muffins in the morning and 18 muffins in the afternoon. "
+            "She sells 30 of them. How many muffins does she have left?"
+        ),
+        reasoning=(
+            "The baker makes 24 + 18 = 42 muffins in total. "
+            "After selling 30 of them she has 42 - 30 = 12 muffins left."
+        ),
+        answer="12",
+    ),
+    WorkedExample(
+        question=(
+            "Tickets to a school play cost $6 for students and $9 for adults. A family "
+            "buys 3 student tickets and 2 adult tickets. How many dollars do they pay?"
+        ),
+        reasoning=(
+            "The student tickets cost 3 * 6 = 18 dollars. "
+            "The adult tickets cost 2 * 9 = 18 dollars. "
+            "Together they pay 18 + 18 = 36 dollars."
+        ),
+        answer="36",
+    ),
+    WorkedExample(
+        question=(
+            "Maya reads 15 pages of her book every day. The book has 210 pages. "
+            "How many weeks does it take her to finish the book?"
+        ),
+        reasoning=(
+            "Maya needs 210 / 15 = 14 days to read the whole book. "
+            "A week has 7 days, so that takes 14 / 7 = 2 weeks."
+        ),
+        answer="2",
+    ),
+)
+
+
+def chat_prompt(question: str, *, system: str = SYSTEM_PROMPT) -> str:
+    """One Gemma user turn holding the instructions and the question, opening the model turn.
+
+    Gemma's chat template has no system role, so the instructions lead the user turn.
+    """
+    return f"<start_of_turn>user\n{system}\n\n{question}<end_of_turn>\n<start_of_turn>model\n"
+
+
+def fewshot_prompt(question: str, *, shots: int = 2, system: str = SYSTEM_PROMPT) -> str:
+    """Plain-text prompt for base models: instructions, ``shots`` worked examples, question.
+
+    ``shots=0`` is the zero-shot prompt (instructions only). Stop generation at
+    :data:`FEWSHOT_STOP`.
+    """
+    if not 0 <= shots <= len(FEWSHOT_EXAMPLES):
+        raise ValueError(f"shots must be between 0 and {len(FEWSHOT_EXAMPLES)}, got {shots}")
+    parts = [f"{system}\n\n"]
+    for shot in FEWSHOT_EXAMPLES[:shots]:
+        parts.append(
+            f"Question: {shot.question}\nAnswer: <reasoning>{shot.reasoning}</reasoning>\n"
+            f"<answer>{shot.answer}</answer>\n\n"
+        )
+    parts.append(f"Question: {question}\nAnswer:")
+    return "".join(parts)
+
+
+def build_prompt(
+    question: str, style: Literal["chat", "fewshot", "zeroshot"], shots: int = 2
+) -> str:
+    """Prompt for ``question`` in ``style``; ``shots`` applies to ``"fewshot"`` only."""
+    if style == "chat":
+        return chat_prompt(question)
+    if style == "fewshot":
+        return fewshot_prompt(question, shots=shots)
+    if style == "zeroshot":
+        return fewshot_prompt(question, shots=0)
+    raise ValueError(f"unknown prompt style {style!r}; expected 'chat', 'fewshot' or 'zeroshot'")
+
+
+_CALCULATOR_RE = re.compile(r"<<[^<>]*>>")
+
+
+def solution_to_reasoning(answer_text: str) -> str:
+    """A GSM8K solution as plain reasoning: ``<<a*b=c>>`` notes and ``#### N`` removed.
+
+    >>> solution_to_reasoning("He pays 3*2=$<<3*2=6>>6.\\n#### 6")
+    'He pays 3*2=$6.'
+    """
+    lines = _CALCULATOR_RE.sub("", answer_text).splitlines()
+    kept = [line.strip() for line in lines if not line.lstrip().startswith("####")]
+    return "\n".join(line for line in kept if line)

@@ -1,0 +1,69 @@
+"""The Tunix Gemma forward pass split in two: hidden states, then logits.
+
+Tunix's ``Gemma3.__call__``/``Gemma.__call__`` always project every position onto
+the 262k-token vocabulary. Prefill only needs the last position's logits and the
+GRPO loss only needs the log-probability of the sampled token, so we run the same
+sub-modules (embedder -> layers -> final norm) and project just what is needed.
+The layers and their KV-cache handling are Tunix's own; nothing is re-implemented.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+
+def hidden_states(model, tokens, positions, cache, attention_mask):
+    """Runs embedder, decoder layers and final norm. Returns ``(hidden [B,L,D], cache)``."""
+    x = model.embedder.encode(tokens)
+    new_cache = None if cache is None else {}
+    for i, layer in enumerate(model.layers):
+        name = f"layer_{i}"
+        layer_cache, x = layer(x, positions, cache[name] if cache else None, attention_mask)
+        if cache is not None:
+            new_cache[name] = layer_cache
+    return model.final_norm(x), new_cache
+
+
+def logits(model, hidden):
+    """Vocabulary logits for hidden states, with Gemma 2's final soft-cap when present."""
+    out = model.embedder.decode(hidden)
+    cap = getattr(model, "final_logits_softcap", None)
+    if cap is not None:
+        out = jnp.tanh(out / cap) * cap
+    return out
+
+
+def token_logprobs(model, hidden, targets, *, chunk: int = 128):
+    """log p(target) for each position, never materialising more than ``chunk``
+    positions' worth of full-vocabulary logits at once.
+
+    ``hidden``: [B, L, D]; ``targets``: [B, L] int. Returns [B, L] float32.
+    """
+    b, length, d = hidden.shape
+    pad = (-length) % chunk
+    h = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0))).reshape(b, -1, chunk, d)
+    t = jnp.pad(targets, ((0, 0), (0, pad))).reshape(b, -1, chunk)
+
+    def one(carry, xs):
+        hc, tc = xs  # [B, chunk, D], [B, chunk]
+        lg = logits(model, hc).astype(jnp.float32)
+        lse = jax.nn.logsumexp(lg, axis=-1)
+        picked = jnp.take_along_axis(lg, tc[..., None], axis=-1)[..., 0]
+        return carry, picked - lse
+
+    _, out = jax.lax.scan(one, None, (jnp.moveaxis(h, 1, 0), jnp.moveaxis(t, 1, 0)))
+    return jnp.moveaxis(out, 0, 1).reshape(b, -1)[:, :length]
+
+
+def init_cache(config, batch_size: int, cache_size: int, dtype) -> dict:
+    """An empty left-aligned KV cache in the layout Tunix's attention layers use."""
+    shape = (batch_size, cache_size, config.num_kv_heads, config.head_dim)
+    return {
+        f"layer_{i}": {
+            "k": jnp.zeros(shape, dtype=dtype),
+            "v": jnp.zeros(shape, dtype=dtype),
+            "end_index": jnp.zeros((batch_size,), dtype=jnp.int32),
+        }
+        for i in range(config.num_layers)
+    }

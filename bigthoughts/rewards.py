@@ -1,0 +1,332 @@
+"""Pure reward functions for GRPO, with Tunix's signature, and a name registry.
+
+Every function has the signature Tunix's ``GRPOLearner`` calls,
+``fn(prompts, completions, answer, **kwargs) -> list[float]``, returns one score
+per completion and never raises: None entries, non-strings and lists of different
+lengths are tolerated (missing golds count as unknown; a lone string is one
+completion). ``answer`` holds each row's gold field, either raw GSM8K text
+(``"... #### 18"``) or an already-normalised number (``"18"``).
+
+The expected completion is::
+
+    <reasoning>step-by-step work</reasoning>
+    <answer>18</answer>
+
+Default weights and why (``DEFAULT_WEIGHTS``): correctness (+25) dominates so that
+no amount of formatting makes up for a wrong answer; exact format (+2) is a small
+nudge that turns on early; broken tags (-15) cost more than the format bonus and
+half the correctness bonus, so emitting tag soup never pays, yet a correct answer
+with stray tags still beats a wrong tidy one; short reasoning (-5 at most) stops the
+policy from collapsing to a bare number, which would defeat voting over reasoning
+paths. ``partial_format`` (off by default) gives credit per tag for early training,
+when exact format is too rare to produce a learning signal.
+
+Example (weights bound for ``GRPOLearner(reward_fns=...)``)::
+
+    fns = make_reward_fns(DEFAULT_WEIGHTS)
+    [f.__name__ for f in fns]  # ['format', 'correctness', 'broken_tags', 'short_reasoning']
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import re
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
+from typing import Any
+
+from bigthoughts.answers import answers_equal, extract_answer, normalize_number, parse_gold
+
+__all__ = [
+    "DEFAULT_WEIGHTS",
+    "REWARD_FUNCTIONS",
+    "TAGS",
+    "RewardFn",
+    "broken_tags_penalty",
+    "correctness_reward",
+    "format_reward",
+    "is_exact_format",
+    "make_reward_fns",
+    "partial_format_reward",
+    "score",
+    "short_reasoning_penalty",
+]
+
+RewardFn = Callable[..., list[float]]
+
+R_OPEN, R_CLOSE, A_OPEN, A_CLOSE = "<reasoning>", "</reasoning>", "<answer>", "</answer>"
+TAGS = (R_OPEN, R_CLOSE, A_OPEN, A_CLOSE)
+
+_FORMAT_RE = re.compile(
+    r"\s*<reasoning>(?P<reasoning>.*?)</reasoning>\s*<answer>(?P<answer>.*?)</answer>\s*",
+    re.DOTALL,
+)
+_ANY_TAG_RE = re.compile("|".join(re.escape(t) for t in TAGS))
+
+
+def _texts(completions: Any) -> list[str]:
+    """Completions as strings: a lone string is one completion, non-strings become ''."""
+    if completions is None:
+        return []
+    if isinstance(completions, str):
+        return [completions]
+    try:
+        items = list(completions)
+    except Exception:  # the contract is "never raise"; an odd container scores nothing
+        return []
+    texts = []
+    for item in items:
+        if isinstance(item, str):
+            texts.append(item)
+        elif isinstance(item, bytes):
+            texts.append(item.decode("utf-8", errors="replace"))
+        else:
+            texts.append("")
+    return texts
+
+
+def _gold(value: Any) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        return None
+    text = str(value)
+    if "####" in text:
+        try:
+            return parse_gold(text)
+        except ValueError:
+            return None
+    return normalize_number(text)
+
+
+def _golds(answer: Any, n: int) -> list[str | None]:
+    """``n`` canonical golds: a lone value is broadcast, short lists padded with None."""
+    if answer is None:
+        return [None] * n
+    if isinstance(answer, str | int | float):
+        return [_gold(answer)] * n
+    try:
+        items = list(answer)
+    except Exception:  # never raise: unknown golds score as unknown
+        return [None] * n
+    golds = [_gold(item) for item in items[:n]]
+    return golds + [None] * (n - len(golds))
+
+
+def is_exact_format(text: str) -> bool:
+    """Whether ``text`` is exactly ``<reasoning>R</reasoning> <answer>A</answer>``.
+
+    Only whitespace may surround and separate the two blocks, each of the four tags
+    appears once, and neither R nor A is blank (an empty answer is not a format we
+    want to reward).
+    """
+    if not isinstance(text, str):
+        return False
+    match = _FORMAT_RE.fullmatch(text)
+    return (
+        match is not None
+        and all(text.count(tag) == 1 for tag in TAGS)
+        and bool(match["reasoning"].strip())
+        and bool(match["answer"].strip())
+    )
+
+
+def format_reward(
+    prompts: Any, completions: Any, answer: Any = None, *, weight: float = 2.0, **kwargs: Any
+) -> list[float]:
+    """``weight`` for an exactly formatted completion (:func:`is_exact_format`), else 0.
+
+    Range: {0, weight}.
+
+    >>> format_reward(["q", "q"], ["<reasoning>2 + 2 = 4</reasoning>\\n<answer>4</answer>",
+    ...                            "<answer>4</answer> because 2 + 2 = 4"], ["4", "4"])
+    [2.0, 0.0]
+    """
+    return [float(weight) if is_exact_format(t) else 0.0 for t in _texts(completions)]
+
+
+def correctness_reward(
+    prompts: Any, completions: Any, answer: Any = None, *, weight: float = 25.0, **kwargs: Any
+) -> list[float]:
+    """``weight`` when the completion's answer tag holds the gold number, else 0.
+
+    Uses *strict* extraction: the number must be inside the single ``<answer>`` tag. A
+    right number elsewhere earns nothing, which pushes the policy to put its result
+    where evaluation and voting read it. Range: {0, weight}.
+
+    >>> correctness_reward(["q"] * 3, ["<answer>1,800</answer>", "so 1800", "<answer>7</answer>"],
+    ...                    ["#### 1800", "1800", "1800"])
+    [25.0, 0.0, 0.0]
+    """
+    texts = _texts(completions)
+    golds = _golds(answer, len(texts))
+    return [
+        float(weight) if answers_equal(extract_answer(t, strict=True), g) else 0.0
+        for t, g in zip(texts, golds, strict=True)
+    ]
+
+
+def _tags_broken(text: str) -> bool:
+    counts = {tag: text.count(tag) for tag in TAGS}
+    if not any(counts.values()):
+        return False
+    if any(count > 1 for count in counts.values()):
+        return True
+    for open_tag, close_tag in ((R_OPEN, R_CLOSE), (A_OPEN, A_CLOSE)):
+        if counts[open_tag] != counts[close_tag]:
+            return True
+        if counts[open_tag] and text.index(close_tag) < text.index(open_tag):
+            return True
+    return bool(counts[R_OPEN] and counts[A_OPEN] and text.index(A_OPEN) < text.index(R_CLOSE))
+
+
+def broken_tags_penalty(
+    prompts: Any, completions: Any, answer: Any = None, *, weight: float = -15.0, **kwargs: Any
+) -> list[float]:
+    """``weight`` (a penalty) when the tags are broken, else 0.
+
+    Broken: any of the four tags appears twice or more, an opening tag has no close
+    (or a close no opening), a close comes before its opening, or ``<answer>`` opens
+    before ``</reasoning>`` (answer first, or answer inside reasoning). A completion
+    with no tags at all is not broken; it simply earns no format reward. A lone
+    ``<answer>..</answer>`` or ``<reasoning>..</reasoning>`` pair is not broken either.
+    Range: {weight, 0}.
+
+    >>> broken_tags_penalty(["q"] * 3, ["<answer>4</answer><reasoning>x</reasoning>",
+    ...                                 "<reasoning>x", "just 4"], None)
+    [-15.0, -15.0, 0.0]
+    """
+    return [float(weight) if _tags_broken(t) else 0.0 for t in _texts(completions)]
+
+
+def _reasoning_words(text: str) -> int:
+    start = text.find(R_OPEN)
+    if start >= 0:
+        start += len(R_OPEN)
+        end = text.find(R_CLOSE, start)
+        if end < 0:
+            end = text.find(A_OPEN, start)
+        text = text[start:] if end < 0 else text[start:end]
+    return len(_ANY_TAG_RE.sub(" ", text).split())
+
+
+def short_reasoning_penalty(
+    prompts: Any,
+    completions: Any,
+    answer: Any = None,
+    *,
+    weight: float = -5.0,
+    min_words: int = 20,
+    **kwargs: Any,
+) -> list[float]:
+    """``weight * (1 - words / min_words)`` when the reasoning has fewer than ``min_words``.
+
+    Words are whitespace-separated tokens of the reasoning block (up to its close, or
+    to ``<answer>`` if it never closes); without a ``<reasoning>`` tag, of the whole
+    completion minus tags. The penalty grows linearly with the shortfall: no words
+    gives the full ``weight``, ``min_words`` or more gives 0. Range: [weight, 0].
+
+    >>> short_reasoning_penalty(["q"] * 3, ["<reasoning>one two three four</reasoning>",
+    ...                                     "", " ".join(["w"] * 30)], None, min_words=8)
+    [-2.5, -5.0, 0.0]
+    """
+    texts = _texts(completions)
+    if not isinstance(min_words, int | float) or not min_words > 0:
+        return [0.0] * len(texts)
+    shortfalls = (max(0.0, 1.0 - _reasoning_words(t) / min_words) for t in texts)
+    return [float(weight) * s if s > 0 else 0.0 for s in shortfalls]
+
+
+def partial_format_reward(
+    prompts: Any, completions: Any, answer: Any = None, *, weight: float = 2.0, **kwargs: Any
+) -> list[float]:
+    """``weight / 4`` for each of the four tags that appears exactly once.
+
+    A dense signal for early training, when exact format is too rare to learn from.
+    Range: [0, weight] in steps of weight/4.
+
+    >>> partial_format_reward(["q"] * 2, ["<reasoning>x</reasoning> 4", "<answer>4</answer>" * 2])
+    [1.0, 0.0]
+    """
+    return [float(weight) / 4 * sum(t.count(tag) == 1 for tag in TAGS) for t in _texts(completions)]
+
+
+REWARD_FUNCTIONS: Mapping[str, RewardFn] = MappingProxyType(
+    {
+        "format": format_reward,
+        "correctness": correctness_reward,
+        "broken_tags": broken_tags_penalty,
+        "short_reasoning": short_reasoning_penalty,
+        "partial_format": partial_format_reward,
+    }
+)
+DEFAULT_WEIGHTS: Mapping[str, float] = MappingProxyType(
+    {"format": 2.0, "correctness": 25.0, "broken_tags": -15.0, "short_reasoning": -5.0}
+)
+
+
+def _check_weights(weights: Mapping[str, float]) -> None:
+    unknown = [name for name in weights if name not in REWARD_FUNCTIONS]
+    if unknown:
+        raise ValueError(
+            f"unknown reward name(s) {', '.join(map(repr, unknown))}; "
+            f"valid names: {', '.join(REWARD_FUNCTIONS)}"
+        )
+    for name, weight in weights.items():
+        if isinstance(weight, bool) or not isinstance(weight, int | float):
+            raise ValueError(f"weight of reward {name!r} must be a number, got {weight!r}")
+        if not math.isfinite(weight):
+            raise ValueError(f"weight of reward {name!r} must be finite, got {weight!r}")
+
+
+def _bind(name: str, weight: float, min_words: int) -> RewardFn:
+    base = REWARD_FUNCTIONS[name]
+    options: dict[str, Any] = {"weight": weight}
+    if "min_words" in inspect.signature(base).parameters:
+        options["min_words"] = min_words
+
+    def reward(prompts: Any, completions: Any, answer: Any = None, **kwargs: Any) -> list[float]:
+        return base(prompts, completions, answer, **options)
+
+    # Tunix logs each reward as "rewards/{fn.__name__}".
+    reward.__name__ = name
+    reward.__qualname__ = f"make_reward_fns.<{name}>"
+    reward.__doc__ = f"{base.__name__} with {options} bound.\n\n{base.__doc__}"
+    return reward
+
+
+def make_reward_fns(weights: Mapping[str, float], *, min_words: int = 20) -> list[RewardFn]:
+    """Reward functions with their weights bound, ready for ``GRPOLearner(reward_fns=...)``.
+
+    Each has Tunix's signature and ``__name__`` equal to its registry name. A weight
+    of 0 disables that reward (no function is returned for it). Raises ValueError for
+    unknown names (listing the valid ones) or non-finite weights.
+    """
+    _check_weights(weights)
+    return [_bind(name, float(w), min_words) for name, w in weights.items() if w != 0]
+
+
+def score(
+    completions: Any,
+    answers: Any,
+    weights: Mapping[str, float] = DEFAULT_WEIGHTS,
+    *,
+    min_words: int = 20,
+) -> list[dict[str, float]]:
+    """Per-completion breakdown ``{name: value, ..., "total": sum}`` for logging.
+
+    >>> score(["<reasoning>4</reasoning><answer>4</answer>"], ["4"], {"correctness": 25.0})
+    [{'correctness': 25.0, 'total': 25.0}]
+    """
+    _check_weights(weights)
+    texts = _texts(completions)
+    prompts = [""] * len(texts)
+    columns = {
+        name: _bind(name, float(w), min_words)(prompts, texts, answers)
+        for name, w in weights.items()
+    }
+    rows = []
+    for i in range(len(texts)):
+        row = {name: values[i] for name, values in columns.items()}
+        row["total"] = sum(row.values())
+        rows.append(row)
+    return rows
