@@ -153,6 +153,7 @@ def _default_spec(name: str, family: str) -> ModelSpec:
 
 
 def _load_tokenizer(candidates: list[Path]) -> Tokenizer:
+    candidates = list(dict.fromkeys(p.resolve() for p in candidates))
     path = next((p for p in candidates if p.is_file()), None)
     if path is None:
         looked = ", ".join(map(str, candidates))
