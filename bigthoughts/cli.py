@@ -18,6 +18,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 EXIT_USAGE = 2
@@ -247,6 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    # Tunix 0.1.7 reads ``Variable.value``, deprecated in flax 0.12: one warning per
+    # parameter access would bury our output.
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
     try:
         if args.command not in ("report", "download"):
             enable_compilation_cache()

@@ -22,3 +22,11 @@ def gsm8k_dir() -> Path:
             "directory holding train.jsonl and test.jsonl (or run `bigthoughts download`)."
         )
     return path
+
+
+@pytest.fixture(scope="session")
+def real_model():
+    """The embedded Gemma 3 270M (float32), loaded once per test session."""
+    from bigthoughts.models.registry import load_model
+
+    return load_model()
