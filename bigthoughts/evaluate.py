@@ -1,0 +1,404 @@
+"""GSM8K evaluation: modes, resumable results, and a summary with confidence intervals.
+
+Three modes, one code path (:class:`bigthoughts.solve.Solver`):
+
+* ``zero-shot``: the untrained-model baseline, one greedy pass (temperature 0) with
+  the model's task prompt. For a base model that prompt is the few-shot completion
+  prompt (a base model continues a pattern, it does not follow instructions), and
+  the summary's ``prompt_note`` says so; ``shots=0`` makes it a true zero-shot
+  instruction prompt. It runs exactly like ``single``; the mode names the intent.
+* ``single``: one greedy pass.
+* ``vote``: ``votes`` samples on the temperature ladder, then a vote
+  (majority | weighted | adaptive).
+
+A run directory holds ``run.json`` (what was asked: config, model, a hash of the
+question ids), ``results.jsonl`` (one line per finished question, written a batch at
+a time and fsynced) and ``summary.json`` (written at the end). Rerunning the same
+command resumes after the last finished question: a torn last line is cut away and
+finished ids are skipped. Batch boundaries are fixed by position in the question
+list and each batch has its own seed, so an interrupted-and-resumed run gives the
+same answers as an uninterrupted one.
+
+Example::
+
+    summary = run_eval(load_model(), load_gsm8k("test", limit=50),
+                       EvalConfig(mode="vote", votes=5), Path("runs/vote"))
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.metadata
+import json
+import math
+import os
+import platform
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from bigthoughts.answers import FAILURE_BUCKETS, answers_equal, extract, failure_bucket
+from bigthoughts.config import ConfigError, VoteConfig
+from bigthoughts.data import FEWSHOT_EXAMPLES, Example
+from bigthoughts.metrics import percentiles, wilson_interval
+from bigthoughts.rewards import is_exact_format
+from bigthoughts.voting import DEFAULT_LADDER, STRATEGIES, ladder
+
+if TYPE_CHECKING:
+    from bigthoughts.generate import Sampler
+    from bigthoughts.models.registry import LoadedModel
+    from bigthoughts.solve import Solution
+
+__all__ = [
+    "MODES",
+    "EvalConfig",
+    "RunDirError",
+    "prompt_note",
+    "read_results",
+    "run_eval",
+    "summarize",
+]
+
+MODES = ("zero-shot", "single", "vote")
+STYLES = ("chat", "fewshot", "zeroshot")
+RESULTS, RUN, SUMMARY = "results.jsonl", "run.json", "summary.json"
+
+
+class RunDirError(ConfigError):
+    """A run directory that cannot be used: another run's files, or unreadable ones."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvalConfig:
+    """What to evaluate and how.
+
+    ``votes`` is the number of samples k per question in ``vote`` mode (ignored by the
+    greedy modes); the temperatures are :data:`~bigthoughts.voting.DEFAULT_LADDER` for
+    k = 5, else ``ladder(k)``. ``style=None`` takes the model's own prompt style
+    (``fewshot`` for base models, ``chat`` for instruction-tuned ones); ``shots``
+    worked examples go into few-shot prompts. ``batch_size`` questions share one
+    generation call.
+    """
+
+    mode: Literal["zero-shot", "single", "vote"] = "single"
+    split: str = "test"
+    limit: int | None = None
+    votes: int = 5
+    strategy: str = "majority"
+    batch_size: int = 8
+    max_new_tokens: int = 256
+    style: str | None = None
+    shots: int = 2
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"unknown eval mode {self.mode!r}; choose one of {', '.join(MODES)}")
+        if not isinstance(self.split, str) or not self.split:
+            raise ValueError(f"split must be a non-empty string, got {self.split!r}")
+        if self.limit is not None and self.limit < 0:
+            raise ValueError(f"limit must be >= 0 or None, got {self.limit}")
+        if self.votes < 1:
+            raise ValueError(f"votes must be >= 1, got {self.votes}")
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"unknown vote strategy {self.strategy!r}; "
+                             f"valid: {', '.join(STRATEGIES)}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.style is not None and self.style not in STYLES:
+            raise ValueError(f"unknown prompt style {self.style!r}; "
+                             f"choose one of {', '.join(STYLES)} or None (the model's own)")
+        if not 0 <= self.shots <= len(FEWSHOT_EXAMPLES):
+            raise ValueError(f"shots must be between 0 and {len(FEWSHOT_EXAMPLES)}, "
+                             f"got {self.shots}")
+
+    def vote_config(self) -> VoteConfig:
+        """The solver's vote settings: one greedy sample unless ``mode == "vote"``."""
+        if self.mode != "vote":
+            return VoteConfig(votes=1, temperatures=(0.0,), strategy="majority",
+                              max_new_tokens=self.max_new_tokens)
+        temps = DEFAULT_LADDER if self.votes == len(DEFAULT_LADDER) else ladder(self.votes)
+        return VoteConfig(votes=self.votes, temperatures=temps, strategy=self.strategy,
+                          max_new_tokens=self.max_new_tokens)
+
+
+def prompt_note(style: str, shots: int, instruction_tuned: bool) -> str:
+    """A short human description of the prompt a run used."""
+    kind = "instruction-tuned model" if instruction_tuned else "base model"
+    if style == "chat":
+        return f"{kind}: chat prompt, instructions only (zero-shot)"
+    if style == "zeroshot" or shots == 0:
+        return f"{kind}: zero-shot instruction prompt (no worked examples)"
+    return f"{kind}: {shots}-shot completion prompt"
+
+
+# --- results file ------------------------------------------------------------------
+def read_results(path: Path, *, repair: bool = False) -> list[dict[str, Any]]:
+    """The records of a ``results.jsonl``.
+
+    A torn last line (a kill during a write) is ignored; with ``repair=True`` it is
+    also cut from the file. Any other unreadable line raises :class:`RunDirError`.
+    """
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise RunDirError(f"cannot read {path}: {err}") from err
+    records, good_end, pos = [], 0, 0
+    while pos < len(data):
+        nl = data.find(b"\n", pos)
+        end = len(data) if nl < 0 else nl + 1
+        try:
+            record = json.loads(data[pos:end])
+            if not isinstance(record, dict) or "id" not in record:
+                raise ValueError("not a result record")
+        except ValueError as err:
+            if end < len(data):
+                raise RunDirError(f"{path}: line {len(records) + 1} is corrupt ({err}); "
+                                  "fix or delete the file") from err
+            break  # torn last line
+        records.append(record)
+        good_end, pos = end, end
+    if repair and (good_end < len(data) or not data.endswith(b"\n")) and data:
+        with path.open("r+b") as fh:
+            fh.truncate(good_end)  # drop the torn line
+            if good_end and not data[:good_end].endswith(b"\n"):
+                fh.seek(good_end)  # a whole last record that lost its newline
+                fh.write(b"\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+    return records
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    """Atomic JSON write: a reader sees the old file or the new one, never half."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _fingerprint(lm: LoadedModel, examples: Sequence[Example], config: EvalConfig) -> dict:
+    ids = "\n".join(e.id for e in examples).encode()
+    return {
+        "config": dataclasses.asdict(config),
+        "model": {"name": lm.spec.name, "source": lm.source},
+        "examples": {"n": len(examples), "ids_sha256": hashlib.sha256(ids).hexdigest()},
+    }
+
+
+def _differences(old: Mapping, new: Mapping, prefix: str = "") -> list[str]:
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            out += _differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: {a!r} -> {b!r}")
+    return out
+
+
+def _open_run(out_dir: Path, fingerprint: dict, ids: set[str]) -> list[dict[str, Any]]:
+    """Checks (or creates) ``run.json``; returns the records already finished."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    run_path, results = out_dir / RUN, out_dir / RESULTS
+    if run_path.exists():
+        try:
+            stored = json.loads(run_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:
+            raise RunDirError(f"{run_path} is unreadable ({err}); use another --out") from err
+        diff = _differences({k: stored.get(k) for k in fingerprint}, fingerprint)
+        if diff:
+            raise RunDirError(
+                f"{out_dir} holds a different run ({'; '.join(diff)}); use another --out "
+                "directory, or delete this one to start over")
+    elif results.exists() and results.stat().st_size > 0:
+        raise RunDirError(f"{results} exists but {run_path} does not, so it cannot be "
+                          "resumed safely; use another --out directory")
+    else:
+        _write_json(run_path, fingerprint)
+    if not results.exists():
+        return []
+    records = read_results(results, repair=True)
+    seen: set[str] = set()
+    for r in records:
+        if r["id"] in seen or r["id"] not in ids:
+            raise RunDirError(f"{results}: unexpected or duplicate id {r['id']!r}; "
+                              "use another --out directory")
+        seen.add(r["id"])
+    return records
+
+
+# --- one question ------------------------------------------------------------------
+def _record(example: Example, solution: Solution, style: str) -> dict[str, Any]:
+    traces = []
+    for gen in solution.generations:
+        found = extract(gen.text)
+        traces.append({
+            "temperature": gen.temperature, "text": gen.text, "answer": found.value,
+            "strict_answer": found.value if found.mode == "strict" else None,
+            "format_strict": is_exact_format(gen.text), "format_lenient": found.value is not None,
+            "failure_bucket": failure_bucket(gen.text), "tokens": gen.num_tokens,
+            "logprob": gen.logprob, "finish_reason": gen.finish_reason,
+        })
+    vote = solution.vote
+    return {
+        "id": example.id, "question": example.question, "gold": example.gold,
+        "prompt_style": style, "traces": traces,
+        "vote": {"answer": vote.answer, "agreement": vote.agreement, "counts": vote.counts,
+                 "samples_used": vote.votes_used},
+        "prediction": vote.answer, "correct": answers_equal(vote.answer, example.gold),
+        "seconds": solution.seconds,
+    }
+
+
+# --- summary -----------------------------------------------------------------------
+def _mean(xs: Sequence[float]) -> float | None:
+    return sum(xs) / len(xs) if xs else None
+
+
+def _finite(x: float | None) -> float | None:
+    return None if x is None or math.isnan(x) else x
+
+
+def summarize(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The numbers of a run, computed from its result records alone."""
+    n = len(records)
+    k = sum(bool(r["correct"]) for r in records)
+    traces = [t for r in records for t in r["traces"]]
+    firsts = [r["traces"][0] for r in records if r["traces"]]
+    seconds = [float(r["seconds"]) for r in records]
+    tokens = sum(int(t["tokens"]) for t in traces)
+    p50, p95 = percentiles(seconds, (50, 95))
+    buckets = Counter(t["failure_bucket"] for t in traces if t["failure_bucket"])
+    return {
+        "n": n,
+        "correct": k,
+        "accuracy": k / n if n else None,
+        "accuracy_ci95": list(wilson_interval(k, n)),
+        "format_strict": _mean([bool(t["format_strict"]) for t in traces]),
+        "format_lenient": _mean([bool(t["format_lenient"]) for t in traces]),
+        "format_strict_first": _mean([bool(t["format_strict"]) for t in firsts]),
+        "format_lenient_first": _mean([bool(t["format_lenient"]) for t in firsts]),
+        "failure_buckets": {b: buckets.get(b, 0) for b in FAILURE_BUCKETS},
+        "seconds_per_question": {"mean": _mean(seconds), "p50": _finite(p50),
+                                 "p95": _finite(p95)},
+        "generated_tokens": tokens,
+        "tokens_per_second": tokens / sum(seconds) if sum(seconds) > 0 else None,
+        "samples_per_question": _mean([len(r["traces"]) for r in records]),
+        "agreement": _mean([float(r["vote"]["agreement"]) for r in records]),
+    }
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _environment() -> dict[str, Any]:
+    import jax
+
+    from bigthoughts import __version__
+
+    return {
+        "versions": {"bigthoughts": __version__, "jax": jax.__version__,
+                     "tunix": _version("google-tunix"), "python": platform.python_version()},
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "hardware": {"processor": platform.processor() or platform.machine(),
+                     "cpu_count": os.cpu_count(), "platform": jax.devices()[0].platform},
+    }
+
+
+# --- the loop ----------------------------------------------------------------------
+def _batch_seed(seed: int, start: int) -> int:
+    """A distinct seed per batch, fixed by the batch's position (resume-proof)."""
+    return (seed * 1_000_003 + start) % (2**31 - 1)
+
+
+def run_eval(
+    lm: LoadedModel,
+    examples: list[Example],
+    config: EvalConfig,
+    out_dir: Path,
+    *,
+    progress: bool = True,
+    sampler: Sampler | None = None,
+    after_batch: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Evaluates ``lm`` on ``examples``; resumes a run in ``out_dir``; returns the summary.
+
+    ``sampler`` replaces the default ``Sampler(lm.model, lm.tokenizer)`` (anything
+    with the same ``generate`` method). ``after_batch(n_done)`` is called after each
+    batch is on disk, with the number of questions finished so far. Raises
+    :class:`RunDirError` when ``out_dir`` holds a run with another configuration.
+    """
+    from tqdm import tqdm
+
+    from bigthoughts.solve import Solver
+
+    out_dir = Path(out_dir)
+    style = config.style or lm.spec.prompt_style
+    by_id = {e.id: e for e in examples}
+    if len(by_id) != len(examples):
+        raise ValueError("examples have duplicate ids")
+    done = {r["id"]: r for r in _open_run(out_dir, _fingerprint(lm, examples, config),
+                                          set(by_id))}
+    resumed = len(done)
+    if sampler is None:
+        from bigthoughts.generate import Sampler
+
+        sampler = Sampler(lm.model, lm.tokenizer)
+    solver = Solver(sampler, style=style, shots=config.shots, vote=config.vote_config(),
+                    seed=config.seed)
+    correct = sum(bool(r["correct"]) for r in done.values())
+    started = time.perf_counter()
+    bar = tqdm(total=len(examples), initial=len(done), disable=not progress, file=sys.stderr,
+               unit="q", desc=f"eval {config.mode}", dynamic_ncols=True)
+    if done:
+        bar.set_postfix(acc=f"{correct / len(done):.1%}")
+    try:
+        with (out_dir / RESULTS).open("a", encoding="utf-8") as fh:
+            for start in range(0, len(examples), config.batch_size):
+                batch = examples[start:start + config.batch_size]
+                if all(e.id in done for e in batch):
+                    continue
+                # The whole aligned batch is solved so its samples match an
+                # uninterrupted run; only the missing questions are written.
+                solutions = solver.solve([e.question for e in batch],
+                                         seed=_batch_seed(config.seed, start))
+                new = [_record(e, s, style) for e, s in zip(batch, solutions, strict=True)
+                       if e.id not in done]
+                fh.write("".join(json.dumps(r) + "\n" for r in new))
+                fh.flush()
+                os.fsync(fh.fileno())
+                for r in new:
+                    done[r["id"]] = r
+                    correct += bool(r["correct"])
+                bar.update(len(new))
+                bar.set_postfix(acc=f"{correct / len(done):.1%}")
+                if after_batch is not None:
+                    after_batch(len(done))
+    finally:
+        bar.close()
+    records = [done[e.id] for e in examples]
+    summary = {
+        **summarize(records),
+        "mode": config.mode,
+        "model": {"name": lm.spec.name, "source": lm.source},
+        "config": dataclasses.asdict(config),
+        "prompt_style": style,
+        "prompt_note": prompt_note(style, config.shots, lm.spec.instruction_tuned),
+        "resumed_questions": resumed,
+        "wall_seconds": time.perf_counter() - started,
+        **_environment(),
+    }
+    _write_json(out_dir / SUMMARY, summary)
+    return summary

@@ -1,0 +1,128 @@
+"""Report: tables, McNemar and plots from hand-written run directories."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bigthoughts.evaluate import RunDirError
+from bigthoughts.report import PLOTS, make_report
+
+
+def trace(answer: str | None, temperature: float) -> dict:
+    text = f"<reasoning>r</reasoning>\n<answer>{answer}</answer>" if answer else "no idea"
+    return {"temperature": temperature, "text": text, "answer": answer,
+            "strict_answer": answer, "format_strict": answer is not None,
+            "format_lenient": answer is not None,
+            "failure_bucket": None if answer else "no_answer_tag", "tokens": 20,
+            "logprob": -5.0, "finish_reason": "stop"}
+
+
+def record(qid: str, gold: str, answers: list[str | None], temps: list[float]) -> dict:
+    votes = [a for a in answers if a is not None]
+    winner = max(votes, key=votes.count) if votes else None
+    return {"id": qid, "question": f"question {qid}", "gold": gold, "prompt_style": "fewshot",
+            "traces": [trace(a, t) for a, t in zip(answers, temps, strict=True)],
+            "vote": {"answer": winner, "agreement": votes.count(winner) / len(answers)
+                     if votes else 0.0,
+                     "counts": {a: votes.count(a) for a in set(votes)},
+                     "samples_used": len(answers)},
+            "prediction": winner, "correct": winner == gold, "seconds": 1.0}
+
+
+def write_run(path: Path, records: list[dict], summary: dict) -> Path:
+    path.mkdir(parents=True)
+    (path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    (path / "summary.json").write_text(json.dumps(summary))
+    return path
+
+
+def summary(mode: str, accuracy: float, ci: list[float], **extra) -> dict:
+    return {"n": 10, "accuracy": accuracy, "accuracy_ci95": ci, "mode": mode,
+            "model": {"name": "tiny", "source": "x"}, "prompt_note": "base model: 2-shot",
+            **extra}
+
+
+@pytest.fixture()
+def runs(tmp_path) -> list[Path]:
+    """Single: right on q0-q2 (3/10). Vote: right on q1-q7 (7/10), 3 traces each."""
+    single = [record(f"q{i}", "1", ["1" if i < 3 else "2"], [0.0]) for i in range(10)]
+    vote = []
+    for i in range(10):
+        if i == 0:
+            answers = ["2", "2", None]
+        elif i < 8:
+            answers = ["1", "1", "3"] if i % 2 else ["3", "1", "1"]
+        else:
+            answers = ["2", "4", "5"]
+        vote.append(record(f"q{i}", "1", answers, [0.2, 0.6, 1.0]))
+    a = write_run(tmp_path / "single", single, summary(
+        "single", 0.3, [0.1078, 0.6032], format_strict=0.45, format_lenient=0.9,
+        seconds_per_question={"mean": 1.234, "p50": 1.2, "p95": 2.0},
+        samples_per_question=1.0, tokens_per_second=42.5))
+    b = write_run(tmp_path / "vote", vote, summary(
+        "vote", 0.7, [0.3968, 0.8922], format_strict=0.9, format_lenient=0.95,
+        seconds_per_question={"mean": 3.5, "p50": 3.0, "p95": 6.0},
+        samples_per_question=3.0, tokens_per_second=17.25))
+    return [a, b]
+
+
+def test_report_table_mcnemar_and_plots(runs, tmp_path):
+    out = tmp_path / "report"
+    path = make_report(runs, out)
+    assert path == out / "report.md"
+    md = path.read_text()
+    assert "| metric | single · tiny | vote · tiny |" in md
+    assert "| accuracy | 30.0% (95% CI 10.8%–60.3%) | 70.0% (95% CI 39.7%–89.2%) |" in md
+    assert "| strict format compliance | 45.0% | 90.0% |" in md
+    assert "| lenient format compliance | 90.0% | 95.0% |" in md
+    assert "| seconds per question | 1.23 | 3.50 |" in md
+    assert "| samples per question | 1.00 | 3.00 |" in md
+    assert "| generated tokens/s | 42.5 | 17.2 |" in md
+    # b01 = q3..q7 (single wrong, vote right) = 5, b10 = q0 = 1:
+    # exact p = 2 * P(X <= 1), X ~ Bin(6, 1/2) = 2 * 7/64 = 0.21875. d = 4/10.
+    # Wald: var = (0.6 - 0.16) / 10 -> half width 1.96 * sqrt(0.044) = 0.4111.
+    assert "| single · tiny | vote · tiny | 10 | 5 | 1 | exact | 0.2188 | " \
+           "+40.0 pp (-1.1 to +81.1) |" in md
+    report = json.loads((out / "report.json").read_text())
+    [pair] = report["pairs"]
+    assert (pair["b01"], pair["b10"]) == (5, 1)
+    assert pair["p_value"] == pytest.approx(0.21875)
+    assert pair["diff"] == pytest.approx(0.4)
+    assert [r["accuracy"] for r in report["runs"]] == [0.3, 0.7]
+    for name in PLOTS:
+        assert (out / name).stat().st_size > 5_000, name
+        assert f"![{name}]({name})" in md
+
+
+def test_plots_without_vote_runs_are_skipped(runs, tmp_path):
+    path = make_report(runs[:1], tmp_path / "one")
+    md = path.read_text()
+    assert "Only one run: nothing to compare." in md
+    assert (tmp_path / "one" / "accuracy_ci.png").stat().st_size > 5_000
+    for name in ("maj_at_k.png", "agreement_hist.png", "coverage.png"):
+        assert f"`{name}` skipped: no run has more than one trace" in md
+        assert not (tmp_path / "one" / name).exists()
+
+
+def test_same_labels_fall_back_to_dir_names(runs, tmp_path):
+    twin = tmp_path / "twin"
+    twin.mkdir()
+    for name in ("results.jsonl", "summary.json"):
+        (twin / name).write_bytes((runs[0] / name).read_bytes())
+    md = make_report([runs[0], twin], tmp_path / "r").read_text()
+    assert "| metric | single | twin |" in md
+    assert "| single | twin | 10 | 0 | 0 | exact | 1.0000 | +0.0 pp (+0.0 to +0.0) |" in md
+
+
+def test_missing_or_corrupt_run_dirs_name_the_dir(runs, tmp_path):
+    with pytest.raises(RunDirError, match=r"run directory .*nowhere does not exist"):
+        make_report([runs[0], tmp_path / "nowhere"], tmp_path / "r")
+    (runs[1] / "summary.json").write_text("{not json")
+    with pytest.raises(RunDirError, match=r"vote: summary.json is unreadable"):
+        make_report(runs, tmp_path / "r")
+    (runs[1] / "summary.json").unlink()
+    with pytest.raises(RunDirError, match=r"vote has no summary.json"):
+        make_report(runs, tmp_path / "r")
