@@ -144,10 +144,12 @@ class Sampler:
 
     def _decode_impl(self, state, cache, logits, pos, slot_valid, write_slot, done, row_ids,
                      temps, base_key, step0, *, steps: int, top_k, top_p):
-        model = nnx.merge(self.graphdef, state)
         eos, pad = self.tokenizer.eos_id(), self.tokenizer.pad_id()
 
         def step(carry, i):
+            # merged inside the scan body: qwix's LoRA interception sets attributes on
+            # modules while tracing, which must happen at the body's trace level
+            model = nnx.merge(self.graphdef, state)
             cache, logits, pos, slot_valid, done = carry
             keys = jax.vmap(lambda r: jax.random.fold_in(jax.random.fold_in(base_key, r),
                                                          step0 + i))(row_ids)

@@ -15,6 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from bigthoughts.models import forward
+
 PathKey = tuple[str | int, ...]
 FAMILIES = ("gemma3", "gemma2")
 
@@ -24,15 +26,21 @@ class ParameterMismatch(ValueError):
 
 
 def model_class(family: str):
+    """Tunix's model class for ``family``, extended with a ``hidden_states`` method
+    (the forward pass without the vocabulary projection; see models/forward.py)."""
     if family == "gemma3":
-        from tunix.models.gemma3.model import Gemma3
+        from tunix.models.gemma3.model import Gemma3 as base
+    elif family == "gemma2":
+        from tunix.models.gemma.model import Gemma as base
+    else:
+        raise ValueError(f"unknown model family {family!r}; expected one of {FAMILIES}")
+    return _WITH_HIDDEN.setdefault(base, type(base.__name__, (base,), {
+        "hidden_states": forward.hidden_states_impl,
+        "__module__": __name__,
+    }))
 
-        return Gemma3
-    if family == "gemma2":
-        from tunix.models.gemma.model import Gemma
 
-        return Gemma
-    raise ValueError(f"unknown model family {family!r}; expected one of {FAMILIES}")
+_WITH_HIDDEN: dict = {}
 
 
 def _abstract(family: str, config):

@@ -14,7 +14,20 @@ import jax.numpy as jnp
 
 
 def hidden_states(model, tokens, positions, cache, attention_mask):
-    """Runs embedder, decoder layers and final norm. Returns ``(hidden [B,L,D], cache)``."""
+    """Runs embedder, decoder layers and final norm. Returns ``(hidden [B,L,D], cache)``.
+
+    Models built by ``bigthoughts.models.build`` carry this as a method,
+    ``model.hidden_states``, and we call it through the method: qwix applies LoRA by
+    intercepting one method of the model class, and this is the one we register.
+    """
+    method = getattr(model, "hidden_states", None)
+    if method is not None:
+        return method(tokens, positions, cache, attention_mask)
+    return hidden_states_impl(model, tokens, positions, cache, attention_mask)
+
+
+def hidden_states_impl(model, tokens, positions, cache, attention_mask):
+    """The body of :func:`hidden_states` (Tunix's own sub-modules, in order)."""
     x = model.embedder.encode(tokens)
     new_cache = None if cache is None else {}
     for i, layer in enumerate(model.layers):
@@ -34,11 +47,13 @@ def logits(model, hidden):
     return out
 
 
-def token_logprobs(model, hidden, targets, *, chunk: int = 128):
+def token_logprobs(model, hidden, targets, *, chunk: int = 128, remat: bool = False):
     """log p(target) for each position, never materialising more than ``chunk``
     positions' worth of full-vocabulary logits at once.
 
-    ``hidden``: [B, L, D]; ``targets``: [B, L] int. Returns [B, L] float32.
+    ``hidden``: [B, L, D]; ``targets``: [B, L] int. Returns [B, L] float32. With
+    ``remat`` the chunk's logits are recomputed in the backward pass instead of
+    being stored, so a gradient through this costs one chunk of logits, not L.
     """
     b, length, d = hidden.shape
     pad = (-length) % chunk
@@ -52,7 +67,8 @@ def token_logprobs(model, hidden, targets, *, chunk: int = 128):
         picked = jnp.take_along_axis(lg, tc[..., None], axis=-1)[..., 0]
         return carry, picked - lse
 
-    _, out = jax.lax.scan(one, None, (jnp.moveaxis(h, 1, 0), jnp.moveaxis(t, 1, 0)))
+    body = jax.checkpoint(one) if remat else one
+    _, out = jax.lax.scan(body, None, (jnp.moveaxis(h, 1, 0), jnp.moveaxis(t, 1, 0)))
     return jnp.moveaxis(out, 0, 1).reshape(b, -1)[:, :length]
 
 

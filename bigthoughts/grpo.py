@@ -1,0 +1,139 @@
+"""GRPO loss (DeepSeekMath, arXiv:2402.03300) on a Tunix Gemma policy, memory-lean.
+
+The objective is Tunix's (``tunix.rl.algo_core.grpo_loss_fn``): the clipped
+importance-ratio surrogate with group-relative advantages plus β·KL to a frozen
+reference, aggregated with ``tunix.rl.common.aggregate_loss`` and the KL estimator
+of ``tunix.rl.common.compute_kl_divergence``. What differs is how the per-token
+log-probabilities are computed:
+
+* Tunix runs every one of the B·G sequences through the whole prompt and
+  materialises full-vocabulary logits for every position (262k floats per token:
+  ~20 GB at 8 × 512 tokens for Gemma 3 270M). We prefill each *prompt* once, repeat
+  its KV cache G times (the gradient still flows into the prompt's keys/values),
+  run only the completions through the layers, and project onto the vocabulary a
+  chunk of positions at a time under ``jax.checkpoint``;
+* Tunix also computes the entropy of the full logits for logging; we do not.
+
+When prompt + completion exceed Gemma 3's sliding window the cache trick would see
+Tunix's prefill-style window mask misplaced, so we fall back to running full
+sequences (exact, just more compute).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+from tunix.rl import common as tunix_common
+
+from bigthoughts.models import forward
+
+
+@dataclass(frozen=True)
+class RolloutBatch:
+    """Token arrays of one GRPO step (numpy or jax).
+
+    prompt_tokens [Bp, P] left-padded, prompt_valid [Bp, P]; completions are
+    prompt-major: rows i*G .. i*G+G-1 belong to prompt i. completion_tokens [B, C]
+    right-padded, completion_mask [B, C]; advantages [B]; ref_logps [B, C].
+    """
+
+    prompt_tokens: jax.Array
+    prompt_valid: jax.Array
+    completion_tokens: jax.Array
+    completion_mask: jax.Array
+    advantages: jax.Array
+    ref_logps: jax.Array | None = None
+    old_logps: jax.Array | None = None
+
+
+jax.tree_util.register_dataclass(
+    RolloutBatch,
+    data_fields=["prompt_tokens", "prompt_valid", "completion_tokens", "completion_mask",
+                 "advantages", "ref_logps", "old_logps"],
+    meta_fields=[],
+)
+
+
+def _uses_slot_positions(model) -> bool:
+    return hasattr(model, "final_logits_softcap")  # Tunix Gemma 2: see generate.py
+
+
+def _window(model) -> int | None:
+    return getattr(model.config, "sliding_window_size", None)
+
+
+def completion_logps(model, prompt_tokens, prompt_valid, completion_tokens, group: int,
+                     *, chunk: int = 32):
+    """log π(completion token | prefix) for each completion position: [Bp*G, C]."""
+    bp, p = prompt_tokens.shape
+    b, c = completion_tokens.shape
+    window = _window(model)
+    if not _uses_slot_positions(model) and window is not None and p + c > window:
+        return _full_sequence_logps(model, prompt_tokens, prompt_valid, completion_tokens,
+                                    group, chunk=chunk)
+    cache_size = p + c
+    if _uses_slot_positions(model):
+        positions = jnp.broadcast_to(jnp.arange(p), (bp, p))
+    else:
+        positions = jnp.maximum(jnp.cumsum(prompt_valid, axis=-1) - 1, 0)
+    causal = jnp.tril(jnp.ones((p, p), dtype=bool))[None] & prompt_valid[:, None, :].astype(bool)
+    mask = jnp.pad(causal, ((0, 0), (0, 0), (0, cache_size - p)))
+    cache = forward.init_cache(model.config, bp, cache_size, model.embedder.input_embedding.dtype)
+    hidden, cache = forward.hidden_states(model, prompt_tokens, positions, cache, mask)
+    rep = lambda x: jnp.repeat(x, group, axis=0)  # noqa: E731
+    cache = jax.tree_util.tree_map(rep, cache)
+    last_hidden = rep(hidden[:, -1])
+    inputs = completion_tokens[:, :-1]
+    next_pos = rep(positions[:, -1] + 1)
+    comp_pos = next_pos[:, None] + jnp.arange(c - 1)[None]
+    prompt_part = jnp.broadcast_to(rep(prompt_valid.astype(bool))[:, None, :], (b, c - 1, p))
+    comp_part = jnp.tril(jnp.ones((c - 1, c), dtype=bool))[None].repeat(b, axis=0)
+    comp_mask = jnp.concatenate([prompt_part, comp_part], axis=-1)  # [B, C-1, P+C]
+    comp_hidden, _ = forward.hidden_states(model, inputs, comp_pos, cache, comp_mask)
+    all_hidden = jnp.concatenate([last_hidden[:, None], comp_hidden], axis=1)
+    return forward.token_logprobs(model, all_hidden, completion_tokens, chunk=chunk, remat=True)
+
+
+def _full_sequence_logps(model, prompt_tokens, prompt_valid, completion_tokens, group, *, chunk):
+    rep = lambda x: jnp.repeat(x, group, axis=0)  # noqa: E731
+    p = prompt_tokens.shape[1]
+    c = completion_tokens.shape[1]
+    tokens = jnp.concatenate([rep(prompt_tokens), completion_tokens], axis=1)
+    valid = jnp.concatenate([rep(prompt_valid.astype(bool)),
+                             jnp.ones_like(completion_tokens, dtype=bool)], axis=1)
+    positions = jnp.maximum(jnp.cumsum(valid, axis=-1) - 1, 0)
+    length = p + c
+    mask = jnp.tril(jnp.ones((length, length), dtype=bool))[None] & valid[:, None, :]
+    hidden, _ = forward.hidden_states(model, tokens, positions, None, mask)
+    return forward.token_logprobs(model, hidden[:, p - 1: p + c - 1], completion_tokens,
+                                  chunk=chunk, remat=True)
+
+
+def grpo_loss(model, batch: RolloutBatch, *, group: int, beta: float, epsilon: float,
+              loss_agg_mode: str = "sequence-mean-token-mean", kl_mode: str = "low_var_kl"):
+    """Returns ``(loss, aux)``: clipped surrogate + β·KL (β = ``beta``, ε = ``epsilon``)."""
+    logps = completion_logps(model, batch.prompt_tokens, batch.prompt_valid,
+                             batch.completion_tokens, group)
+    mask = batch.completion_mask.astype(jnp.float32)
+    old = jax.lax.stop_gradient(logps) if batch.old_logps is None else batch.old_logps
+    log_ratio = jnp.clip(logps - old, -20.0, 20.0)
+    ratio = jnp.exp(log_ratio)
+    adv = batch.advantages.astype(jnp.float32)[:, None]
+    unclipped = -adv * ratio
+    clipped = -adv * jnp.clip(ratio, 1.0 - epsilon, 1.0 + epsilon)
+    per_token = jnp.maximum(unclipped, clipped)
+    pg_loss = tunix_common.aggregate_loss(per_token, mask, loss_agg_mode)
+    denom = jnp.maximum(mask.sum(), 1.0)
+    aux = {"pg_loss": pg_loss,
+           "clip_fraction": ((clipped > unclipped) * mask).sum() / denom,
+           "policy_logp": (logps * mask).sum() / denom}
+    loss = pg_loss
+    if batch.ref_logps is not None:
+        kl = tunix_common.compute_kl_divergence(logps, batch.ref_logps, kl_mode)
+        kl_loss = tunix_common.aggregate_loss(kl, mask, loss_agg_mode)
+        aux["kl"] = (kl * mask).sum() / denom
+        if beta:
+            loss = loss + beta * kl_loss
+    return loss, aux

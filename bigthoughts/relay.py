@@ -1,0 +1,146 @@
+"""Relay training: time budgets, and checkpoints that survive kill -9.
+
+A run started with ``--time-budget 8h45m`` checkpoints before the budget ends and
+exits with ``EXIT_RELAY`` (75, EX_TEMPFAIL); rerunning the same command resumes.
+
+Checkpoint layout (one directory per step, written then renamed into place)::
+
+    checkpoints/step_000010/arrays.npz   # LoRA params + optimizer state leaves
+    checkpoints/step_000010/meta.json    # step, data position, seed, metrics; written last
+    checkpoints/LATEST                   # "step_000010", replaced atomically
+
+A step directory only becomes visible by ``os.rename`` after its files are fsynced,
+so a kill at any moment leaves either the previous checkpoint or the new one, never
+a half-written one. We use this plain format rather than Orbax's async
+CheckpointManager so that nothing runs in background threads a kill could cut.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+EXIT_RELAY = 75
+_UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+
+
+def parse_duration(text: str) -> float:
+    """'8h45m' -> 31500.0 seconds; also '90s', '1.5h', '2d', or a bare number of seconds."""
+    text = str(text).strip().lower()
+    if re.fullmatch(r"\d+(\.\d+)?", text):
+        return float(text)
+    parts = re.findall(r"(\d+(?:\.\d+)?)([dhms])", text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise ValueError(f"cannot read duration {text!r}: use e.g. 8h45m, 30m, 90s")
+    return float(sum(float(n) * _UNITS[u] for n, u in parts))
+
+
+@dataclass
+class Deadline:
+    """Decides whether another step fits before the budget ends."""
+
+    end: float | None  # time.monotonic() value, None = no deadline
+    safety: float = 1.5  # assume the next step may take 1.5x the slowest seen
+
+    @classmethod
+    def from_budget(cls, budget: str | float | None) -> Deadline:
+        if budget is None:
+            return cls(None)
+        seconds = parse_duration(budget) if isinstance(budget, str) else float(budget)
+        return cls(time.monotonic() + seconds)
+
+    def allows(self, step_seconds: float, save_seconds: float) -> bool:
+        if self.end is None:
+            return True
+        need = self.safety * step_seconds + 2.0 * save_seconds + 5.0
+        return time.monotonic() + need < self.end
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class CheckpointStore:
+    """Atomic step checkpoints of a pytree of arrays plus JSON metadata."""
+
+    def __init__(self, root: Path, *, keep: int = 2):
+        self.root = Path(root)
+        self.keep = keep
+
+    def save(self, step: int, tree: Any, meta: dict) -> Path:
+        self.root.mkdir(parents=True, exist_ok=True)
+        name = f"step_{step:06d}"
+        final = self.root / name
+        tmp = self.root / f".{name}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        leaves = jax.tree_util.tree_leaves(tree)
+        with open(tmp / "arrays.npz", "wb") as fh:
+            np.savez(fh, **{f"a{i}": np.asarray(jax.device_get(x)) for i, x in enumerate(leaves)})
+            fh.flush()
+            os.fsync(fh.fileno())
+        with open(tmp / "meta.json", "w") as fh:
+            json.dump({**meta, "step": step, "num_leaves": len(leaves)}, fh, indent=1)
+            fh.flush()
+            os.fsync(fh.fileno())
+        _fsync_dir(tmp)
+        if final.exists():
+            shutil.rmtree(final)
+        os.rename(tmp, final)
+        latest_tmp = self.root / ".LATEST.tmp"
+        latest_tmp.write_text(name)
+        os.replace(latest_tmp, self.root / "LATEST")
+        _fsync_dir(self.root)
+        self._prune()
+        return final
+
+    def steps(self) -> list[int]:
+        if not self.root.exists():
+            return []
+        found = []
+        for d in self.root.iterdir():
+            m = re.fullmatch(r"step_(\d+)", d.name)
+            if m and (d / "meta.json").exists() and (d / "arrays.npz").exists():
+                found.append(int(m.group(1)))
+        return sorted(found)
+
+    def latest(self) -> int | None:
+        marker = self.root / "LATEST"
+        if marker.exists():
+            m = re.fullmatch(r"step_(\d+)", marker.read_text().strip())
+            if m and int(m.group(1)) in self.steps():
+                return int(m.group(1))
+        steps = self.steps()
+        return steps[-1] if steps else None
+
+    def restore(self, step: int, like: Any) -> tuple[Any, dict]:
+        """Loads step ``step`` into the structure of ``like`` (a pytree of arrays)."""
+        d = self.root / f"step_{step:06d}"
+        meta = json.loads((d / "meta.json").read_text())
+        leaves, treedef = jax.tree_util.tree_flatten(like)
+        if meta["num_leaves"] != len(leaves):
+            raise ValueError(f"checkpoint {d} has {meta['num_leaves']} arrays, expected "
+                             f"{len(leaves)}: was it written by a different configuration?")
+        with np.load(d / "arrays.npz") as data:
+            arrays = [data[f"a{i}"] for i in range(len(leaves))]
+        for a, ref in zip(arrays, leaves, strict=True):
+            if a.shape != tuple(np.shape(ref)):
+                raise ValueError(f"checkpoint {d}: array shape {a.shape} != {np.shape(ref)}")
+        return jax.tree_util.tree_unflatten(treedef, arrays), meta
+
+    def _prune(self) -> None:
+        for step in self.steps()[: -self.keep] if self.keep > 0 else []:
+            shutil.rmtree(self.root / f"step_{step:06d}", ignore_errors=True)
