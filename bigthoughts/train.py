@@ -208,6 +208,8 @@ def train(config: TrainConfig, *, max_steps: int | None = None,
             save_cost = max(save_cost, time.perf_counter() - t)
         if config.eval_every and trainer.step % config.eval_every == 0:
             trainer.evaluate()
+    if not stopped and trainer.step >= limit and limit > 0:
+        trainer.export(out / "export")
     trainer.close()
     return TrainResult(step=trainer.step, stopped_for_deadline=stopped, out_dir=out,
                        history=history)

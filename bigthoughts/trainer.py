@@ -8,6 +8,7 @@ a process exit in between produce the same parameters.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -57,6 +58,8 @@ class GRPOTrainer:
             config.rewards.weights, min_words=config.rewards.min_reasoning_words)
         self.mesh = _mesh(config)
         self.model = self._with_lora(self.loaded.model)
+        # qwix works on a clone: drop our reference to the original weights (~1 GB f32)
+        self.loaded = dataclasses.replace(self.loaded, model=None)
         self.graphdef, self.lora, self.base = nnx.split(self.model, nnx.LoRAParam, ...)
         if self.mesh is not None:
             self.base = self._shard(self.base)
@@ -161,9 +164,12 @@ class GRPOTrainer:
                                   advantages=jnp.asarray(advantages, dtype=jnp.float32),
                                   ref_logps=ref)
         aux = {}
+        t1 = time.perf_counter()
         for _ in range(g.num_iterations):
             self.lora, self.opt_state, aux = self._train_fn(self.lora, self.opt_state,
                                                             self.base, batch)
+        aux = jax.block_until_ready(aux)  # time the update here, not in the next rollout
+        t_update = time.perf_counter() - t1
         self.step += 1
         seconds = time.perf_counter() - t0
         n_tokens = int(c_mask.sum())
@@ -176,6 +182,7 @@ class GRPOTrainer:
                                        for t, gold in zip(texts, golds, strict=True)])),
             "completion_length": n_tokens / len(texts),
             "step_seconds": seconds, "rollout_seconds": t_rollout,
+            "update_seconds": t_update,
             "tokens_per_second": n_tokens / max(t_rollout, 1e-9),
             "learning_rate": float(self.schedule(self.step - 1)),
             **{k: float(v) for k, v in aux.items()},
@@ -249,5 +256,16 @@ class GRPOTrainer:
         if self.writer:
             self.writer.close()
 
-    def merged_model(self):
-        return nnx.merge(self.graphdef, self.lora, self.base)
+    def export(self, dest: Path, *, hf: bool = True) -> Path:
+        """Merges LoRA into the base and writes a loadable checkpoint (and HF copy)."""
+        from bigthoughts.export import export_checkpoint, export_hf_gemma3, merge_lora
+
+        model = nnx.merge(self.graphdef, self.lora, self.base)
+        params = merge_lora(model, alpha=self.config.lora.alpha, rank=self.config.lora.rank)
+        spec = self.loaded.spec
+        out = export_checkpoint(dest, params, family=spec.family, config=model.config, spec=spec,
+                                tokenizer=self.tokenizer,
+                                provenance={"step": self.step, "source": self.loaded.source})
+        if hf and spec.family == "gemma3":
+            export_hf_gemma3(dest / "hf", params, model.config, self.tokenizer)
+        return out

@@ -18,6 +18,8 @@ def byte_tokenizer() -> Tokenizer:
     model.trainer_spec.byte_fallback = True
     model.trainer_spec.unk_id, model.trainer_spec.bos_id = 3, 2
     model.trainer_spec.eos_id, model.trainer_spec.pad_id = 1, 0
+    model.trainer_spec.unk_piece, model.trainer_spec.bos_piece = "<unk>", "<bos>"
+    model.trainer_spec.eos_piece, model.trainer_spec.pad_piece = "<eos>", "<pad>"
     model.normalizer_spec.name = "identity"
     model.normalizer_spec.add_dummy_prefix = False
     model.normalizer_spec.escape_whitespaces = True
