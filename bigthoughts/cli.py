@@ -162,11 +162,21 @@ def cmd_report(args) -> int:
 def cmd_train(args) -> int:
     from bigthoughts.train import EXIT_RELAY, load_train_config, train
 
-    config = load_train_config(args.config, args.overrides or [])
+    overrides = list(args.overrides or [])
+    if args.data:
+        overrides.append(f"data.path={args.data}")
+    config = load_train_config(args.config, overrides)
     result = train(config, max_steps=args.max_steps, time_budget=args.time_budget,
                    out_dir=args.out)
     print(json.dumps(result.summary(), indent=2))
     return EXIT_RELAY if result.stopped_for_deadline else 0
+
+
+def cmd_train_report(args) -> int:
+    from bigthoughts.train_report import plot_training
+
+    print(f"wrote {plot_training(Path(args.run), Path(args.out or args.run), window=args.window)}")
+    return 0
 
 
 def cmd_download(args) -> int:
@@ -236,8 +246,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=int, default=None)
     p.add_argument("--time-budget", default=None, help="e.g. 8h45m: checkpoint and exit before")
     p.add_argument("--out", default=None, help="run directory (default from the config)")
+    p.add_argument("--data", default=None, help="GSM8K dir (default: $BIGTHOUGHTS_DATA)")
     p.add_argument("overrides", nargs="*", help="config overrides like grpo.beta=0.02")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("train-report", help="plot training curves of a train run")
+    p.add_argument("run")
+    p.add_argument("--out", default=None, help="folder for the PNG (default: the run dir)")
+    p.add_argument("--window", type=int, default=10, help="moving-average window")
+    p.set_defaults(func=cmd_train_report)
 
     p = sub.add_parser("download", help="download GSM8K (checksummed) into the cache")
     p.add_argument("--dest", default=None)
@@ -252,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     # parameter access would bury our output.
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     try:
-        if args.command not in ("report", "download"):
+        if args.command not in ("report", "download", "train-report"):
             enable_compilation_cache()
         return args.func(args)
     except KeyboardInterrupt:

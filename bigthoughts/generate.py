@@ -120,7 +120,8 @@ class Sampler:
         self.cache_dtype = cache_dtype or (leaves[0].dtype if leaves else jnp.float32)
         self._prefill = jax.jit(self._prefill_impl, static_argnames=("cache_size",))
         self._decode = jax.jit(
-            self._decode_impl, static_argnames=("steps", "top_k", "top_p"), donate_argnums=(1,)
+            self._decode_impl, static_argnames=("steps", "top_k", "top_p", "stop_at_eos"),
+            donate_argnums=(1,)
         )
 
     def update_state(self, model) -> None:
@@ -143,7 +144,8 @@ class Sampler:
         return last, cache, positions[:, -1] + 1
 
     def _decode_impl(self, state, cache, logits, pos, slot_valid, write_slot, done, row_ids,
-                     temps, base_key, step0, *, steps: int, top_k, top_p):
+                     temps, base_key, step0, *, steps: int, top_k, top_p,
+                     stop_at_eos: bool = True):
         eos, pad = self.tokenizer.eos_id(), self.tokenizer.pad_id()
 
         def step(carry, i):
@@ -161,7 +163,8 @@ class Sampler:
                 model, token[:, None], pos[:, None], cache, slot_valid[:, None, :]
             )
             logits = forward.logits(model, hidden[:, 0]).astype(jnp.float32)
-            done = done | (token == eos)
+            if stop_at_eos:
+                done = done | (token == eos)
             return (cache, logits, pos + 1, slot_valid, done), (token, logprob)
 
         carry, (tokens, logprobs) = jax.lax.scan(
@@ -182,12 +185,14 @@ class Sampler:
         seed: int = 0,
         top_k: int | None = None,
         top_p: float | None = None,
+        stop_at_eos: bool = True,
     ) -> list[Generation]:
         """Samples ``num_samples`` continuations per prompt (prompt-major order).
 
         ``temperatures``: one value for all rows, or one per output row
         (``len(prompts) * num_samples``). ``stop`` strings end a row and are cut off
         the text; ``stop_inclusive`` strings (e.g. ``"</answer>"``) end it and are kept.
+        ``stop_at_eos=False`` keeps sampling past EOS (fixed-length benchmarks).
         """
         if not prompts:
             return []
@@ -200,8 +205,9 @@ class Sampler:
         if top_p is not None and top_k is None:
             top_k = 256  # the nucleus is taken among the 256 most likely tokens
         rows = len(prompts) * num_samples
-        temps = np.broadcast_to(np.asarray(temperatures, dtype=np.float32), (rows,)).copy() \
-            if np.ndim(temperatures) == 0 else np.asarray(temperatures, dtype=np.float32)
+        requested = [float(temperatures)] * rows if np.ndim(temperatures) == 0 \
+            else [float(t) for t in temperatures]  # reported as given, not as float32
+        temps = np.asarray(requested, dtype=np.float32)
         if temps.shape != (rows,):
             raise ValueError(f"need 1 or {rows} temperatures, got {temps.shape[0]}")
         if (temps < 0).any():
@@ -237,7 +243,7 @@ class Sampler:
                 self.state, cache, logits, pos, slot_valid, p_len + produced,
                 jnp.asarray(batch_done), jnp.asarray(active, dtype=jnp.int32),
                 jnp.asarray(temps[active]), base_key, produced,
-                steps=self.chunk, top_k=top_k, top_p=top_p,
+                steps=self.chunk, top_k=top_k, top_p=top_p, stop_at_eos=stop_at_eos,
             )
             cache, logits, pos, slot_valid, _ = carry
             toks, lps = np.asarray(toks), np.asarray(lps)
@@ -247,7 +253,8 @@ class Sampler:
                     continue
                 out_tokens[row].extend(int(t) for t in toks[slot])
                 out_logprobs[row].extend(float(x) for x in lps[slot])
-                result = self._finish(out_tokens[row], stop, stop_inclusive, max_new_tokens)
+                result = self._finish(out_tokens[row], stop, stop_inclusive, max_new_tokens,
+                                      stop_at_eos=stop_at_eos)
                 if result is not None:
                     finished[row] = result
                     batch_done[slot] = True
@@ -258,19 +265,20 @@ class Sampler:
         results = []
         for row in range(rows):
             text, n, reason = finished.get(row) or self._finish(
-                out_tokens[row], stop, stop_inclusive, max_new_tokens, force=True)
+                out_tokens[row], stop, stop_inclusive, max_new_tokens, force=True,
+                stop_at_eos=stop_at_eos)
             results.append(Generation(
                 text=text, token_ids=tuple(out_tokens[row][:n]),
                 logprobs=tuple(out_logprobs[row][:n]), finish_reason=reason,
-                prompt_tokens=len(encoded[row // num_samples]), temperature=float(temps[row]),
+                prompt_tokens=len(encoded[row // num_samples]), temperature=requested[row],
             ))
         return results
 
-    def _finish(self, ids, stop, stop_inclusive, max_new, *, force=False):
+    def _finish(self, ids, stop, stop_inclusive, max_new, *, force=False, stop_at_eos=True):
         """(text, tokens kept, reason) if the row is finished, else None."""
         eos = self.tokenizer.eos_id()
         limit = min(len(ids), max_new)
-        hit_eos = eos in ids[:limit]
+        hit_eos = stop_at_eos and eos in ids[:limit]
         if hit_eos:
             limit = ids.index(eos) + 1
         text = self.tokenizer.decode([t for t in ids[:limit] if t != eos])

@@ -188,6 +188,11 @@ class GRPOTrainer:
             **{k: float(v) for k, v in aux.items()},
         }
         self._log(record)
+        with open(self.out / "samples.jsonl", "a") as fh:  # what the policy wrote
+            fh.write(json.dumps({"step": self.step, "completions": [
+                {"example": e.id, "text": t, "reward": float(r)}
+                for e, t, r in zip([x for x in batch_examples for _ in range(g.num_generations)],
+                                   texts, rewards, strict=True)]}) + "\n")
         return record
 
     # --- persistence ----------------------------------------------------------------
