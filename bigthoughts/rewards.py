@@ -19,7 +19,8 @@ half the correctness bonus, so emitting tag soup never pays, yet a correct answe
 with stray tags still beats a wrong tidy one; short reasoning (-5 at most) stops the
 policy from collapsing to a bare number, which would defeat voting over reasoning
 paths. ``partial_format`` (off by default) gives credit per tag for early training,
-when exact format is too rare to produce a learning signal.
+when exact format is too rare to produce a learning signal. ``no_answer`` (off by
+default) charges completions with no readable ``<answer>``: see its docstring.
 
 Example (weights bound for ``GRPOLearner(reward_fns=...)``)::
 
@@ -250,6 +251,24 @@ def partial_format_reward(
     return [float(weight) / 4 * sum(t.count(tag) == 1 for tag in TAGS) for t in _texts(completions)]
 
 
+def no_answer_penalty(
+    prompts: Any, completions: Any, answer: Any = None, *, weight: float = -5.0, **kwargs: Any
+) -> list[float]:
+    """``weight`` (a penalty) when no number can be read from a well-formed
+    ``<answer>…</answer>`` (the strict extractor returns nothing), else 0.
+
+    Why it exists: ``broken_tags`` alone makes "no tags at all" (0) score better than
+    an honest attempt cut off by the token cap (``<reasoning>`` opened, never
+    closed: broken). A base model that rarely closes its tags then learns to drop
+    them. This term charges a missing answer whatever the reason. Range: {weight, 0}.
+
+    >>> no_answer_penalty(["q"] * 3, ["<answer>4</answer>", "just 4", "<reasoning>x"], None)
+    [0.0, -5.0, -5.0]
+    """
+    return [0.0 if extract_answer(t, strict=True) is not None else float(weight)
+            for t in _texts(completions)]
+
+
 REWARD_FUNCTIONS: Mapping[str, RewardFn] = MappingProxyType(
     {
         "format": format_reward,
@@ -257,6 +276,7 @@ REWARD_FUNCTIONS: Mapping[str, RewardFn] = MappingProxyType(
         "broken_tags": broken_tags_penalty,
         "short_reasoning": short_reasoning_penalty,
         "partial_format": partial_format_reward,
+        "no_answer": no_answer_penalty,
     }
 )
 DEFAULT_WEIGHTS: Mapping[str, float] = MappingProxyType(

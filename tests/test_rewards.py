@@ -16,6 +16,7 @@ from bigthoughts.rewards import (
     format_reward,
     is_exact_format,
     make_reward_fns,
+    no_answer_penalty,
     partial_format_reward,
     score,
     short_reasoning_penalty,
@@ -208,6 +209,8 @@ def test_rewards_never_raise_and_stay_in_range(completions, answer, name) -> Non
             assert v in RANGES[name](w)
         elif name == "short_reasoning":
             assert w <= v <= 0.0
+        elif name == "no_answer":
+            assert v in (w, 0.0)
         else:  # partial_format: multiples of w / 4
             assert 0.0 <= v <= w and (v / (w / 4)).is_integer()
 
@@ -236,6 +239,7 @@ def test_registry_is_immutable_and_complete() -> None:
         "broken_tags",
         "short_reasoning",
         "partial_format",
+        "no_answer",
     }
     assert dict(DEFAULT_WEIGHTS) == {
         "format": 2.0,
@@ -314,3 +318,25 @@ def test_docstring_examples_run() -> None:
 
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
+
+
+@pytest.mark.parametrize("completion, penalty", [
+    ("<reasoning>2 + 2 = 4</reasoning>\n<answer>4</answer>", 0.0),
+    ("<answer>$1,800.00</answer>", 0.0),
+    ("The answer is 4.", -5.0),  # a number, but not in an answer tag
+    ("<reasoning>2 + 2 = 4 and then", -5.0),  # cut off by the token cap
+    ("<answer>four</answer>", -5.0),  # no number to read
+    ("", -5.0),
+])
+def test_no_answer_penalty(completion: str, penalty: float) -> None:
+    assert one(no_answer_penalty, completion) == penalty
+
+
+def test_no_answer_makes_dropping_tags_worse_than_exact_format() -> None:
+    fns = make_reward_fns({"format": 2.0, "broken_tags": -5.0, "no_answer": -5.0})
+    def total(text: str) -> float:
+        return sum(fn(["q"], [text], ["4"])[0] for fn in fns)
+    exact = total("<reasoning>2 + 2 = 4</reasoning>\n<answer>4</answer>")
+    untagged = total("2 + 2 = 4, so 4")
+    truncated = total("<reasoning>2 + 2 = 4 and")
+    assert exact > untagged > truncated
