@@ -65,14 +65,14 @@ def _window(model) -> int | None:
 
 
 def completion_logps(model, prompt_tokens, prompt_valid, completion_tokens, group: int,
-                     *, chunk: int = 32):
+                     *, chunk: int = 32, remat: bool = False):
     """log π(completion token | prefix) for each completion position: [Bp*G, C]."""
     bp, p = prompt_tokens.shape
     b, c = completion_tokens.shape
     window = _window(model)
     if not _uses_slot_positions(model) and window is not None and p + c > window:
         return _full_sequence_logps(model, prompt_tokens, prompt_valid, completion_tokens,
-                                    group, chunk=chunk)
+                                    group, chunk=chunk, remat=remat)
     cache_size = p + c
     if _uses_slot_positions(model):
         positions = jnp.broadcast_to(jnp.arange(p), (bp, p))
@@ -81,7 +81,8 @@ def completion_logps(model, prompt_tokens, prompt_valid, completion_tokens, grou
     causal = jnp.tril(jnp.ones((p, p), dtype=bool))[None] & prompt_valid[:, None, :].astype(bool)
     mask = jnp.pad(causal, ((0, 0), (0, 0), (0, cache_size - p)))
     cache = forward.init_cache(model.config, bp, cache_size, model.embedder.input_embedding.dtype)
-    hidden, cache = forward.hidden_states(model, prompt_tokens, positions, cache, mask)
+    hidden, cache = forward.hidden_states(model, prompt_tokens, positions, cache, mask,
+                                          remat=remat)
     rep = lambda x: jnp.repeat(x, group, axis=0)  # noqa: E731
     cache = jax.tree_util.tree_map(rep, cache)
     last_hidden = rep(hidden[:, -1])
@@ -91,12 +92,14 @@ def completion_logps(model, prompt_tokens, prompt_valid, completion_tokens, grou
     prompt_part = jnp.broadcast_to(rep(prompt_valid.astype(bool))[:, None, :], (b, c - 1, p))
     comp_part = jnp.tril(jnp.ones((c - 1, c), dtype=bool))[None].repeat(b, axis=0)
     comp_mask = jnp.concatenate([prompt_part, comp_part], axis=-1)  # [B, C-1, P+C]
-    comp_hidden, _ = forward.hidden_states(model, inputs, comp_pos, cache, comp_mask)
+    comp_hidden, _ = forward.hidden_states(model, inputs, comp_pos, cache, comp_mask,
+                                           remat=remat)
     all_hidden = jnp.concatenate([last_hidden[:, None], comp_hidden], axis=1)
     return forward.token_logprobs(model, all_hidden, completion_tokens, chunk=chunk, remat=True)
 
 
-def _full_sequence_logps(model, prompt_tokens, prompt_valid, completion_tokens, group, *, chunk):
+def _full_sequence_logps(model, prompt_tokens, prompt_valid, completion_tokens, group, *, chunk,
+                         remat=False):
     rep = lambda x: jnp.repeat(x, group, axis=0)  # noqa: E731
     p = prompt_tokens.shape[1]
     c = completion_tokens.shape[1]
@@ -106,16 +109,17 @@ def _full_sequence_logps(model, prompt_tokens, prompt_valid, completion_tokens, 
     positions = jnp.maximum(jnp.cumsum(valid, axis=-1) - 1, 0)
     length = p + c
     mask = jnp.tril(jnp.ones((length, length), dtype=bool))[None] & valid[:, None, :]
-    hidden, _ = forward.hidden_states(model, tokens, positions, None, mask)
+    hidden, _ = forward.hidden_states(model, tokens, positions, None, mask, remat=remat)
     return forward.token_logprobs(model, hidden[:, p - 1: p + c - 1], completion_tokens,
                                   chunk=chunk, remat=True)
 
 
 def grpo_loss(model, batch: RolloutBatch, *, group: int, beta: float, epsilon: float,
-              loss_agg_mode: str = "sequence-mean-token-mean", kl_mode: str = "low_var_kl"):
+              loss_agg_mode: str = "sequence-mean-token-mean", kl_mode: str = "low_var_kl",
+              remat: bool = False):
     """Returns ``(loss, aux)``: clipped surrogate + β·KL (β = ``beta``, ε = ``epsilon``)."""
     logps = completion_logps(model, batch.prompt_tokens, batch.prompt_valid,
-                             batch.completion_tokens, group)
+                             batch.completion_tokens, group, remat=remat)
     mask = batch.completion_mask.astype(jnp.float32)
     old = jax.lax.stop_gradient(logps) if batch.old_logps is None else batch.old_logps
     log_ratio = jnp.clip(logps - old, -20.0, 20.0)

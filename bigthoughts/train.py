@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bigthoughts.config import RewardConfig, load_yaml, to_dict
+from bigthoughts.config import ConfigError, RewardConfig, load_yaml, to_dict
 from bigthoughts.relay import EXIT_RELAY, CheckpointStore, Deadline
 
 __all__ = ["EXIT_RELAY", "TrainConfig", "TrainResult", "load_train_config", "train"]
@@ -76,6 +76,7 @@ class GRPOSection:
     temperature: float = 1.0  # rollout sampling temperature
     top_k: int | None = None
     max_new_tokens: int = 128
+    remat_layers: bool = True  # recompute layer activations in the backward (memory)
 
     def __post_init__(self) -> None:
         if self.num_generations < 2:
@@ -215,18 +216,32 @@ def train(config: TrainConfig, *, max_steps: int | None = None,
                        history=history)
 
 
+# Knobs that trade memory for time without changing a number: a relay run may resume
+# with them changed (e.g. on a machine with less memory), and runs saved before the
+# knob existed resume as if it had its default.
+_RESUMABLE_CHANGES = {"grpo": ("remat_layers",)}
+
+
 def _check_same_config(out: Path, config: TrainConfig) -> None:
     """A run directory belongs to one recipe: refuse to resume a different one."""
     path = out / "config.json"
     current = to_dict(config)
     current.pop("out_dir", None)
     if path.exists():
-        saved = json.loads(path.read_text())
+        try:
+            saved = json.loads(path.read_text())
+        except (OSError, ValueError) as err:
+            raise ConfigError(f"{path} is unreadable ({err}); use another --out") from err
         saved.pop("out_dir", None)
+        for section, keys in _RESUMABLE_CHANGES.items():
+            for key in keys:
+                for d in (saved, current):
+                    if isinstance(d.get(section), dict):
+                        d[section].pop(key, None)
         if saved != current:
             diff = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
-            raise ValueError(f"{out} holds a run with a different configuration "
-                             f"(differs in: {', '.join(diff)}); use another --out")
+            raise ConfigError(f"{out} holds a run with a different configuration "
+                              f"(differs in: {', '.join(diff)}); use another --out")
     else:
         path.write_text(json.dumps(to_dict(config), indent=1))
 

@@ -115,7 +115,7 @@ class GRPOTrainer:
             model = nnx.merge(self.graphdef, lora_state, base)
             return grpo.grpo_loss(model, batch, group=g.num_generations, beta=g.beta,
                                   epsilon=g.epsilon, loss_agg_mode=g.loss_agg_mode,
-                                  kl_mode=g.kl_mode)
+                                  kl_mode=g.kl_mode, remat=g.remat_layers)
 
         (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(lora)
         updates, opt_state = self.tx.update(grads, opt_state, lora)

@@ -144,3 +144,42 @@ def test_resume_refuses_a_different_config(tmp_path):
     changed, _, _ = toy_setup(str(tmp_path / "r"), max_steps=1, lr=1e-3)
     with pytest.raises(ValueError, match="different configuration"):
         train(changed, examples=examples, loaded=loaded, reward_fns=[lowercase_share])
+    # a memory knob that changes no number may differ between sittings
+    import dataclasses
+    knob = dataclasses.replace(config, grpo=dataclasses.replace(config.grpo, remat_layers=False))
+    assert train(knob, examples=examples, loaded=loaded, reward_fns=[lowercase_share]).step == 1
+
+
+def test_layer_remat_gives_the_same_lora_gradients(tmp_path):
+    """Recomputing decoder layers in the backward (the memory saver) changes no number."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from bigthoughts import grpo
+    from bigthoughts.trainer import GRPOTrainer
+    from tests.train_toy import toy_setup
+
+    config, examples, loaded = toy_setup(str(tmp_path))
+    trainer = GRPOTrainer(config, tmp_path, examples=examples, loaded=loaded)
+    # non-zero LoRA B so that gradients reach every LoRA matrix
+    lora = jax.tree_util.tree_map(lambda x: x + 0.01, trainer.lora)
+    rng = np.random.default_rng(0)
+    batch = grpo.RolloutBatch(
+        prompt_tokens=jnp.asarray(rng.integers(3, 200, (2, 8))),
+        prompt_valid=jnp.ones((2, 8), bool).at[0, :2].set(False),
+        completion_tokens=jnp.asarray(rng.integers(3, 200, (4, 6))),
+        completion_mask=jnp.ones((4, 6), bool), advantages=jnp.asarray([1.0, -1.0, 0.5, -0.5]),
+        ref_logps=jnp.zeros((4, 6)))
+
+    def grads(remat):
+        def loss(lora_state):
+            model = nnx.merge(trainer.graphdef, lora_state, trainer.base)
+            return grpo.grpo_loss(model, batch, group=2, beta=0.04, epsilon=0.2, remat=remat)[0]
+        return jax.tree_util.tree_leaves(jax.jit(jax.grad(loss))(lora))
+
+    plain, remat = grads(False), grads(True)
+    assert any(np.abs(np.asarray(g)).max() > 0 for g in plain)
+    for a, b in zip(plain, remat, strict=True):  # equal up to float32 re-association
+        a, b = np.asarray(a), np.asarray(b)
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * np.abs(a).max())
