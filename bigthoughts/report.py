@@ -131,9 +131,19 @@ def _run_numbers(run: Run) -> dict[str, Any]:
     }
 
 
-def _pair_numbers(a: Run, b: Run) -> dict[str, Any]:
-    a_ok = {r["id"]: bool(r["correct"]) for r in a.records}
-    b_ok = {r["id"]: bool(r["correct"]) for r in b.records}
+def _correct(record: Mapping[str, Any]) -> bool:
+    return bool(record["correct"])
+
+
+def _first_trace_strict(record: Mapping[str, Any]) -> bool:
+    traces = record.get("traces") or []
+    return bool(traces and traces[0].get("format_strict"))
+
+
+def _pair_numbers(a: Run, b: Run, outcome=_correct) -> dict[str, Any]:
+    """McNemar and the paired difference of ``outcome`` (per question) between runs."""
+    a_ok = {r["id"]: outcome(r) for r in a.records}
+    b_ok = {r["id"]: outcome(r) for r in b.records}
     common = {i: a_ok[i] for i in a_ok if i in b_ok}
     test = mcnemar(common, b_ok)
     diff, lo, hi = paired_diff_ci(common, b_ok)
@@ -178,9 +188,9 @@ def _p(x: float) -> str:
     return f"{x:.4f}" if x >= 1e-4 else f"{x:.1e}"
 
 
-def _pairs_table(pairs: list[dict[str, Any]]) -> list[str]:
+def _pairs_table(pairs: list[dict[str, Any]], what: str = "accuracy") -> list[str]:
     lines = [
-        "| A | B | n | b01 (A✗ B✓) | b10 (A✓ B✗) | test | p-value | Δ accuracy B−A (95% CI) |",
+        f"| A | B | n | b01 (A✗ B✓) | b10 (A✓ B✗) | test | p-value | Δ {what} B−A (95% CI) |",
         "|---|---|---:|---:|---:|---|---:|---:|",
     ]
     for p in pairs:
@@ -346,6 +356,8 @@ def make_report(run_dirs: Sequence[Path], out_dir: Path) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = [_run_numbers(r) for r in runs]
     pairs = [_pair_numbers(a, b) for a, b in itertools.combinations(runs, 2)]
+    format_pairs = [_pair_numbers(a, b, _first_trace_strict)
+                    for a, b in itertools.combinations(runs, 2)]
     plots: dict[str, str | None] = {}
     for name, (plot, reason) in _PLOTTERS.items():
         target = out_dir / name
@@ -366,6 +378,10 @@ def make_report(run_dirs: Sequence[Path], out_dir: Path) -> Path:
         md += ["", "On the questions both runs answered. Exact two-sided binomial test when "
                "fewer than 25 questions are discordant, else chi-square with continuity "
                "correction. Δ: paired difference with a Wald 95% interval."]
+        md += ["", "### Strict format compliance of the first trace, paired", ""]
+        md += _pairs_table(format_pairs, "strict format")
+        md += ["", "The same test on whether each question's first trace is exactly "
+               "`<reasoning>…</reasoning><answer>…</answer>` (the single-pass output)."]
     else:
         md.append("Only one run: nothing to compare.")
     md += ["", "## Plots", ""]
@@ -375,7 +391,7 @@ def make_report(run_dirs: Sequence[Path], out_dir: Path) -> Path:
     report = out_dir / "report.md"
     report.write_text("\n".join(md).rstrip() + "\n", encoding="utf-8")
     (out_dir / "report.json").write_text(json.dumps(
-        {"runs": rows, "pairs": pairs,
+        {"runs": rows, "pairs": pairs, "format_pairs": format_pairs,
          "plots": {k: ("skipped: " + v if v else k) for k, v in plots.items()}}, indent=2)
         + "\n", encoding="utf-8")
     return report

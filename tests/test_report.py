@@ -92,6 +92,7 @@ def test_report_table_mcnemar_and_plots(runs, tmp_path):
     assert pair["p_value"] == pytest.approx(0.21875)
     assert pair["diff"] == pytest.approx(0.4)
     assert [r["accuracy"] for r in report["runs"]] == [0.3, 0.7]
+    assert "### Strict format compliance of the first trace, paired" in md
     for name in PLOTS:
         assert (out / name).stat().st_size > 5_000, name
         assert f"![{name}]({name})" in md
@@ -126,3 +127,18 @@ def test_missing_or_corrupt_run_dirs_name_the_dir(runs, tmp_path):
     (runs[1] / "summary.json").unlink()
     with pytest.raises(RunDirError, match=r"vote has no summary.json"):
         make_report(runs, tmp_path / "r")
+
+
+def test_paired_format_test_counts_first_traces(tmp_path):
+    # A: strict first trace on q0..q3; B: on q2..q9 -> b01 = q4..q9 = 6, b10 = q0, q1 = 2
+    a = write_run(tmp_path / "a", [record(f"q{i}", "1", ["1" if i < 4 else None], [0.0])
+                                   for i in range(10)], summary("single", 0.4, [0.1, 0.7]))
+    b = write_run(tmp_path / "b", [record(f"q{i}", "1", ["2" if i >= 2 else None, "1"],
+                                          [0.0, 1.0]) for i in range(10)],
+                  summary("vote", 0.0, [0.0, 0.3]))
+    report = json.loads((make_report([a, b], tmp_path / "r").parent / "report.json").read_text())
+    [fpair] = report["format_pairs"]
+    assert (fpair["b01"], fpair["b10"]) == (6, 2)
+    # exact: 2 * P(X <= 2), X ~ Bin(8, 1/2) = 2 * 37/256
+    assert fpair["p_value"] == pytest.approx(74 / 256)
+    assert fpair["diff"] == pytest.approx(0.4)
