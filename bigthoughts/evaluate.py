@@ -317,6 +317,15 @@ def _environment() -> dict[str, Any]:
     }
 
 
+def _previous_total(out_dir: Path) -> float:
+    """Wall seconds of the earlier invocations of this run (0 for a fresh run)."""
+    try:
+        old = json.loads((out_dir / SUMMARY).read_text(encoding="utf-8"))
+        return float(old.get("wall_seconds_total", old.get("wall_seconds", 0.0)))
+    except (OSError, ValueError, TypeError, AttributeError):
+        return 0.0
+
+
 # --- the loop ----------------------------------------------------------------------
 def _batch_seed(seed: int, start: int) -> int:
     """A distinct seed per batch, fixed by the batch's position (resume-proof)."""
@@ -389,6 +398,7 @@ def run_eval(
     finally:
         bar.close()
     records = [done[e.id] for e in examples]
+    elapsed = time.perf_counter() - started
     summary = {
         **summarize(records),
         "mode": config.mode,
@@ -397,7 +407,9 @@ def run_eval(
         "prompt_style": style,
         "prompt_note": prompt_note(style, config.shots, lm.spec.instruction_tuned),
         "resumed_questions": resumed,
-        "wall_seconds": time.perf_counter() - started,
+        "wall_seconds": elapsed,  # this invocation
+        # summed over the invocations that finished (a rerun of a done run adds ~0)
+        "wall_seconds_total": _previous_total(out_dir) + elapsed,
         **_environment(),
     }
     _write_json(out_dir / SUMMARY, summary)

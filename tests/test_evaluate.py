@@ -220,8 +220,11 @@ def test_resume_after_process_kill(tmp_path):
 
     # Rerunning a finished run generates nothing and changes nothing.
     again = FakeSampler(SIX_TEXTS)
-    run_eval(fake_lm(), SIX, config, tmp_path / "run", progress=False, sampler=again)
+    rerun = run_eval(fake_lm(), SIX, config, tmp_path / "run", progress=False, sampler=again)
     assert again.calls == [] and results.read_bytes() == after
+    # the rerun's own time is tiny; the total keeps the earlier invocation's
+    assert rerun["wall_seconds_total"] == pytest.approx(
+        summary["wall_seconds_total"] + rerun["wall_seconds"])
 
 
 def test_torn_last_line_is_dropped_and_recomputed(tmp_path):
