@@ -6,6 +6,7 @@ side by side in one run (each side in its own process, so peak memory is its own
 * ours: `bigthoughts.train` with configs/gemma3-270m-cpu.yaml (LoRA r16 via qwix,
   prompt prefilled once per group, log-probs a chunk of positions at a time under
   rematerialisation, reference log-probs from the same weights with LoRA off);
+* ours-remat: the same with ``grpo.remat_layers=true`` (what that knob costs and buys);
 * naive: full-parameter f32 policy plus a frozen f32 reference copy, log-probs and
   loss by Tunix's own ``common.compute_per_token_logps`` and
   ``algo_core.grpo_loss_fn`` (full-vocabulary logits for every position of every
@@ -35,10 +36,10 @@ from benchmarks.common import peak_rss_gb  # noqa: E402
 RECIPE = ROOT / "configs" / "gemma3-270m-cpu.yaml"
 
 
-def ours(steps: int) -> dict:
+def ours(steps: int, overrides: tuple[str, ...] = ()) -> dict:
     from bigthoughts.train import load_train_config, train
 
-    config = load_train_config(RECIPE, [])
+    config = load_train_config(RECIPE, list(overrides))
     with tempfile.TemporaryDirectory() as out:
         train(config, max_steps=steps, out_dir=out)
         records = [json.loads(x) for x in (Path(out) / "metrics.jsonl").read_text().splitlines()]
@@ -76,7 +77,9 @@ def naive(steps: int) -> dict:
                      optax.adamw(config.optim.learning_rate))
     opt_state = tx.init(params)
     algo = GRPOConfig(num_generations=g.num_generations, beta=g.beta, epsilon=g.epsilon)
-    reward_fns = make_reward_fns(config.rewards)
+    algo.temperature = g.temperature  # RLCluster sets this from the rollout config
+    reward_fns = make_reward_fns(config.rewards.weights,
+                                 min_words=config.rewards.min_reasoning_words)
     examples = load_gsm8k("train", os.environ.get("BIGTHOUGHTS_DATA"), limit=2 * steps)
     sampler = Sampler(lm.model, tok)
 
@@ -133,19 +136,31 @@ def naive(steps: int) -> dict:
             "peak_rss_gb": peak_rss_gb()}
 
 
+SIDES = {
+    "ours": ours,  # the recipe as shipped
+    "ours-remat": lambda steps: ours(steps, ("grpo.remat_layers=true",)),
+    "naive-tunix-full": naive,
+}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=3, help="steps per side (first not timed)")
-    parser.add_argument("--side", choices=["ours", "naive"], default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--side", choices=list(SIDES), default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--sides", default=",".join(SIDES),
+                        help="comma-separated subset of: " + ", ".join(SIDES))
     args = parser.parse_args()
+    sides = [x.strip() for x in args.sides.split(",")]
+    if unknown := [x for x in sides if x not in SIDES]:
+        parser.error(f"unknown side(s) {unknown}; choose from {list(SIDES)}")
     if args.steps < 2:
         parser.error("--steps must be >= 2 (the first step compiles and is not timed)")
     if args.side:
-        result = (ours if args.side == "ours" else naive)(args.steps)
+        result = SIDES[args.side](args.steps)
         print("RESULT " + json.dumps(result), flush=True)
         return
     results = {}
-    for side in ("ours", "naive"):
+    for side in sides:
         proc = subprocess.run([sys.executable, __file__, "--side", side, "--steps",
                                str(args.steps)], capture_output=True, text=True)
         lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
@@ -154,16 +169,21 @@ def main() -> None:
         else:
             results[side] = json.loads(lines[-1][len("RESULT "):])
     print("GRPO step, Gemma 3 270M f32, 2 prompts x 4 completions, <=128 new tokens, CPU\n")
-    print(f"{'':28} {'ours (LoRA, lean)':>18} {'naive Tunix (full)':>19} {'ratio':>7}")
-    for key, label in (("step_s", "seconds per step"), ("first_step_s", "first step (compile)"),
+    print(f"{'':24}" + "".join(f"{name:>22}" for name in sides))
+    for key, label in (("step_s", "seconds per step"), ("rollout_s", "  of which rollout"),
+                       ("update_s", "  of which update"), ("first_step_s", "first step (compile)"),
                        ("peak_rss_gb", "peak memory (GB)")):
-        a, b = results["ours"].get(key), results["naive"].get(key)
-        fmt = lambda v: "failed" if v is None else f"{v:.1f}"  # noqa: E731
-        ratio = f"{b / a:.2f}x" if a and b else ""
-        print(f"{label:28} {fmt(a):>18} {fmt(b):>19} {ratio:>7}")
-    for side, r in results.items():
+        cells = [results[side].get(key) for side in sides]
+        print(f"{label:24}" + "".join(
+            f"{'n/a' if v is None else f'{v:.1f}':>22}" for v in cells))
+    base = results.get("ours", {})
+    for side in sides:
+        r = results[side]
         if "error" in r:
             print(f"\n{side} failed:\n{r['error']}")
+        elif side != "ours" and base.get("step_s"):
+            print(f"{side}: {r['step_s'] / base['step_s']:.2f}x the time per step, "
+                  f"{r['peak_rss_gb'] / base['peak_rss_gb']:.2f}x the peak memory of ours")
     print("\n" + json.dumps(results))
 
 

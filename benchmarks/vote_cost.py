@@ -57,26 +57,31 @@ def main() -> None:
     mk = dict(max_new_tokens=args.max_new_tokens)
     single = Solver(sampler, vote=VoteConfig(votes=1, temperatures=(0.0,), **mk))
     vote = Solver(sampler, vote=VoteConfig(votes=args.votes, **mk))
-    naive = Solver(sampler, vote=VoteConfig(votes=1, temperatures=(0.6,), **mk))
+    ladder = VoteConfig().temperatures[:args.votes]
+    separate = [Solver(sampler, vote=VoteConfig(votes=1, temperatures=(t,), **mk))
+                for t in ladder]
     adaptive = Solver(sampler, vote=VoteConfig(votes=args.votes, strategy="adaptive", **mk))
 
     one_at_a_time = [[q] for q in qs]
     batched = [qs[i:i + args.batch] for i in range(0, len(qs), args.batch)]
     rows = {}
 
-    def record(name, solver, batches, calls=1):
-        seconds, sols = timed(solver, batches)
-        seconds *= calls
-        tokens = sum(g.num_tokens for s in sols for g in s.generations) * calls
-        samples = sum(len(s.generations) for s in sols) * calls / len(qs)
+    def record(name, solvers, batches):
+        """Times ``solvers`` one after the other on the same questions (summed)."""
+        seconds, tokens, samples = 0.0, 0, 0
+        for solver in solvers if isinstance(solvers, list) else [solvers]:
+            s_, sols = timed(solver, batches)
+            seconds += s_
+            tokens += sum(g.num_tokens for s in sols for g in s.generations)
+            samples += sum(len(s.generations) for s in sols)
         rows[name] = {"s_per_question": seconds / len(qs), "tokens": tokens,
-                      "tok_per_s": tokens / seconds, "samples_per_question": samples}
+                      "tok_per_s": tokens / seconds, "samples_per_question": samples / len(qs)}
 
     record("latency: single pass (greedy)", single, one_at_a_time)
     record(f"latency: {args.votes}-vote, one batched call", vote, one_at_a_time)
-    # k separate calls cost k times one call at T=0.6 (one call timed, times k)
-    record(f"latency: {args.votes}-vote as {args.votes} separate calls", naive, one_at_a_time,
-           calls=args.votes)
+    # the naive vote: one call per ladder temperature, one after the other
+    record(f"latency: {args.votes}-vote as {args.votes} separate calls", separate,
+           one_at_a_time)
     record(f"latency: adaptive (max {args.votes})", adaptive, one_at_a_time)
     record(f"throughput: single pass, batch {args.batch}", single, batched)
     record(f"throughput: {args.votes}-vote, batch {args.batch}", vote, batched)

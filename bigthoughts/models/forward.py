@@ -21,7 +21,7 @@ def hidden_states(model, tokens, positions, cache, attention_mask, *, remat: boo
     ``model.hidden_states``, and we call it through the method: qwix applies LoRA by
     intercepting one method of the model class, and this is the one we register.
     ``remat=True`` recomputes each decoder layer in the backward pass instead of
-    storing its activations (training: ~18x less activation memory, ~1.3x compute).
+    storing its activations (less activation memory for long sequences, more compute).
     """
     method = getattr(model, "hidden_states", None)
     if method is not None:
