@@ -164,7 +164,10 @@ def main() -> None:
         proc = subprocess.run([sys.executable, __file__, "--side", side, "--steps",
                                str(args.steps)], capture_output=True, text=True)
         lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
-        if proc.returncode != 0 or not lines:
+        if proc.returncode in (-9, 137):  # SIGKILL: on Linux, the out-of-memory killer
+            results[side] = {"error": "killed by SIGKILL (out of memory?) after:\n"
+                             + proc.stdout[-1500:]}
+        elif proc.returncode != 0 or not lines:
             results[side] = {"error": (proc.stderr or proc.stdout)[-1500:]}
         else:
             results[side] = json.loads(lines[-1][len("RESULT "):])
