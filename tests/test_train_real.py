@@ -22,24 +22,25 @@ RECIPE = ROOT / "configs" / "gemma3-270m-cpu.yaml"
 
 
 @pytest.mark.real
-@pytest.mark.parametrize("shots", [1, 2])  # 1: shared-prefill path; 2: past the 512 window
-def test_training_logps_match_the_sampler(real_model, gsm8k_dir, shots):
+@pytest.mark.parametrize("width", [24, 200])  # 24: shared-prefill path; 200: past the window
+def test_training_logps_match_the_sampler(real_model, gsm8k_dir, width):
     tok = real_model.tokenizer
     [example] = load_gsm8k("train", gsm8k_dir, limit=1)
-    prompt = build_prompt(example.question, "fewshot", shots=shots)
+    prompt = build_prompt(example.question, "fewshot", shots=2)
     gens = Sampler(real_model.model, tok).generate(
         [prompt], temperatures=[0.7, 1.0], num_samples=2, max_new_tokens=24, seed=3)
     p_tok, p_valid = _pad_left([tok.encode(prompt, add_bos=True)], 64, tok.pad_id())
-    c_tok, c_mask = _pad_right([list(g.token_ids) for g in gens], 24, tok.pad_id())
-    if shots == 2:
-        assert p_tok.shape[1] + 24 > real_model.model.config.sliding_window_size
+    c_tok, c_mask = _pad_right([list(g.token_ids) for g in gens], width, tok.pad_id())
+    window = real_model.model.config.sliding_window_size
+    assert (p_tok.shape[1] + width > window) == (width == 200)  # both paths are exercised
     ours = np.asarray(completion_logps(real_model.model, jnp.asarray(p_tok),
                                        jnp.asarray(p_valid), jnp.asarray(c_tok), 2))
     drawn = np.zeros_like(ours)
     for i, g in enumerate(gens):
         drawn[i, :g.num_tokens] = g.logprobs
-    assert c_mask.sum() > 10
-    np.testing.assert_allclose(ours[c_mask], drawn[c_mask], atol=2e-3)
+    mask = np.asarray(c_mask, dtype=bool)
+    assert mask.sum() > 10
+    np.testing.assert_allclose(ours[mask], drawn[mask], atol=2e-3)
 
 
 @pytest.mark.real
