@@ -224,22 +224,24 @@ def train(config: TrainConfig, *, max_steps: int | None = None,
 _RESUMABLE_CHANGES = {"grpo": ("remat_layers",)}
 
 
+def _run_identity(config: dict) -> dict:
+    """The config fields that make a run directory's identity (a copy)."""
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in config.items() if k != "out_dir"}
+    for section, keys in _RESUMABLE_CHANGES.items():
+        for key in keys:
+            out.get(section, {}).pop(key, None)
+    return out
+
+
 def _check_same_config(out: Path, config: TrainConfig) -> None:
     """A run directory belongs to one recipe: refuse to resume a different one."""
     path = out / "config.json"
-    current = to_dict(config)
-    current.pop("out_dir", None)
     if path.exists():
         try:
-            saved = json.loads(path.read_text())
-        except (OSError, ValueError) as err:
+            saved = _run_identity(json.loads(path.read_text()))
+        except (OSError, ValueError, AttributeError) as err:
             raise ConfigError(f"{path} is unreadable ({err}); use another --out") from err
-        saved.pop("out_dir", None)
-        for section, keys in _RESUMABLE_CHANGES.items():
-            for key in keys:
-                for d in (saved, current):
-                    if isinstance(d.get(section), dict):
-                        d[section].pop(key, None)
+        current = _run_identity(to_dict(config))
         if saved != current:
             diff = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
             raise ConfigError(f"{out} holds a run with a different configuration "

@@ -15,11 +15,13 @@ from pathlib import Path
 
 import numpy as np
 
+from bigthoughts.evaluate import RunDirError
+
 
 def read_metrics(run_dir: Path) -> list[dict]:
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
-        raise FileNotFoundError(f"{run_dir} has no metrics.jsonl: is it a training run directory?")
+        raise RunDirError(f"{run_dir} has no metrics.jsonl: is it a training run directory?")
     rows = []
     for line in path.read_text().splitlines():
         try:
@@ -29,7 +31,7 @@ def read_metrics(run_dir: Path) -> list[dict]:
         if "reward_mean" in row:
             rows.append(row)
     if not rows:
-        raise ValueError(f"{path} holds no training steps yet")
+        raise RunDirError(f"{path} holds no training steps yet")
     return rows
 
 

@@ -73,6 +73,7 @@ class GRPOTrainer:
         self._train_fn = jax.jit(self._update, donate_argnums=(0, 1))
         self._ref_fn = jax.jit(self._ref_logps, static_argnames=("group",))
         self.metrics_path = out / "metrics.jsonl"
+        self.samples_path = out / "samples.jsonl"  # every completion with its reward
         self.writer = None
         self._restore()
 
@@ -188,7 +189,7 @@ class GRPOTrainer:
             **{k: float(v) for k, v in aux.items()},
         }
         self._log(record)
-        with open(self.out / "samples.jsonl", "a") as fh:  # what the policy wrote
+        with open(self.samples_path, "a") as fh:
             fh.write(json.dumps({"step": self.step, "completions": [
                 {"example": e.id, "text": t, "reward": float(r)}
                 for e, t, r in zip([x for x in batch_examples for _ in range(g.num_generations)],
@@ -213,17 +214,19 @@ class GRPOTrainer:
         self._truncate_log(self.step)
 
     def _truncate_log(self, step: int) -> None:
-        """Drops metric lines of steps after the checkpoint (they will be redone)."""
-        if not self.metrics_path.exists():
-            return
-        keep = []
-        for line in self.metrics_path.read_text().splitlines():
-            try:
-                if json.loads(line)["step"] <= step:
-                    keep.append(line)
-            except (ValueError, KeyError):
+        """Drops log lines (metrics, samples) of steps after the checkpoint: they will
+        be redone."""
+        for path in (self.metrics_path, self.samples_path):
+            if not path.exists():
                 continue
-        self.metrics_path.write_text("".join(x + "\n" for x in keep))
+            keep = []
+            for line in path.read_text().splitlines():
+                try:
+                    if json.loads(line)["step"] <= step:
+                        keep.append(line)
+                except (ValueError, KeyError):
+                    continue
+            path.write_text("".join(x + "\n" for x in keep))
 
     def _log(self, record: dict) -> None:
         with open(self.metrics_path, "a") as fh:

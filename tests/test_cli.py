@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
     (["train", "--config", "/nonexistent.yaml"], "nonexistent.yaml"),
     (["report", "/nonexistent/run"], "/nonexistent/run"),
     (["train-report", "/nonexistent/run"], "no metrics.jsonl"),
+    (["train-report", "tests/golden"], "no metrics.jsonl"),
 ])
 def test_user_mistakes_are_one_line_errors(argv, message, capsys, monkeypatch):
     monkeypatch.chdir(ROOT)
@@ -47,3 +48,10 @@ def test_ask_on_the_real_model_votes_over_the_ladder(tmp_path):
         assert out["answer"] in out["counts"]
         assert out["agreement"] == out["counts"][out["answer"]] / len(answers)
     assert all(0 < t["tokens"] <= 64 for t in out["traces"])
+
+
+def test_train_report_on_an_empty_log_is_a_one_line_error(tmp_path, capsys):
+    (tmp_path / "metrics.jsonl").write_text("")
+    assert main(["train-report", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "holds no training steps yet" in err, err

@@ -93,6 +93,8 @@ def test_kill_9_never_corrupts_the_latest_checkpoint(tmp_path):
     assert resumed.returncode == 0 and f"STEP {step + 2}" in resumed.stdout, resumed.stderr[-3000:]
     steps = [m["step"] for m in metrics(out)]
     assert steps == sorted(set(steps)) and steps[-1] == step + 2  # no duplicated step lines
+    sampled = [json.loads(x)["step"] for x in (out / "samples.jsonl").read_text().splitlines()]
+    assert sampled == steps  # the completions log is cut back with the metrics
 
 
 def test_step_on_two_fake_cpu_devices_matches_one_device(tmp_path):
