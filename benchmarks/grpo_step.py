@@ -64,7 +64,7 @@ def naive(steps: int) -> dict:
     from bigthoughts.generate import Sampler
     from bigthoughts.models.registry import load_model
     from bigthoughts.rewards import make_reward_fns
-    from bigthoughts.train import load_train_config
+    from bigthoughts.train import _pad_left, _pad_right, load_train_config
 
     config = load_train_config(RECIPE, [])
     g = config.grpo
@@ -113,14 +113,10 @@ def naive(steps: int) -> dict:
         rewards = np.sum([fn(reps, texts, golds) for fn in reward_fns], axis=0).reshape(2, -1)
         adv = ((rewards - rewards.mean(1, keepdims=True))
                / (rewards.std(1, ddof=1, keepdims=True) + 1e-6)).reshape(-1)
-        width = 64 * -(-max(len(tok.encode(p, add_bos=True)) for p in prompts) // 64)
-        p_ids = np.full((len(reps), width), pad, np.int32)
-        for i, p in enumerate(reps):
-            ids = tok.encode(p, add_bos=True)
-            p_ids[i, width - len(ids):] = ids
-        c_ids = np.full((len(gens), g.max_new_tokens), pad, np.int32)
-        for i, x in enumerate(gens):
-            c_ids[i, :x.num_tokens] = x.token_ids
+        # the same padding as the trainer (prompts left to a multiple of 64), but every
+        # one of the B*G rows carries its whole prompt, as Tunix's learner does
+        p_ids, _ = _pad_left([tok.encode(p, add_bos=True) for p in reps], 64, pad)
+        c_ids, _ = _pad_right([list(x.token_ids) for x in gens], g.max_new_tokens, pad)
         p_ids, c_ids = jnp.asarray(p_ids), jnp.asarray(c_ids)
         ref = ref_logps(ref_params, p_ids, c_ids)
         example = tunix_common.TrainExample(
