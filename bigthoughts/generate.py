@@ -20,7 +20,15 @@ How it works:
 * sampling is exact inverse-CDF sampling over the full vocabulary, optionally
   restricted to the top-k (and then the top-p nucleus of those k);
 * reported log-probs are the model's own ``log_softmax`` (temperature 1) of each
-  sampled token.
+  sampled token;
+* ``calculator=True`` runs GSM8K's calculator convention inside the decode: when a
+  row writes ``<<EXPR=``, the host evaluates EXPR with the safe evaluator of
+  :mod:`bigthoughts.steps`, drops whatever the row sampled after the ``=`` (those
+  cache slots are masked out and its position rewinds), and feeds ``RESULT>>`` to
+  that row as forced tokens in the next chunk while the other rows keep sampling.
+  Forced tokens are flagged in :attr:`Generation.inserted` (the model did not
+  choose them; GRPO masks them out of the loss). An invalid expression inserts
+  nothing. A prompt that itself ends in ``<<EXPR=`` is answered before decoding.
 
 Example::
 
@@ -33,8 +41,9 @@ Example::
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Literal
 
 import jax
@@ -58,6 +67,8 @@ class Generation:
     finish_reason: FinishReason
     prompt_tokens: int
     temperature: float
+    # True where a token was inserted by the calculator rather than sampled
+    inserted: tuple[bool, ...] = ()
 
     @property
     def num_tokens(self) -> int:
@@ -81,8 +92,7 @@ def _pow2(n: int) -> int:
 
 
 def _sample(logits, temps, keys, top_k: int | None, top_p: float | None):
-    """Samples one token per row. Returns (token [B], model log-prob [B])."""
-    lse = jax.nn.logsumexp(logits, axis=-1)
+    """Samples one token per row: [B] (argmax where the temperature is 0)."""
     greedy = jnp.argmax(logits, axis=-1)
     if top_k is not None:
         cand_logits, cand_ids = jax.lax.top_k(logits, top_k)
@@ -97,9 +107,79 @@ def _sample(logits, temps, keys, top_k: int | None, top_p: float | None):
     u = jax.vmap(lambda k: jax.random.uniform(k, ()))(keys) * cdf[:, -1]
     index = jnp.minimum(jnp.sum(cdf <= u[:, None], axis=-1), cdf.shape[-1] - 1)
     drawn = index if cand_ids is None else jnp.take_along_axis(cand_ids, index[:, None], -1)[:, 0]
-    token = jnp.where(temps > 0, drawn, greedy)
-    logprob = jnp.take_along_axis(logits, token[:, None], -1)[:, 0] - lse
-    return token, logprob
+    return jnp.where(temps > 0, drawn, greedy)
+
+
+def _token_logprob(logits, token):
+    """The model's log-softmax (temperature 1) of ``token`` in each row."""
+    lse = jax.nn.logsumexp(logits, axis=-1)
+    return jnp.take_along_axis(logits, token[:, None], -1)[:, 0] - lse
+
+
+Calculator = Callable[[str], "str | None"]
+# an open calculator call: "<<" then an expression then "=" (GSM8K's annotation)
+_CALL = re.compile(r"<<([^<>=\n]{1,160})=")
+_PROMPT_CALL = re.compile(r"<<([^<>=\n]{1,160})=$")
+
+
+def resolve_calculator(calculator: bool | Calculator) -> Calculator | None:
+    """``True`` -> the safe evaluator of :mod:`bigthoughts.steps`; a function is used as
+    given (expression text -> result text or None); ``False`` -> no calculator."""
+    if calculator is True:
+        from bigthoughts.steps import calculate
+
+        return calculate
+    if calculator is False or calculator is None:
+        return None
+    if not callable(calculator):
+        raise TypeError("calculator must be a bool or a function expr -> str | None")
+    return calculator
+
+
+@dataclass
+class _Row:
+    """Host-side state of one output row while it decodes."""
+
+    prompt_len: int  # prompt tokens incl. BOS: the position of the first new token
+    tokens: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    inserted: list[bool] = field(default_factory=list)
+    slots: list[int] = field(default_factory=list)  # cache slot of each token
+    pending: list[int] = field(default_factory=list)  # calculator tokens still to feed
+    scan_from: int = 0  # text already searched for calculator calls
+    result: tuple[str, int, str] | None = None  # (text, tokens kept, finish reason)
+
+    def truncate(self, n: int) -> list[int]:
+        """Keeps the first n tokens; returns the cache slots of the dropped ones."""
+        dropped = self.slots[n:]
+        for items in (self.tokens, self.logprobs, self.inserted, self.slots):
+            del items[n:]
+        return dropped
+
+
+@dataclass(frozen=True)
+class _Options:
+    """Per-call settings of :meth:`Sampler.generate` the host loop needs."""
+
+    max_new_tokens: int
+    stop: tuple[str, ...]
+    stop_inclusive: tuple[str, ...]
+    stop_at_eos: bool
+    top_k: int | None
+    top_p: float | None
+    calculator: Calculator | None
+
+
+@dataclass
+class _Batch:
+    """Device arrays of the rows still decoding, and which original row each slot is."""
+
+    active: np.ndarray  # original row id of each batch slot
+    done: np.ndarray  # host-side: the row in this slot has finished
+    cache: dict
+    logits: jax.Array
+    pos: jax.Array
+    slot_valid: jax.Array
 
 
 class Sampler:
@@ -124,10 +204,6 @@ class Sampler:
             donate_argnums=(1,)
         )
 
-    def update_state(self, model) -> None:
-        """Points the sampler at new weights (same architecture) without recompiling."""
-        self.state = nnx.state(model)
-
     # --- jitted pieces -------------------------------------------------------------
     def _prefill_impl(self, state, tokens, valid, *, cache_size: int):
         model = nnx.merge(self.graphdef, state)
@@ -144,7 +220,7 @@ class Sampler:
         return last, cache, positions[:, -1] + 1
 
     def _decode_impl(self, state, cache, logits, pos, slot_valid, write_slot, done, row_ids,
-                     temps, base_key, step0, *, steps: int, top_k, top_p,
+                     temps, forced, forced_on, base_key, step0, *, steps: int, top_k, top_p,
                      stop_at_eos: bool = True):
         eos, pad = self.tokenizer.eos_id(), self.tokenizer.pad_id()
 
@@ -155,9 +231,10 @@ class Sampler:
             cache, logits, pos, slot_valid, done = carry
             keys = jax.vmap(lambda r: jax.random.fold_in(jax.random.fold_in(base_key, r),
                                                          step0 + i))(row_ids)
-            token, logprob = _sample(logits, temps, keys, top_k, top_p)
+            token = _sample(logits, temps, keys, top_k, top_p)
+            token = jnp.where(forced_on[:, i], forced[:, i], token)  # calculator tokens
+            logprob = jnp.where(done, 0.0, _token_logprob(logits, token))
             token = jnp.where(done, pad, token)
-            logprob = jnp.where(done, 0.0, logprob)
             slot_valid = slot_valid.at[:, write_slot + i].set(True)
             hidden, cache = forward.hidden_states(
                 model, token[:, None], pos[:, None], cache, slot_valid[:, None, :]
@@ -172,7 +249,7 @@ class Sampler:
         )
         return carry, tokens.T, logprobs.T
 
-    # --- host loop -----------------------------------------------------------------
+    # --- host side -----------------------------------------------------------------
     def generate(
         self,
         prompts: Sequence[str],
@@ -186,6 +263,7 @@ class Sampler:
         top_k: int | None = None,
         top_p: float | None = None,
         stop_at_eos: bool = True,
+        calculator: bool | Calculator = False,
     ) -> list[Generation]:
         """Samples ``num_samples`` continuations per prompt (prompt-major order).
 
@@ -193,6 +271,7 @@ class Sampler:
         (``len(prompts) * num_samples``). ``stop`` strings end a row and are cut off
         the text; ``stop_inclusive`` strings (e.g. ``"</answer>"``) end it and are kept.
         ``stop_at_eos=False`` keeps sampling past EOS (fixed-length benchmarks).
+        ``calculator``: see the module docstring (``True`` or a function).
         """
         if not prompts:
             return []
@@ -204,86 +283,161 @@ class Sampler:
             raise ValueError("top_p must be in (0, 1]")
         if top_p is not None and top_k is None:
             top_k = 256  # the nucleus is taken among the 256 most likely tokens
-        rows = len(prompts) * num_samples
-        requested = [float(temperatures)] * rows if np.ndim(temperatures) == 0 \
-            else [float(t) for t in temperatures]  # reported as given, not as float32
-        temps = np.asarray(requested, dtype=np.float32)
-        if temps.shape != (rows,):
-            raise ValueError(f"need 1 or {rows} temperatures, got {temps.shape[0]}")
-        if (temps < 0).any():
-            raise ValueError("temperatures must be >= 0")
-
+        requested = _row_temperatures(temperatures, len(prompts) * num_samples)
+        opts = _Options(max_new_tokens=max_new_tokens, stop=tuple(stop),
+                        stop_inclusive=tuple(stop_inclusive), stop_at_eos=stop_at_eos,
+                        top_k=top_k, top_p=top_p, calculator=resolve_calculator(calculator))
         encoded = [self.tokenizer.encode(p, add_bos=True) for p in prompts]
+        rows = [_Row(prompt_len=len(encoded[r // num_samples])) for r in range(len(requested))]
+        if opts.calculator is not None:
+            self._answer_prompt_calls(prompts, rows, num_samples, opts.calculator)
+        self._decode_rows(encoded, rows, np.asarray(requested, np.float32), num_samples,
+                          seed, opts)
+        return [self._generation(row, t, opts) for row, t in zip(rows, requested, strict=True)]
+
+    def _decode_rows(self, encoded, rows, temps, num_samples, seed, opts: _Options) -> None:
+        """Prefills each prompt once, then decodes chunk by chunk until every row ends."""
         p_len = _round_up(max(len(e) for e in encoded), PROMPT_BUCKET)
-        tokens = np.full((len(prompts), p_len), self.tokenizer.pad_id(), dtype=np.int32)
-        valid = np.zeros((len(prompts), p_len), dtype=bool)
-        for i, ids in enumerate(encoded):
-            tokens[i, p_len - len(ids):] = ids
-            valid[i, p_len - len(ids):] = True
-        new_cap = _round_up(max_new_tokens, self.chunk)
-        cache_size = p_len + new_cap
-        logits, cache, pos = self._prefill(
-            self.state, jnp.asarray(tokens), jnp.asarray(valid), cache_size=cache_size
-        )
-        slot_valid = jnp.pad(jnp.asarray(valid), ((0, 0), (0, new_cap)))
+        tokens, valid = _left_pad(encoded, p_len, self.tokenizer.pad_id())
+        slack = max(4 * self.chunk, opts.max_new_tokens // 2) if opts.calculator else 0
+        capacity = _round_up(opts.max_new_tokens + slack, self.chunk)
+        logits, cache, pos = self._prefill(self.state, jnp.asarray(tokens), jnp.asarray(valid),
+                                           cache_size=p_len + capacity)
+        slot_valid = jnp.pad(jnp.asarray(valid), ((0, 0), (0, capacity)))
         if num_samples > 1:
             rep = lambda x: jnp.repeat(x, num_samples, axis=0)  # noqa: E731
             logits, pos, slot_valid = rep(logits), rep(pos), rep(slot_valid)
             cache = jax.tree_util.tree_map(rep, cache)
-
-        out_tokens: list[list[int]] = [[] for _ in range(rows)]
-        out_logprobs: list[list[float]] = [[] for _ in range(rows)]
-        finished: dict[int, tuple[str, int, FinishReason]] = {}
-        active = np.arange(rows)  # original row id of each batch slot
-        batch_done = np.zeros(rows, dtype=bool)
+        batch = _Batch(active=np.arange(len(rows)), done=np.zeros(len(rows), dtype=bool),
+                       cache=cache, logits=logits, pos=pos, slot_valid=slot_valid)
         base_key = jax.random.key(seed)
         produced = 0
-        while produced < max_new_tokens and len(finished) < rows:
+        while produced < capacity and any(r.result is None for r in rows):
+            forced, forced_on, sent = self._forced_tokens(rows, batch.active)
             carry, toks, lps = self._decode(
-                self.state, cache, logits, pos, slot_valid, p_len + produced,
-                jnp.asarray(batch_done), jnp.asarray(active, dtype=jnp.int32),
-                jnp.asarray(temps[active]), base_key, produced,
-                steps=self.chunk, top_k=top_k, top_p=top_p, stop_at_eos=stop_at_eos,
+                self.state, batch.cache, batch.logits, batch.pos, batch.slot_valid,
+                p_len + produced, jnp.asarray(batch.done),
+                jnp.asarray(batch.active, dtype=jnp.int32), jnp.asarray(temps[batch.active]),
+                jnp.asarray(forced), jnp.asarray(forced_on), base_key, produced,
+                steps=self.chunk, top_k=opts.top_k, top_p=opts.top_p,
+                stop_at_eos=opts.stop_at_eos,
             )
-            cache, logits, pos, slot_valid, _ = carry
-            toks, lps = np.asarray(toks), np.asarray(lps)
+            batch.cache, batch.logits, batch.pos, batch.slot_valid, _ = carry
+            rewinds = self._absorb(rows, batch, np.asarray(toks), np.asarray(lps), sent,
+                                   p_len + produced, opts)
             produced += self.chunk
-            for slot, row in enumerate(active):
-                if row in finished or batch_done[slot]:
-                    continue
-                out_tokens[row].extend(int(t) for t in toks[slot])
-                out_logprobs[row].extend(float(x) for x in lps[slot])
-                result = self._finish(out_tokens[row], stop, stop_inclusive, max_new_tokens,
-                                      stop_at_eos=stop_at_eos)
-                if result is not None:
-                    finished[row] = result
-                    batch_done[slot] = True
+            if rewinds:
+                self._rewind(batch, rewinds)
             if self.compact:
-                active, batch_done, cache, logits, pos, slot_valid = self._compact(
-                    active, batch_done, cache, logits, pos, slot_valid
-                )
-        results = []
-        for row in range(rows):
-            text, n, reason = finished.get(row) or self._finish(
-                out_tokens[row], stop, stop_inclusive, max_new_tokens, force=True,
-                stop_at_eos=stop_at_eos)
-            results.append(Generation(
-                text=text, token_ids=tuple(out_tokens[row][:n]),
-                logprobs=tuple(out_logprobs[row][:n]), finish_reason=reason,
-                prompt_tokens=len(encoded[row // num_samples]), temperature=requested[row],
-            ))
-        return results
+                batch = _compact(batch)
 
-    def _finish(self, ids, stop, stop_inclusive, max_new, *, force=False, stop_at_eos=True):
+    def _forced_tokens(self, rows, active):
+        """The calculator tokens each batch slot must take in the next chunk."""
+        forced = np.zeros((len(active), self.chunk), dtype=np.int32)
+        forced_on = np.zeros((len(active), self.chunk), dtype=bool)
+        sent: dict[int, int] = {}
+        for b, r in enumerate(active):
+            todo = rows[r].pending[: self.chunk]
+            if todo and rows[r].result is None:
+                forced[b, : len(todo)] = todo
+                forced_on[b, : len(todo)] = True
+                sent[int(r)] = len(todo)
+        return forced, forced_on, sent
+
+    def _absorb(self, rows, batch: _Batch, toks, lps, sent, first_slot: int, opts: _Options):
+        """Appends a chunk to each live row, finishes rows and runs the calculator.
+
+        Returns ``(batch slot, dropped cache slots, next position)`` for each row whose
+        tail was replaced by a calculator result."""
+        rewinds = []
+        for b, r in enumerate(batch.active):
+            row = rows[r]
+            if row.result is not None or batch.done[b]:
+                continue
+            n_forced = sent.get(int(r), 0)
+            row.tokens.extend(int(t) for t in toks[b])
+            row.logprobs.extend(float(x) for x in lps[b])
+            row.inserted.extend(j < n_forced for j in range(len(toks[b])))
+            row.slots.extend(range(first_slot, first_slot + len(toks[b])))
+            del row.pending[:n_forced]
+            if row.pending:
+                continue
+            finish = self._finish(row.tokens, opts)
+            dropped = self._calculate(row, finish, opts) if opts.calculator else None
+            if dropped is not None:
+                rewinds.append((b, dropped, row.prompt_len + len(row.tokens)))
+            elif finish is not None:
+                row.result = finish
+                batch.done[b] = True
+        return rewinds
+
+    def _calculate(self, row: _Row, finish, opts: _Options) -> list[int] | None:
+        """Looks for a new ``<<EXPR=`` in the row's text (before any stop); if its
+        value is known, cuts the row right after the ``=``, queues ``RESULT>>`` and
+        returns the dropped cache slots. None if there is nothing to insert."""
+        text = finish[0] if finish is not None else self._text(row.tokens)
+        while True:
+            match = _CALL.search(text, row.scan_from)
+            if match is None:
+                return None
+            row.scan_from = match.end()
+            result = opts.calculator(match.group(1))
+            if result is not None:
+                break
+        n = self._tokens_covering(row.tokens, match.end())
+        head = ""
+        if len(self.tokenizer.decode(row.tokens[:n])) > match.end():  # '=' inside a token
+            n -= 1
+            head = text[len(self.tokenizer.decode(row.tokens[:n])): match.end()]
+        dropped = row.truncate(n)
+        row.pending = self.tokenizer.encode(head + result + ">>")
+        return dropped
+
+    def _rewind(self, batch: _Batch, rewinds) -> None:
+        """Masks out dropped cache slots and rewinds positions (rows given calculator
+        results). Gemma 2 keeps slot positions: its RoPE sees a gap, nothing else."""
+        valid = np.array(batch.slot_valid)
+        pos = np.array(batch.pos)
+        for b, dropped, next_pos in rewinds:
+            valid[b, dropped] = False
+            if not self.slot_positions:
+                pos[b] = next_pos
+        batch.slot_valid, batch.pos = jnp.asarray(valid), jnp.asarray(pos)
+
+    def _answer_prompt_calls(self, prompts, rows, num_samples: int, calculator) -> None:
+        """A prompt ending in ``<<EXPR=`` gets its result before any sampling."""
+        for i, prompt in enumerate(prompts):
+            match = _PROMPT_CALL.search(prompt)
+            result = calculator(match.group(1)) if match else None
+            if result is not None:
+                forced = self.tokenizer.encode(result + ">>")
+                for row in rows[i * num_samples:(i + 1) * num_samples]:
+                    row.pending = list(forced)
+
+    def _generation(self, row: _Row, temperature: float, opts: _Options) -> Generation:
+        text, n, reason = row.result or self._finish(row.tokens, opts, force=True)
+        inserted = tuple(row.inserted[:n])
+        # an inserted token was not the model's choice: it adds nothing to the log-prob
+        logprobs = tuple(0.0 if ins else lp for lp, ins in zip(row.logprobs[:n], inserted,
+                                                                 strict=True))
+        return Generation(text=text, token_ids=tuple(row.tokens[:n]), logprobs=logprobs,
+                          finish_reason=reason, prompt_tokens=row.prompt_len,
+                          temperature=temperature, inserted=inserted)
+
+    def _text(self, ids) -> str:
+        eos = self.tokenizer.eos_id()
+        return self.tokenizer.decode([t for t in ids if t != eos])
+
+    def _finish(self, ids, opts: _Options, *, force: bool = False):
         """(text, tokens kept, reason) if the row is finished, else None."""
         eos = self.tokenizer.eos_id()
-        limit = min(len(ids), max_new)
-        hit_eos = stop_at_eos and eos in ids[:limit]
+        limit = min(len(ids), opts.max_new_tokens)
+        hit_eos = opts.stop_at_eos and eos in ids[:limit]
         if hit_eos:
             limit = ids.index(eos) + 1
-        text = self.tokenizer.decode([t for t in ids[:limit] if t != eos])
+        text = self._text(ids[:limit])
         best = None  # (start, end of kept text, end of the stop string)
-        for strings, keep in ((stop, False), (stop_inclusive, True)):
+        for strings, keep in ((opts.stop, False), (opts.stop_inclusive, True)):
             for s in strings:
                 at = text.find(s)
                 if at >= 0 and (best is None or at < best[0]):
@@ -292,7 +446,7 @@ class Sampler:
             return text[: best[1]], self._tokens_covering(ids[:limit], best[2]), "stop"
         if hit_eos:
             return text, limit, "eos"
-        if force or limit >= max_new:
+        if force or limit >= opts.max_new_tokens:
             return text, limit, "length"
         return None
 
@@ -307,16 +461,37 @@ class Sampler:
                 lo = mid + 1
         return hi
 
-    @staticmethod
-    def _compact(active, batch_done, cache, logits, pos, slot_valid):
-        """Drops finished rows when the live rows fit a smaller power-of-two batch."""
-        live = np.flatnonzero(~batch_done)
-        size = _pow2(len(live))
-        if len(live) == 0 or size >= len(active):
-            return active, batch_done, cache, logits, pos, slot_valid
-        filler = np.flatnonzero(batch_done)[: size - len(live)]
-        keep = np.concatenate([live, filler])
-        idx = jnp.asarray(keep)
-        take = lambda x: jnp.take(x, idx, axis=0)  # noqa: E731
-        return (active[keep], batch_done[keep], jax.tree_util.tree_map(take, cache),
-                take(logits), take(pos), take(slot_valid))
+
+def _row_temperatures(temperatures, rows: int) -> list[float]:
+    """One temperature per output row, reported as given (not as float32)."""
+    requested = [float(temperatures)] * rows if np.ndim(temperatures) == 0 \
+        else [float(t) for t in temperatures]
+    if len(requested) != rows:
+        raise ValueError(f"need 1 or {rows} temperatures, got {len(requested)}")
+    if any(not t >= 0 for t in requested):
+        raise ValueError("temperatures must be >= 0")
+    return requested
+
+
+def _left_pad(encoded: list[list[int]], length: int, pad: int):
+    tokens = np.full((len(encoded), length), pad, dtype=np.int32)
+    valid = np.zeros((len(encoded), length), dtype=bool)
+    for i, ids in enumerate(encoded):
+        tokens[i, length - len(ids):] = ids
+        valid[i, length - len(ids):] = True
+    return tokens, valid
+
+
+def _compact(batch: _Batch) -> _Batch:
+    """Drops finished rows when the live rows fit a smaller power-of-two batch."""
+    live = np.flatnonzero(~batch.done)
+    size = _pow2(len(live))
+    if len(live) == 0 or size >= len(batch.active):
+        return batch
+    filler = np.flatnonzero(batch.done)[: size - len(live)]
+    keep = np.concatenate([live, filler])
+    idx = jnp.asarray(keep)
+    take = lambda x: jnp.take(x, idx, axis=0)  # noqa: E731
+    return _Batch(active=batch.active[keep], done=batch.done[keep],
+                  cache=jax.tree_util.tree_map(take, batch.cache), logits=take(batch.logits),
+                  pos=take(batch.pos), slot_valid=take(batch.slot_valid))

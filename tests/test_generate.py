@@ -118,3 +118,71 @@ def test_top_k_one_is_greedy(tiny):
     greedy = sampler.generate(["top"], temperatures=0.0, max_new_tokens=8)[0]
     topk = sampler.generate(["top"], temperatures=1.0, top_k=1, max_new_tokens=8, seed=9)[0]
     assert greedy.token_ids == topk.token_ids
+
+
+# --- the calculator inside the decode ---------------------------------------------------
+
+def table_calculator(table):
+    return lambda expr: table.get(expr.strip())
+
+
+def greedy_continuation(model, ids, n, eos):
+    """Greedy tokens after ``ids`` by full forward passes (no cache): the reference."""
+    out = []
+    for _ in range(n):
+        nxt = int(np.argmax(full_forward_logprobs(model, ids + out)[-1]))
+        out.append(nxt)
+        if nxt == eos:
+            break
+    return out
+
+
+def test_prompt_call_is_answered_before_sampling(tiny):
+    model, tok, sampler = tiny
+    calc = table_calculator({"12*7": "84"})
+    out = sampler.generate(["Q: <<12*7="], temperatures=0.0, max_new_tokens=10,
+                           calculator=calc)[0]
+    n_ins = len(tok.encode("84>>"))
+    assert out.text.startswith("84>>")
+    assert out.inserted[:n_ins] == (True,) * n_ins and not any(out.inserted[n_ins:])
+    assert out.logprobs[:n_ins] == (0.0,) * n_ins
+    if not sampler.slot_positions:  # then the sampled rest is the model's greedy choice
+        ids = tok.encode("Q: <<12*7=", add_bos=True) + list(out.token_ids[:n_ins])
+        rest = greedy_continuation(model, ids, out.num_tokens - n_ins, tok.eos_id())
+        assert list(out.token_ids[n_ins:]) == rest
+
+
+def test_call_written_mid_decode_rewinds_the_row(tiny):
+    """The first insertion writes a new call "<<7=", which the decode loop must catch:
+    it drops the tail sampled after "=", masks those cache slots and inserts "42>>"."""
+    model, tok, sampler = tiny
+    calc = table_calculator({"a": "<<7=", "7": "42"})
+    prompts = ["go <<a=", "plain prompt"]
+    outs = sampler.generate(prompts, temperatures=0.0, max_new_tokens=24, calculator=calc)
+    plain = sampler.generate(prompts[1:], temperatures=0.0, max_new_tokens=24)[0]
+    assert outs[1].token_ids == plain.token_ids  # other rows are untouched
+    assert outs[0].text.startswith("<<7=42>>")
+    head = len(tok.encode("<<7=")) + len(tok.encode("42>>"))
+    assert all(outs[0].inserted[:head]) and not any(outs[0].inserted[head:])
+    if not sampler.slot_positions:
+        ids = tok.encode(prompts[0], add_bos=True) + list(outs[0].token_ids[:head])
+        rest = greedy_continuation(model, ids, outs[0].num_tokens - head, tok.eos_id())
+        assert list(outs[0].token_ids[head:]) == rest
+
+
+def test_unknown_expression_inserts_nothing(tiny):
+    _, _, sampler = tiny
+    off = sampler.generate(["x <<9**9**9="], temperatures=0.0, max_new_tokens=12)[0]
+    on = sampler.generate(["x <<9**9**9="], temperatures=0.0, max_new_tokens=12,
+                          calculator=table_calculator({}))[0]
+    assert on.token_ids == off.token_ids and not any(on.inserted)
+
+
+def test_calculator_rows_sampled_with_others(tiny):
+    """k samples of one prompt all get the prompt's result; seeds stay per row."""
+    _, tok, sampler = tiny
+    calc = table_calculator({"2+3": "5"})
+    outs = sampler.generate(["s <<2+3="], temperatures=[0.0, 1.0, 1.0], num_samples=3,
+                            max_new_tokens=10, seed=4, calculator=calc)
+    assert all(o.text.startswith("5>>") for o in outs)
+    assert all(o.num_tokens <= 10 for o in outs)
