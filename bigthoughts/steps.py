@@ -14,9 +14,9 @@ calls) and exact :class:`~fractions.Fraction` arithmetic:
 * numbers: ``48``, ``2.5``, ``.5``, ``1,200`` (commas only in groups of three),
   currency signs ``$ € £`` (ignored), and a trailing ``%`` which **divides by 100**
   (``20% * 50`` is 10, ``50%`` is 1/2);
-* ``+``, ``-`` (also ``−``), ``*`` (also ``×``, ``·``, ``⋅``, and ``x``/``X`` where
-  the grammar needs a binary operator, so ``3 x 4`` is 12 while ``x + 1`` and ``2x``
-  are refused), ``/`` (also ``÷``), ``^`` or ``**`` (right-associative, binding
+* ``+``, ``-`` (also ``−``), ``*`` (also ``×``, ``·``, ``⋅``, and ``x``/``X`` between
+  a number and a number or parenthesis, so ``3 x 4`` is 12 while ``x + 1``, ``2x``
+  and ``2x + 3`` are refused), ``/`` (also ``÷``), ``^`` or ``**`` (right-associative, binding
   tighter than unary minus: ``-2^2`` is -4), unary minus and plus, parentheses.
   Implicit multiplication (``2(3)``) is refused.
 
@@ -35,18 +35,26 @@ The step finder
 * inline equations ``48 / 2 = 24``, ``$1,200 + $300 = $1,500``, ``3 × 4 = 12``, and
   chains ``2 + 3 = 5 * 2 = 10``: every ``=`` is one step whose expression is the
   arithmetic written just before it (back to the previous ``=``, on the same line)
-  and whose claimed result is the number just after it. In a chain each link is
+  and whose claimed result is the number just after it (``3/6 = 1/2`` and
+  ``3 / 2 = 1 1/2`` claim a fraction when no chain follows). In a chain each link is
   checked as written, so ``5 * 2 = 10`` is checked from the claimed 5 (a wrong first
-  link does not make the second one wrong too).
+  link does not make the second one wrong too); a link is also right when the whole
+  next segment equals it, as in ``42 / 3 + 16 = 14 + 16 = 30``.
+
+The expression is the longest arithmetic suffix of the text before the ``=`` that
+evaluates, starting at its first number or after a separator (``He had 5. 3 + 4 =
+7`` reads ``3 + 4``), never inside a term (``9(8)-5`` is not read as ``(8)-5``).
 
 Skipped, so they do not count as steps: an ``=`` whose left side has no arithmetic
 operator (``x = 5``, ``total = 7``, ``5 = 5``), whose right side does not start with
 a number (``= <<...>>``, ``= Christmas``), ``==``, ``<=``, ``>=`` and ``!=``; the
-text before an ``=`` is cut at letters, so ``3-4 days`` or a date written in words
-never enters an expression. A left side that looks like arithmetic but that the
-evaluator refuses (``2x + 3 = 11``, ``9**9**9**9 = 1``) is reported with
-``value=None`` and ``correct=None`` (unchecked). At most :data:`MAX_STEPS` steps are
-read from one trace.
+text before an ``=`` is cut at letters and line ends, so ``3-4 days`` or a date
+written in words never enters an expression; a left side that continues words
+(``60 students x 2/3 = 40``, ``M + 4 = 8``) is skipped, its operands unreadable; a
+claim glued to letters (``= 5A/5``) is algebra, not a number. A left side that looks
+like arithmetic but that the evaluator refuses (``2x + 3 = 11``, ``9**9**9**9 = 1``)
+is reported with ``value=None`` and ``correct=None`` (unchecked). At most
+:data:`MAX_STEPS` steps are read from one trace.
 
 When a claim is right
 ---------------------
@@ -72,35 +80,18 @@ from fractions import Fraction
 from typing import Literal
 
 __all__ = [
-    "MAX_BITS",
-    "MAX_CHARS",
-    "MAX_DEPTH",
-    "MAX_DIGITS",
-    "MAX_EXPONENT",
-    "MAX_STEPS",
-    "Step",
-    "StepReport",
-    "calculate",
-    "check_steps",
-    "claim_is_right",
-    "evaluate_expression",
-    "find_steps",
+    "CALC_DECIMALS", "MAX_BITS", "MAX_CHARS", "MAX_DEPTH", "MAX_DIGITS", "MAX_EXPONENT",
+    "MAX_STEPS", "Step", "StepReport", "calculate", "check_steps", "claim_is_right",
+    "evaluate_expression", "find_steps",
 ]
 
-MAX_CHARS = 500
-"""Longest expression the evaluator reads."""
-MAX_DIGITS = 40
-"""Most digits in one number (integer and decimal part together)."""
-MAX_DEPTH = 50
-"""Deepest nesting of parentheses, signs and powers."""
-MAX_EXPONENT = 64
-"""Largest exponent size |n| in ``a ** n``."""
-MAX_BITS = 512
-"""Largest numerator or denominator, in bits, of any intermediate result."""
-MAX_STEPS = 1000
-"""Most steps :func:`find_steps` reads from one trace."""
-CALC_DECIMALS = 6
-"""Decimals :func:`calculate` rounds a non-terminating or long result to."""
+MAX_CHARS = 500  # longest expression the evaluator reads
+MAX_DIGITS = 40  # most digits in one number (integer and decimal part together)
+MAX_DEPTH = 50  # deepest nesting of parentheses, signs and powers
+MAX_EXPONENT = 64  # largest |n| in a ** n
+MAX_BITS = 512  # largest numerator or denominator, in bits, of any intermediate result
+MAX_STEPS = 1000  # most steps find_steps reads from one trace
+CALC_DECIMALS = 6  # decimals calculate() rounds a non-terminating or long result to
 
 _TOKEN_NUMBER = re.compile(r"(\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.(\d+))?|\.(\d+)")
 _OPERATORS = {"+": "+", "-": "-", "\u2212": "-", "*": "*", "\u00d7": "*", "\u00b7": "*",
