@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bigthoughts.answers import answers_equal, normalize_number
 from bigthoughts.steps import (
     MAX_BITS,
     MAX_CHARS,
@@ -237,6 +238,19 @@ def test_gsm8k_annotations_are_found_and_right(gsm8k_dir) -> None:
         found += len(steps)
         right += sum(s.correct is True for s in steps)
     assert found >= 0.99 * expected and right >= 0.995 * found
+
+
+def test_calculate_reproduces_gsm8k_calculator(gsm8k_dir) -> None:
+    """GSM8K's ``<<E=R>>`` results came from its authors' calculator: ours must give
+    the same number (compared by the project's answer normaliser) for all of them
+    except floor division ``//``, which the evaluator deliberately does not read."""
+    text = (gsm8k_dir / "train.jsonl").read_text(encoding="utf-8")
+    pairs = [(e, r) for line in text.splitlines()[:3000]
+             for e, r in re.findall(r"<<([^<>=]*)=([^<>]*)>>", json.loads(line)["answer"])]
+    disagree = [(e, r) for e, r in pairs
+                if not answers_equal(normalize_number(calculate(e) or ""), normalize_number(r))]
+    assert len(pairs) > 9000
+    assert all("//" in e for e, _ in disagree) and len(disagree) <= 3
 
 
 # --- fuzz ------------------------------------------------------------------------------
