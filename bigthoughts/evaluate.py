@@ -47,7 +47,7 @@ from bigthoughts.answers import FAILURE_BUCKETS, answers_equal, extract, failure
 from bigthoughts.config import ConfigError, VoteConfig
 from bigthoughts.data import FEWSHOT_EXAMPLES, Example
 from bigthoughts.metrics import percentiles, wilson_interval
-from bigthoughts.rewards import is_exact_format
+from bigthoughts.rewards import is_exact_format, reasoning_steps
 from bigthoughts.voting import DEFAULT_LADDER, STRATEGIES, ladder
 
 if TYPE_CHECKING:
@@ -246,6 +246,7 @@ def _record(example: Example, solution: Solution, style: str) -> dict[str, Any]:
             "format_strict": is_exact_format(gen.text), "format_lenient": found.value is not None,
             "failure_bucket": failure_bucket(gen.text), "tokens": gen.num_tokens,
             "logprob": gen.logprob, "finish_reason": gen.finish_reason,
+            **_step_fields(gen.text),
         })
     vote = solution.vote
     return {
@@ -258,7 +259,31 @@ def _record(example: Example, solution: Solution, style: str) -> dict[str, Any]:
     }
 
 
+def _step_fields(text: str) -> dict[str, int]:
+    """Per-trace counts of the reasoning's arithmetic steps (:mod:`bigthoughts.steps`)."""
+    report = reasoning_steps(text)
+    return {"steps_checked": report.checked, "steps_wrong": report.wrong}
+
+
 # --- summary -----------------------------------------------------------------------
+def _step_summary(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """``right_answer_wrong_steps``: the share of questions answered right by a trace
+    with at least one wrong step (the first trace holding the voted answer; in the
+    greedy modes, the only one), plus step totals. None for runs recorded before
+    traces had step counts."""
+    traces = [t for r in records for t in r["traces"]]
+    if not records or any("steps_wrong" not in t for t in traces):
+        return {"right_answer_wrong_steps": None, "steps": None}
+    lucky = 0
+    for r in records:
+        winner = r["vote"]["answer"]
+        chosen = next((t for t in r["traces"] if answers_equal(t["answer"], winner)), None)
+        lucky += bool(r["correct"] and chosen is not None and chosen["steps_wrong"])
+    return {"right_answer_wrong_steps": lucky / len(records),
+            "steps": {"checked": sum(int(t["steps_checked"]) for t in traces),
+                      "wrong": sum(int(t["steps_wrong"]) for t in traces)}}
+
+
 def _mean(xs: Sequence[float]) -> float | None:
     return sum(xs) / len(xs) if xs else None
 
@@ -293,6 +318,7 @@ def summarize(records: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         "tokens_per_second": tokens / sum(seconds) if sum(seconds) > 0 else None,
         "samples_per_question": _mean([len(r["traces"]) for r in records]),
         "agreement": _mean([float(r["vote"]["agreement"]) for r in records]),
+        **_step_summary(records),
     }
 
 

@@ -122,6 +122,7 @@ def _run_numbers(run: Run) -> dict[str, Any]:
         "label": run.label, "dir": str(run.path), "mode": s.get("mode"),
         "model": (s.get("model") or {}).get("name"), "n": s.get("n"),
         "accuracy": s.get("accuracy"), "accuracy_ci95": s.get("accuracy_ci95"),
+        "right_answer_wrong_steps": s.get("right_answer_wrong_steps"),
         "format_strict": s.get("format_strict"), "format_lenient": s.get("format_lenient"),
         "seconds_per_question": spq.get("mean") if isinstance(spq, Mapping) else spq,
         "seconds_per_question_p95": spq.get("p95") if isinstance(spq, Mapping) else None,
@@ -173,6 +174,7 @@ def _table(rows: list[dict[str, Any]]) -> list[str]:
     body = [
         ("questions", lambda r: _fmt(r["n"], ".0f")),
         ("accuracy", acc),
+        ("right answer, wrong steps", lambda r: _pct(r["right_answer_wrong_steps"])),
         ("strict format compliance", lambda r: _pct(r["format_strict"])),
         ("lenient format compliance", lambda r: _pct(r["format_lenient"])),
         ("seconds per question", lambda r: _fmt(r["seconds_per_question"], ".2f")),
@@ -373,7 +375,9 @@ def make_report(run_dirs: Sequence[Path], out_dir: Path) -> Path:
     md += ["", "## Comparison", ""] + _table(rows)
     md += ["", "Format compliance is the share of all traces: strict = exactly "
            "`<reasoning>…</reasoning><answer>…</answer>`, lenient = an answer could be "
-           "extracted at all.", "", "## Paired comparison (McNemar)", ""]
+           "extracted at all. Right answer, wrong steps: the share of questions answered "
+           "right by a trace with an arithmetic step the step checker found wrong.", "",
+           "## Paired comparison (McNemar)", ""]
     if pairs:
         md += _pairs_table(pairs)
         md += ["", "On the questions both runs answered. Exact two-sided binomial test when "

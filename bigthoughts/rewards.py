@@ -22,6 +22,12 @@ paths. ``partial_format`` (off by default) gives credit per tag for early traini
 when exact format is too rare to produce a learning signal. ``no_answer`` (off by
 default) charges completions with no readable ``<answer>``: see its docstring.
 
+Process rewards (off by default; the reference design's future work), built on the
+step checker :mod:`bigthoughts.steps`: ``step_correctness`` pays for verified
+arithmetic steps and charges wrong ones, capped so padding does not pay;
+``lucky_guess`` is the hard negative, a right answer reached through a wrong step.
+Turn them on with a weight, e.g. ``{"step_correctness": 5.0, "lucky_guess": -10.0}``.
+
 Example (weights bound for ``GRPOLearner(reward_fns=...)``)::
 
     fns = make_reward_fns(DEFAULT_WEIGHTS)
@@ -34,10 +40,12 @@ import inspect
 import math
 import re
 from collections.abc import Callable, Mapping
+from fractions import Fraction
 from types import MappingProxyType
 from typing import Any
 
 from bigthoughts.answers import answers_equal, extract_answer, normalize_number, parse_gold
+from bigthoughts.steps import Step, StepReport, check_steps
 
 __all__ = [
     "DEFAULT_WEIGHTS",
@@ -48,10 +56,14 @@ __all__ = [
     "correctness_reward",
     "format_reward",
     "is_exact_format",
+    "lucky_guess_penalty",
     "make_reward_fns",
+    "no_answer_penalty",
     "partial_format_reward",
+    "reasoning_steps",
     "score",
     "short_reasoning_penalty",
+    "step_correctness_reward",
 ]
 
 RewardFn = Callable[..., list[float]]
@@ -199,7 +211,9 @@ def broken_tags_penalty(
     return [float(weight) if _tags_broken(t) else 0.0 for t in _texts(completions)]
 
 
-def _reasoning_words(text: str) -> int:
+def _reasoning_text(text: str) -> str:
+    """The reasoning block (up to its close, or to ``<answer>`` if it never closes);
+    the whole text when there is no ``<reasoning>`` tag."""
     start = text.find(R_OPEN)
     if start >= 0:
         start += len(R_OPEN)
@@ -207,7 +221,11 @@ def _reasoning_words(text: str) -> int:
         if end < 0:
             end = text.find(A_OPEN, start)
         text = text[start:] if end < 0 else text[start:end]
-    return len(_ANY_TAG_RE.sub(" ", text).split())
+    return text
+
+
+def _reasoning_words(text: str) -> int:
+    return len(_ANY_TAG_RE.sub(" ", _reasoning_text(text)).split())
 
 
 def short_reasoning_penalty(
@@ -269,6 +287,125 @@ def no_answer_penalty(
             for t in _texts(completions)]
 
 
+# --- process rewards ---------------------------------------------------------------
+_PROMPT_NUMBER_RE = re.compile(r"(\d{1,3}(?:,\d{3})+(?!\d)|\d{1,40})(?:\.(\d{1,40}))?|\.(\d{1,40})")
+
+
+def reasoning_steps(text: str) -> StepReport:
+    """The checked steps of a completion's reasoning block (the whole text when it has
+    no ``<reasoning>`` tag): what the process rewards and the evaluation count.
+
+    >>> reasoning_steps("<reasoning>6 * 7 = 42, 42 - 2 = 41</reasoning><answer>41</answer>")
+    StepReport(checked=2, right=1, wrong=1)
+    """
+    return check_steps(_reasoning_text(text) if isinstance(text, str) else "")
+
+
+def _numbers_in(text: str) -> set[Fraction]:
+    found = set()
+    for m in _PROMPT_NUMBER_RE.finditer(text):
+        whole, frac = (m[1] or "0").replace(",", ""), m[2] or m[3] or ""
+        found.add(Fraction(int(whole + frac), 10 ** len(frac)))
+    return found
+
+
+def _pays(step: Step, known: set[Fraction], seen: set[str]) -> bool:
+    """A right step earns credit once, when it uses a number already in play (in the
+    prompt or claimed by an earlier step) and its result is not one of its operands."""
+    key = "".join(step.expression.split())
+    if key in seen:
+        return False
+    seen.add(key)
+    return (any(o in known for o in step.operands)
+            and step.claimed_value not in step.operands)
+
+
+def _step_counts(prompt: str, text: str) -> tuple[int, int]:
+    """(paying right steps, wrong steps) of ``text``'s reasoning, given its prompt."""
+    known, seen = _numbers_in(prompt), set()
+    paying = 0
+    report = reasoning_steps(text)
+    for step in report.steps:
+        if step.correct is True and _pays(step, known, seen):
+            paying += 1
+        if step.claimed_value is not None:
+            known.update((step.claimed_value, step.claimed_value / 100))
+    return paying, report.wrong
+
+
+def _prompt_texts(prompts: Any, n: int) -> list[str]:
+    texts = _texts(prompts)[:n]
+    return texts + [""] * (n - len(texts))
+
+
+def step_correctness_reward(
+    prompts: Any,
+    completions: Any,
+    answer: Any = None,
+    *,
+    weight: float = 5.0,
+    max_steps: int = 4,
+    **kwargs: Any,
+) -> list[float]:
+    """``weight * (min(R, max_steps) - min(W, max_steps)) / max_steps``: process
+    supervision from the step checker (:mod:`bigthoughts.steps`).
+
+    W counts the wrong steps of the reasoning block (the whole completion when it has
+    no ``<reasoning>`` tag). R counts the right steps that *pay*: a step pays once (a
+    repeated expression pays nothing), only when one of its operands is a number
+    already in play (in the prompt, or claimed by an earlier step), and only when its
+    result is not one of its own operands (``48 * 1 = 48`` pays nothing).
+
+    Why the cap: those rules stop cheap padding (``1 + 1 = 2`` a hundred times, or
+    numbers from nowhere), but a model can still invent new, grounded, right steps
+    that do not help. The cap bounds what any padding can earn to ``weight``; at the
+    default of 4 (GSM8K solutions take 2 to 8 steps, most about 3) a trace that really
+    solves the problem already reaches it, so extra steps past it earn nothing. A
+    wrong step always costs ``weight / max_steps``, so the same trace with one step
+    wrong scores lower. Range: [-weight, weight].
+
+    >>> step_correctness_reward(["Ann has 6 bags of 7 apples and eats 2."] * 3, [
+    ...     "<reasoning>6 * 7 = 42, 42 - 2 = 40</reasoning><answer>40</answer>",
+    ...     "<reasoning>6 * 7 = 42, 42 - 2 = 41</reasoning><answer>41</answer>",
+    ...     "<reasoning>" + "1 + 1 = 2. " * 50 + "</reasoning>"], None)
+    [2.5, 0.0, 0.0]
+    """
+    texts = _texts(completions)
+    if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
+        return [0.0] * len(texts)
+    scores = []
+    for prompt, text in zip(_prompt_texts(prompts, len(texts)), texts, strict=True):
+        paying, wrong = _step_counts(prompt, text)
+        scores.append(float(weight) * (min(paying, max_steps) - min(wrong, max_steps))
+                      / max_steps)
+    return scores
+
+
+def lucky_guess_penalty(
+    prompts: Any, completions: Any, answer: Any = None, *, weight: float = -10.0, **kwargs: Any
+) -> list[float]:
+    """``weight`` (a penalty) when the answer tag holds the gold number but a step of
+    the reasoning is wrong, else 0: the hard negative "right answer for the wrong
+    reasons". The default -10 is less than the correctness bonus (25), so a right
+    answer with a slip still beats a wrong one, yet clearly scores below a clean
+    solution. Range: {weight, 0}.
+
+    >>> lucky_guess_penalty(["q"] * 3, [
+    ...     "<reasoning>6 * 7 = 41, so 40</reasoning><answer>40</answer>",
+    ...     "<reasoning>6 * 7 = 42, 42 - 2 = 40</reasoning><answer>40</answer>",
+    ...     "<reasoning>6 * 7 = 41</reasoning><answer>39</answer>"], "40")
+    [-10.0, 0.0, 0.0]
+    """
+    texts = _texts(completions)
+    golds = _golds(answer, len(texts))
+    return [
+        float(weight)
+        if answers_equal(extract_answer(t, strict=True), g) and reasoning_steps(t).wrong
+        else 0.0
+        for t, g in zip(texts, golds, strict=True)
+    ]
+
+
 REWARD_FUNCTIONS: Mapping[str, RewardFn] = MappingProxyType(
     {
         "format": format_reward,
@@ -277,6 +414,8 @@ REWARD_FUNCTIONS: Mapping[str, RewardFn] = MappingProxyType(
         "short_reasoning": short_reasoning_penalty,
         "partial_format": partial_format_reward,
         "no_answer": no_answer_penalty,
+        "step_correctness": step_correctness_reward,
+        "lucky_guess": lucky_guess_penalty,
     }
 )
 DEFAULT_WEIGHTS: Mapping[str, float] = MappingProxyType(

@@ -160,6 +160,45 @@ def test_fake_sampler_exact_numbers(tmp_path):
     assert records[2]["traces"][0]["failure_bucket"] == "truncated"
 
 
+STEP_TEXTS = {
+    # right answer, clean steps (two checked)
+    "q0": [GOOD.format(r="2 * 1 = 2, 2 + 1 = 3", a="3")],
+    # right answer through a wrong step; the first sample (wrong, clean) is outvoted
+    "q1": [GOOD.format(r="7 + 1 = 8, 8 + 1 = 9", a="9"),
+           GOOD.format(r="7 + 1 = 9, so 9 - 1 = 8", a="8"), GOOD.format(r="7 + 1 = 8", a="8")],
+    # wrong answer with a wrong step: not counted (the answer is wrong)
+    "q2": [GOOD.format(r="11 + 1 = 13", a="13")],
+    # right answer, no arithmetic written; a wrong step after </reasoning> does not count
+    "q3": [GOOD.format(r="it is five", a="5") + " 2 + 2 = 5"],
+}
+
+
+def test_step_counts_and_right_answer_wrong_steps(tmp_path):
+    examples = [example(i, g) for i, g in enumerate([3, 8, 12, 5])]
+    config = EvalConfig(mode="vote", votes=3)
+    summary = run_eval(fake_lm(), examples, config, tmp_path, progress=False,
+                       sampler=FakeSampler(STEP_TEXTS))
+    records = lines(tmp_path / "results.jsonl")
+    counts = [[(t["steps_checked"], t["steps_wrong"]) for t in r["traces"]] for r in records]
+    assert counts == [[(2, 0)] * 3, [(2, 0), (2, 1), (1, 0)], [(1, 1)] * 3, [(0, 0)] * 3]
+    assert [r["correct"] for r in records] == [True, True, False, True]
+    # q1's vote is 8; the first trace answering 8 has the wrong step 7 + 1 = 9
+    assert summary["right_answer_wrong_steps"] == 1 / 4
+    assert summary["steps"] == {"checked": 6 + 5 + 3, "wrong": 1 + 3}
+
+
+def test_summary_of_records_without_step_counts():
+    from bigthoughts.evaluate import summarize
+
+    old = {"id": "q0", "correct": True, "seconds": 1.0,
+           "traces": [{"format_strict": True, "format_lenient": True, "tokens": 3,
+                       "failure_bucket": None, "answer": "3"}],
+           "vote": {"answer": "3", "agreement": 1.0}}
+    summary = summarize([old])
+    assert summary["right_answer_wrong_steps"] is None and summary["steps"] is None
+    assert summarize([])["right_answer_wrong_steps"] is None
+
+
 def test_greedy_modes_and_prompt_notes(tmp_path):
     examples = [example(i, g) for i, g in enumerate([3, 8])]
     sampler = FakeSampler(TEXTS)

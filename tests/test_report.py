@@ -142,3 +142,14 @@ def test_paired_format_test_counts_first_traces(tmp_path):
     # exact: 2 * P(X <= 2), X ~ Bin(8, 1/2) = 2 * 37/256
     assert fpair["p_value"] == pytest.approx(74 / 256)
     assert fpair["diff"] == pytest.approx(0.4)
+
+
+def test_right_answer_wrong_steps_row_next_to_accuracy(runs, tmp_path):
+    summary_path = runs[1] / "summary.json"
+    data = json.loads(summary_path.read_text())
+    summary_path.write_text(json.dumps({**data, "right_answer_wrong_steps": 0.125}))
+    md = make_report(runs, tmp_path / "r").read_text().splitlines()
+    row = md.index("| right answer, wrong steps | n/a | 12.5% |")  # older run: n/a
+    assert md[row - 1].startswith("| accuracy |")
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert [r["right_answer_wrong_steps"] for r in report["runs"]] == [None, 0.125]

@@ -15,11 +15,13 @@ from bigthoughts.rewards import (
     correctness_reward,
     format_reward,
     is_exact_format,
+    lucky_guess_penalty,
     make_reward_fns,
     no_answer_penalty,
     partial_format_reward,
     score,
     short_reasoning_penalty,
+    step_correctness_reward,
 )
 
 GOOD = (
@@ -159,6 +161,8 @@ RANGES = {
     "format": lambda w: {0.0, w},
     "correctness": lambda w: {0.0, w},
     "broken_tags": lambda w: {0.0, w},
+    "lucky_guess": lambda w: {0.0, w},
+    "step_correctness": lambda w: {w * k / 4 for k in range(-4, 5)},  # max_steps = 4
 }
 FRAGMENTS = [
     "<reasoning>",
@@ -240,6 +244,8 @@ def test_registry_is_immutable_and_complete() -> None:
         "short_reasoning",
         "partial_format",
         "no_answer",
+        "step_correctness",
+        "lucky_guess",
     }
     assert dict(DEFAULT_WEIGHTS) == {
         "format": 2.0,
@@ -340,3 +346,100 @@ def test_no_answer_makes_dropping_tags_worse_than_exact_format() -> None:
     untagged = total("2 + 2 = 4, so 4")
     truncated = total("<reasoning>2 + 2 = 4 and")
     assert exact > untagged > truncated
+
+
+# --- process rewards -------------------------------------------------------------------
+QUESTION = ("Question: Janet's ducks lay 16 eggs per day. She eats 3 for breakfast and bakes "
+            "with 4. She sells the rest for $2 each. How much does she make?\nAnswer:")
+CLEAN = ("<reasoning>She has 16 - 3 = 13 eggs after breakfast, then 13 - 4 = 9 eggs. "
+         "She makes 9 * 2 = $18.</reasoning>\n<answer>18</answer>")
+ONE_WRONG = CLEAN.replace("13 - 4 = 9 eggs", "13 - 4 = 8 eggs")  # the final answer is kept
+TWO_WRONG = ONE_WRONG.replace("9 * 2 = $18", "9 * 2 = $19")
+
+
+def steps_score(completion: str, prompt: str = QUESTION, **kw) -> float:
+    (value,) = step_correctness_reward([prompt], [completion], ["18"], **kw)
+    return value
+
+
+@pytest.mark.parametrize(("completion", "value"), [
+    (CLEAN, 5.0 * 3 / 4),  # three paying steps, none wrong
+    (ONE_WRONG, 5.0 * (2 - 1) / 4),  # 16 - 3 and 9 * 2 pay, 13 - 4 = 8 is wrong
+    (TWO_WRONG, 5.0 * (1 - 2) / 4),
+    ("<reasoning>16 - 3 = 13</reasoning><answer>13</answer>", 5.0 / 4),
+    ("<reasoning>no arithmetic here</reasoning><answer>18</answer>", 0.0),
+    ("", 0.0),
+    # outside <reasoning> nothing counts; without tags the whole text does
+    ("<reasoning>so</reasoning><answer>16 - 3 = 13</answer>", 0.0),
+    ("16 - 3 = 13 and 13 - 4 = 9", 5.0 * 2 / 4),
+    # GSM8K annotations count once (the inline "=" before them is not a second step)
+    ("<reasoning>16 - 3 - 4 = <<16-3-4=9>>9 and 9 * 2 = <<9*2=18>>18</reasoning>", 2.5),
+])
+def test_step_correctness_values(completion: str, value: float) -> None:
+    assert steps_score(completion) == pytest.approx(value)
+
+
+def test_step_correctness_prefers_all_right_steps() -> None:
+    assert steps_score(CLEAN) > steps_score(ONE_WRONG) > steps_score(TWO_WRONG)
+
+
+@pytest.mark.parametrize("padding", [
+    " 1 + 1 = 2." * 200,  # trivial: no operand from the question
+    " 16 - 3 = 13." * 200,  # a paying step repeated pays once
+    " 16 * 1 = 16. 9 + 0 = 9.",  # the result is an operand: no new information
+    "".join(f" 16 + {n} = {16 + n}." for n in range(1, 40)),  # grounded and new: capped
+])
+def test_padding_does_not_pay_beyond_the_cap(padding: str) -> None:
+    padded = CLEAN.replace("</reasoning>", padding + "</reasoning>")
+    assert steps_score(padded) <= 5.0
+    assert steps_score(padded, max_steps=3) == 5.0 * 3 / 3  # the cap, and no more
+    if "16 + 1 " not in padding:
+        assert steps_score(padded) == steps_score(CLEAN)  # no credit at all
+
+
+def test_step_correctness_cap_and_weight() -> None:
+    assert steps_score(CLEAN, max_steps=2) == 5.0  # capped at weight
+    assert steps_score(CLEAN, weight=8.0) == 8.0 * 3 / 4
+    assert steps_score(CLEAN, max_steps=0) == 0.0  # invalid cap: no signal, no raise
+    wrong_many = "<reasoning>" + " ".join(f"{n} + 1 = {n}." for n in range(2, 30))
+    assert steps_score(wrong_many) == -5.0  # the penalty is capped too
+
+
+@pytest.mark.parametrize(("completion", "gold", "value"), [
+    (CLEAN, "18", 0.0),  # right answer, clean steps
+    (ONE_WRONG, "18", -10.0),  # right answer through a wrong step
+    (ONE_WRONG, "19", 0.0),  # wrong answer: correctness already gives nothing
+    ("<reasoning>no steps</reasoning><answer>18</answer>", "18", 0.0),
+    ("13 - 4 = 8, so <answer>18</answer>", "#### 18", -10.0),  # no reasoning tag
+    ("<reasoning>13 - 4 = 9</reasoning><answer>18</answer> 13 - 4 = 8", "18", 0.0),
+    (ONE_WRONG.replace("<answer>18</answer>", "the answer is 18"), "18", 0.0),  # strict
+])
+def test_lucky_guess_values(completion: str, gold: str, value: float) -> None:
+    assert one(lucky_guess_penalty, completion, gold) == value
+
+
+def test_lucky_guess_ranks_clean_above_lucky_above_wrong() -> None:
+    fns = make_reward_fns({**DEFAULT_WEIGHTS, "step_correctness": 5.0, "lucky_guess": -10.0},
+                          min_words=5)
+    def total(text: str) -> float:
+        return sum(fn([QUESTION], [text], ["18"])[0] for fn in fns)
+    wrong_answer = CLEAN.replace("$18", "$20").replace("<answer>18", "<answer>20")
+    assert total(CLEAN) > total(ONE_WRONG) > total(wrong_answer)
+
+
+PROMPTS = st.lists(st.sampled_from([QUESTION, "", "2 3 16", "p"]), max_size=6)
+STEPPY = st.lists(st.sampled_from(FRAGMENTS + [" = ", "16 - 3", "13", " * 2", "<<9*2=18>>",
+                                               "9**9**9**9", "(", ")", "1 + 1 = 2"]),
+                  max_size=25).map("".join)
+
+
+@settings(max_examples=200, deadline=None)
+@given(PROMPTS, st.lists(st.one_of(STEPPY, st.text(max_size=40), st.none()), max_size=6),
+       st.one_of(st.none(), st.lists(gold_items, max_size=6)),
+       st.sampled_from(["step_correctness", "lucky_guess"]))
+def test_process_rewards_fuzz(prompts, completions, answer, name) -> None:
+    fn = REWARD_FUNCTIONS[name]
+    values = fn(prompts, completions, answer)
+    w = inspect.signature(fn).parameters["weight"].default
+    assert len(values) == len(completions)
+    assert all(isinstance(v, float) and v in RANGES[name](w) for v in values)
