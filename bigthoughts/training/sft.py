@@ -1,0 +1,216 @@
+"""Supervised warm start (SFT): the cold-start stage before GRPO, as in R1-style pipelines.
+
+    bigthoughts sft --config configs/gemma3-270m-sft.yaml --time-budget 1h --out runs/sft
+
+The policy learns GSM8K's worked solutions in the tag format behind a zero-shot
+prompt (:mod:`bigthoughts.training.sft_data`): the loss is the mean negative
+log-likelihood of the completion tokens; prompt tokens are context only, and only
+the completion positions are projected onto the 262k-token vocabulary. LoRA by
+default (``full_finetune: true`` trains every weight). It is a ``Stage`` of the
+shared relay loop (:mod:`bigthoughts.training.loop`): ``--time-budget`` checkpoints
+and exits 75 before the budget ends, a rerun resumes exactly (weights, Adam moments
+and the position in the seeded, length-bucketed batch order). The export holds the
+merged checkpoint and, for LoRA, ``adapter.safetensors``, which a GRPO recipe
+starts from with ``model.adapter``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from bigthoughts.answers import answers_equal, extract_answer
+from bigthoughts.data import Example, load_gsm8k, prompt_format
+from bigthoughts.export import export_checkpoint, merge_lora
+from bigthoughts.generate import Sampler
+from bigthoughts.models import forward
+from bigthoughts.models.registry import LoadedModel
+from bigthoughts.rewards import is_exact_format
+from bigthoughts.training.adapter import save_adapter
+from bigthoughts.training.relay import CheckpointStore
+from bigthoughts.training.rundir import MetricsLog
+from bigthoughts.training.sft_config import SFTConfig
+from bigthoughts.training.sft_data import (
+    BucketedOrder,
+    SFTExample,
+    pad_batch,
+    split_validation,
+    tokenize,
+)
+from bigthoughts.training.state import apply_lora, make_optimizer
+
+MEMORY_KNOBS = "batch_size or data.max_length (or set remat_layers=true)"
+
+
+def sft_loss(model, tokens, valid, loss_mask, *, remat: bool = False):
+    """Mean NLL of the completion tokens: ``(loss, aux)`` (batch from ``pad_batch``)."""
+    length, window = tokens.shape[1], loss_mask.shape[1]
+    positions = jnp.maximum(jnp.cumsum(valid, axis=-1) - 1, 0)
+    mask = jnp.tril(jnp.ones((length, length), dtype=bool))[None] & valid[:, None, :]
+    hidden, _ = forward.hidden_states(model, tokens, positions, None, mask, remat=remat)
+    logps = forward.token_logprobs(model, hidden[:, length - 1 - window: length - 1],
+                                   tokens[:, length - window:], chunk=64, remat=True)
+    count = loss_mask.sum()
+    loss = -(logps * loss_mask).sum() / jnp.maximum(count, 1.0)
+    return loss, {"nll_sum": -(logps * loss_mask).sum(), "count": count}
+
+
+def sft_update(graphdef, tx: optax.GradientTransformation, remat: bool, params, opt_state,
+               frozen, tokens, valid, loss_mask):
+    """One AdamW update of the trainable weights on the SFT loss (jit it; pure)."""
+
+    def loss_fn(p):
+        return sft_loss(nnx.merge(graphdef, p, frozen), tokens, valid, loss_mask, remat=remat)
+
+    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    params = optax.apply_updates(params, updates)
+    return params, opt_state, {"loss": loss, "grad_norm": optax.global_norm(grads), **aux}
+
+
+class SFTStage:
+    """The supervised ``Stage`` driven by ``training.loop.run_stage``."""
+
+    memory_knobs = MEMORY_KNOBS
+
+    def __init__(self, config: SFTConfig, out: Path, *, train: Sequence[SFTExample],
+                 validation: Sequence[SFTExample], held_out: Sequence[Example],
+                 loaded: LoadedModel, log: MetricsLog | None = None):
+        self.config, self.out = config, Path(out)
+        self.train, self.validation, self.held_out = list(train), list(validation), held_out
+        self.tokenizer = loaded.tokenizer
+        self.format = prompt_format(config.data.style, 0)
+        model = loaded.model if config.full_finetune else apply_lora(loaded.model, config.lora,
+                                                                     config.seed)
+        self.loaded = dataclasses.replace(loaded, model=None)
+        kind = nnx.Param if config.full_finetune else nnx.LoRAParam
+        self.graphdef, self.params, self.frozen = nnx.split(model, kind, ...)
+        self.sampler = Sampler(model, self.tokenizer)
+        self.tx, self.schedule = make_optimizer(config.optim, config.max_steps)
+        self.opt_state = self.tx.init(self.params)
+        self.order = BucketedOrder([x.length for x in self.train], config.batch_size,
+                                   config.seed)
+        self.store = CheckpointStore(self.out / "checkpoints", keep=config.keep_checkpoints)
+        self.log = log or MetricsLog(self.out)
+        self._update = jax.jit(functools.partial(sft_update, self.graphdef, self.tx,
+                                                 config.remat_layers), donate_argnums=(0, 1))
+        self._loss = jax.jit(lambda p, f, t, v, m: sft_loss(nnx.merge(self.graphdef, p, f),
+                                                              t, v, m)[1])
+        self.step = 0
+        self.resumed_from = self._restore()
+
+    def train_step(self) -> dict:
+        t0 = time.perf_counter()
+        items = [self.train[i] for i in self.order.next()]
+        tokens, valid, mask = pad_batch(items, self.tokenizer.pad_id())
+        self.params, self.opt_state, aux = self._update(
+            self.params, self.opt_state, self.frozen, jnp.asarray(tokens), jnp.asarray(valid),
+            jnp.asarray(mask))
+        aux = jax.block_until_ready(aux)
+        self.step += 1
+        seconds = time.perf_counter() - t0
+        real = int(valid.sum())
+        record = {"step": self.step, "loss": float(aux["loss"]),
+                  "grad_norm": float(aux["grad_norm"]), "tokens": real,
+                  "completion_tokens": int(mask.sum()), "padding": 1.0 - real / tokens.size,
+                  "tokens_per_second": real / seconds, "step_seconds": seconds,
+                  "learning_rate": float(self.schedule(self.step - 1)),
+                  "examples": [x.id for x in items]}
+        self.log.append(record)
+        return record
+
+    # --- evaluation -------------------------------------------------------------------
+    def validation_loss(self) -> float:
+        """Mean NLL per completion token over the held-out pairs."""
+        total = count = 0.0
+        size = self.config.batch_size
+        for start in range(0, len(self.validation), size):
+            t, v, m = pad_batch(self.validation[start:start + size], self.tokenizer.pad_id())
+            aux = self._loss(self.params, self.frozen, jnp.asarray(t), jnp.asarray(v),
+                             jnp.asarray(m))
+            total, count = total + float(aux["nll_sum"]), count + float(aux["count"])
+        return total / max(count, 1.0)
+
+    def evaluate(self) -> dict:
+        """Validation loss, and greedy accuracy/format on held-out *train* questions."""
+        record: dict = {"step": self.step}
+        if self.validation:
+            record["eval/loss"] = self.validation_loss()
+        questions = list(self.held_out[: self.config.eval_examples])
+        if questions:
+            self.sampler.state = nnx.state(nnx.merge(self.graphdef, self.params, self.frozen))
+            gens = self.sampler.generate(
+                [self.format.prompt(e.question) for e in questions], temperatures=0.0,
+                max_new_tokens=self.config.eval_max_new_tokens, stop=self.format.stop,
+                stop_inclusive=self.format.stop_inclusive, calculator=self.config.calculator)
+            record["eval/accuracy"] = float(np.mean(
+                [answers_equal(extract_answer(g.text), e.gold)
+                 for g, e in zip(gens, questions, strict=True)]))
+            record["eval/format_compliance"] = float(np.mean(
+                [is_exact_format(g.text) for g in gens]))
+        self.log.append(record)
+        return record
+
+    # --- persistence ----------------------------------------------------------------------
+    def save(self) -> None:
+        self.store.save(self.step, {"params": self.params, "opt": self.opt_state},
+                        {"data_position": self.order.position, "seed": self.config.seed,
+                         "saved_at": time.time()})
+
+    def _restore(self) -> Path | None:
+        step = self.store.latest()
+        if step is None:
+            self.log.truncate_after(0)
+            return None
+        tree, meta = self.store.restore(step, {"params": self.params, "opt": self.opt_state})
+        self.params = jax.tree_util.tree_map(jnp.asarray, tree["params"])
+        self.opt_state = jax.tree_util.tree_map(jnp.asarray, tree["opt"])
+        self.step = int(meta["step"])
+        self.order.position = int(meta["data_position"])
+        self.log.truncate_after(self.step)
+        return self.store.root / f"step_{step:06d}"
+
+    def close(self) -> None:
+        self.log.close()
+
+    def export(self, dest: Path) -> Path:
+        """The merged checkpoint in ``dest`` and, for LoRA, ``dest/adapter.safetensors``."""
+        model = nnx.merge(self.graphdef, self.params, self.frozen)
+        provenance = {"stage": "sft", "step": self.step, "base": Path(self.loaded.source).name}
+        if self.config.full_finetune:
+            params = {p: np.asarray(v.value) for p, v in
+                      nnx.to_flat_state(nnx.state(model, nnx.Param))}
+        else:
+            params = merge_lora(model, alpha=self.config.lora.alpha, rank=self.config.lora.rank)
+            save_adapter(Path(dest) / "adapter.safetensors", self.params, self.config.lora,
+                         provenance=provenance)
+        spec = self.loaded.spec
+        return export_checkpoint(dest, params, family=spec.family, config=model.config,
+                                 spec=spec, tokenizer=self.tokenizer, provenance=provenance)
+
+
+def prepare_data(config: SFTConfig, tokenizer, examples: Sequence[Example] | None = None
+                 ) -> tuple[list[SFTExample], list[SFTExample], list[Example], int]:
+    """(train pairs, validation pairs, validation questions, pairs skipped as too long)."""
+    pool = list(examples) if examples is not None else load_gsm8k(
+        "train", config.data.path, limit=config.data.limit)
+    if len(pool) < 2:
+        raise ValueError("SFT needs at least 2 training examples")
+    size = min(config.data.validation_size, len(pool) - 1)
+    train_set, held = split_validation(pool, size, config.seed)
+    fmt = prompt_format(config.data.style, 0)
+    kw = {"annotations": config.data.annotations, "max_length": config.data.max_length}
+    pairs, dropped = tokenize(train_set, tokenizer, fmt.prompt, **kw)
+    val_pairs, _ = tokenize(held, tokenizer, fmt.prompt, **kw)
+    if not pairs:
+        raise ValueError(f"no training pair fits data.max_length={config.data.max_length}")
+    return pairs, val_pairs, held, dropped
