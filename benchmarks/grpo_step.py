@@ -3,7 +3,7 @@ side by side in one run (each side in its own process, so peak memory is its own
 
     .venv/bin/python benchmarks/grpo_step.py [--steps 3]
 
-* ours: `bigthoughts.train` with configs/gemma3-270m-cpu.yaml (LoRA r16 via qwix,
+* ours: `bigthoughts.training.train` with configs/gemma3-270m-cpu.yaml (LoRA r16 via qwix,
   prompt prefilled once per group, log-probs a chunk of positions at a time under
   rematerialisation, reference log-probs from the same weights with LoRA off);
 * ours-remat: the same with ``grpo.remat_layers=true`` (what that knob costs and buys);
@@ -37,7 +37,7 @@ RECIPE = ROOT / "configs" / "gemma3-270m-cpu.yaml"
 
 
 def ours(steps: int, overrides: tuple[str, ...] = ()) -> dict:
-    from bigthoughts.train import load_train_config, train
+    from bigthoughts.training import load_train_config, train
 
     config = load_train_config(RECIPE, list(overrides))
     with tempfile.TemporaryDirectory() as out:
@@ -64,7 +64,8 @@ def naive(steps: int) -> dict:
     from bigthoughts.generate import Sampler
     from bigthoughts.models.registry import load_model
     from bigthoughts.rewards import make_reward_fns
-    from bigthoughts.train import _pad_left, _pad_right, load_train_config
+    from bigthoughts.training import load_train_config
+    from bigthoughts.training.rollout import pad_left, pad_right
 
     config = load_train_config(RECIPE, [])
     g = config.grpo
@@ -115,8 +116,8 @@ def naive(steps: int) -> dict:
                / (rewards.std(1, ddof=1, keepdims=True) + 1e-6)).reshape(-1)
         # the same padding as the trainer (prompts left to a multiple of 64), but every
         # one of the B*G rows carries its whole prompt, as Tunix's learner does
-        p_ids, _ = _pad_left([tok.encode(p, add_bos=True) for p in reps], 64, pad)
-        c_ids, _ = _pad_right([list(x.token_ids) for x in gens], g.max_new_tokens, pad)
+        p_ids, _ = pad_left([tok.encode(p, add_bos=True) for p in reps], 64, pad)
+        c_ids, _ = pad_right([list(x.token_ids) for x in gens], g.max_new_tokens, pad)
         p_ids, c_ids = jnp.asarray(p_ids), jnp.asarray(c_ids)
         ref = ref_logps(ref_params, p_ids, c_ids)
         example = tunix_common.TrainExample(

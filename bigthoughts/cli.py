@@ -33,8 +33,10 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from bigthoughts.data import DataError
     from bigthoughts.models.gguf import GGUFError
     from bigthoughts.models.registry import ModelLoadError
+    from bigthoughts.training.loop import OutOfMemory
 
-    return (UserError, ConfigError, DataError, GGUFError, ModelLoadError, FileNotFoundError)
+    return (UserError, ConfigError, DataError, GGUFError, ModelLoadError, FileNotFoundError,
+            OutOfMemory)
 
 
 def enable_compilation_cache() -> None:
@@ -160,15 +162,20 @@ def cmd_report(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from bigthoughts.train import EXIT_RELAY, load_train_config, train
+    from bigthoughts.training import EXIT_RELAY, load_train_config, train
 
     overrides = list(args.overrides or [])
     if args.data:
         overrides.append(f"data.path={args.data}")
     config = load_train_config(args.config, overrides)
-    result = train(config, max_steps=args.max_steps, time_budget=args.time_budget,
-                   out_dir=args.out)
-    print(json.dumps(result.summary(), indent=2))
+    out = Path(args.out or config.out_dir)
+    result = train(config, max_steps=args.max_steps, time_budget=args.time_budget, out_dir=out)
+    print(json.dumps({"step": result.step, "stopped_for_deadline": result.stopped_for_deadline,
+                      "out_dir": str(out), "last": result.history[-1] if result.history else {},
+                      "evaluations": result.evaluations}, indent=2))
+    if result.stopped_for_deadline:
+        print(f"stopped before the time budget ends at step {result.step}: run the same "
+              f"command again to resume", file=sys.stderr)
     return EXIT_RELAY if result.stopped_for_deadline else 0
 
 

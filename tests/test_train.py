@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bigthoughts.relay import CheckpointStore, Deadline, parse_duration
+from bigthoughts.training.relay import CheckpointStore, Deadline, parse_duration
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -127,7 +127,7 @@ def test_durations_and_deadline():
 
 
 def test_time_budget_checkpoints_and_stops(tmp_path):
-    from bigthoughts.train import train
+    from bigthoughts.training import train
     from tests.train_toy import lowercase_share, toy_setup
 
     config, examples, loaded = toy_setup(str(tmp_path / "budget"), max_steps=50)
@@ -138,13 +138,13 @@ def test_time_budget_checkpoints_and_stops(tmp_path):
 
 
 def test_resume_refuses_a_different_config(tmp_path):
-    from bigthoughts.train import train
+    from bigthoughts.training import train
     from tests.train_toy import lowercase_share, toy_setup
 
     config, examples, loaded = toy_setup(str(tmp_path / "r"), max_steps=1)
     train(config, examples=examples, loaded=loaded, reward_fns=[lowercase_share])
     changed, _, _ = toy_setup(str(tmp_path / "r"), max_steps=1, lr=1e-3)
-    with pytest.raises(ValueError, match="different configuration"):
+    with pytest.raises(ValueError, match=r"optim.learning_rate: 0.03 \(saved\) != 0.001 \(now\)"):
         train(changed, examples=examples, loaded=loaded, reward_fns=[lowercase_share])
     # a memory knob that changes no number may differ between sittings
     import dataclasses
@@ -159,11 +159,12 @@ def test_layer_remat_gives_the_same_lora_gradients(tmp_path):
     from flax import nnx
 
     from bigthoughts import grpo
-    from bigthoughts.trainer import GRPOTrainer
-    from tests.train_toy import toy_setup
+    from bigthoughts.training import GRPOTrainer
+    from tests.train_toy import lowercase_share, toy_setup
 
     config, examples, loaded = toy_setup(str(tmp_path))
-    trainer = GRPOTrainer(config, tmp_path, examples=examples, loaded=loaded)
+    trainer = GRPOTrainer(config, tmp_path, examples=examples, loaded=loaded,
+                          reward_fns=[lowercase_share])
     # non-zero LoRA B so that gradients reach every LoRA matrix
     lora = jax.tree_util.tree_map(lambda x: x + 0.01, trainer.lora)
     rng = np.random.default_rng(0)
@@ -185,3 +186,56 @@ def test_layer_remat_gives_the_same_lora_gradients(tmp_path):
     for a, b in zip(plain, remat, strict=True):  # equal up to float32 re-association
         a, b = np.asarray(a), np.asarray(b)
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * np.abs(a).max())
+
+
+def toy_trainer(out: Path, **kw):
+    from bigthoughts.training import GRPOTrainer
+    from tests.train_toy import lowercase_share, toy_setup
+
+    config, examples, loaded = toy_setup(str(out), **kw)
+    out.mkdir(parents=True, exist_ok=True)
+    return GRPOTrainer(config, out, examples=examples, loaded=loaded,
+                       reward_fns=[lowercase_share], held_out=examples[:2])
+
+
+def test_the_sampler_follows_the_lora_after_every_update(tmp_path):
+    """The update donates the LoRA arrays; evaluation and the next rollout must sample
+    with the new ones (this crashed with 'Array has been deleted')."""
+    from flax import nnx
+
+    trainer = toy_trainer(tmp_path, iterations=2)
+    before = [np.asarray(x) for x in jax_leaves(trainer.lora)]
+    trainer.train_step()
+    model = nnx.merge(trainer.sampler.graphdef, trainer.sampler.state)
+    seen = jax_leaves(nnx.state(model, nnx.LoRAParam))
+    now = jax_leaves(trainer.lora)
+    assert len(seen) == len(now) == len(before) > 0
+    assert any(not np.array_equal(a, np.asarray(b)) for a, b in zip(before, now, strict=True))
+    for a, b in zip(seen, now, strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    record = trainer.evaluate()
+    assert record["step"] == 1 and 0 <= record["eval/accuracy"] <= 1
+
+
+def jax_leaves(tree):
+    import jax
+
+    return jax.tree_util.tree_leaves(tree)
+
+
+def test_mu_2_acts_through_the_importance_ratio(tmp_path):
+    """With μ = 2, π_θold is the sampling policy: the first update sees ratio 1 (the
+    μ = 1 update exactly), the second a ratio != 1, so its surrogate differs and
+    clipping can act. With ratio 1 the surrogate is -mean(Â) whatever θ is."""
+    one = toy_trainer(tmp_path / "one", iterations=1, lr=0.3, warmup=0)
+    two = toy_trainer(tmp_path / "two", iterations=2, lr=0.3, warmup=0)
+    one.train_step()
+    two.train_step()
+    [only] = one.last_updates
+    first, second = two.last_updates
+    for key in ("loss", "pg_loss", "grad_norm", "kl"):
+        np.testing.assert_allclose(float(first[key]), float(only[key]), rtol=1e-5, atol=1e-7)
+    assert float(first["clip_fraction"]) == 0.0
+    assert abs(float(first["pg_loss"])) < 1e-6  # ratio 1: -mean(Â) = 0 per group
+    assert abs(float(second["pg_loss"])) > 1e-4
+    assert float(second["clip_fraction"]) > 0.0

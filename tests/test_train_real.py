@@ -15,7 +15,8 @@ import pytest
 from bigthoughts.data import build_prompt, load_gsm8k
 from bigthoughts.generate import Sampler
 from bigthoughts.grpo import completion_logps
-from bigthoughts.train import _pad_left, _pad_right, load_train_config, train
+from bigthoughts.training import load_train_config, train
+from bigthoughts.training.rollout import pad_left, pad_right
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "configs" / "gemma3-270m-cpu.yaml"
@@ -29,8 +30,8 @@ def test_training_logps_match_the_sampler(real_model, gsm8k_dir, width):
     prompt = build_prompt(example.question, "fewshot", shots=2)
     gens = Sampler(real_model.model, tok).generate(
         [prompt], temperatures=[0.7, 1.0], num_samples=2, max_new_tokens=24, seed=3)
-    p_tok, p_valid = _pad_left([tok.encode(prompt, add_bos=True)], 64, tok.pad_id())
-    c_tok, c_mask = _pad_right([list(g.token_ids) for g in gens], width, tok.pad_id())
+    p_tok, p_valid = pad_left([tok.encode(prompt, add_bos=True)], 64, tok.pad_id())
+    c_tok, c_mask = pad_right([list(g.token_ids) for g in gens], width, tok.pad_id())
     window = real_model.model.config.sliding_window_size
     assert (p_tok.shape[1] + width > window) == (width == 200)  # both paths are exercised
     ours = np.asarray(completion_logps(real_model.model, jnp.asarray(p_tok),

@@ -1,0 +1,91 @@
+"""GRPO fine-tuning of a Gemma policy with LoRA; the package's files are the stages.
+
+    config     the recipe (sections documented with the paper's G, μ, β, ε)
+    rollout    prompts -> generations -> rewards -> advantages -> batch
+    state      LoRA, optimizer, device mesh
+    grpo_trainer  the GRPO stage: log-probs, μ updates, checkpoints, evaluation, export
+    loop       the relay loop over any stage (deadline, saves, evaluation, export)
+    relay      time budgets and atomic checkpoints
+    rundir     run-directory identity (config.json) and logs (metrics/samples.jsonl)
+    progress   the line per step a user watches
+
+The loss itself is ``bigthoughts.grpo``. Example::
+
+    bigthoughts train --config configs/gemma3-270m-cpu.yaml --max-steps 2
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from bigthoughts.config import ConfigError, to_dict
+from bigthoughts.data import Example, load_gsm8k
+from bigthoughts.models.registry import LoadedModel, load_model
+from bigthoughts.rewards import make_reward_fns
+from bigthoughts.training.config import TrainConfig, load_train_config
+from bigthoughts.training.grpo_trainer import GRPOTrainer
+from bigthoughts.training.loop import OutOfMemory, StageResult, is_out_of_memory, run_stage
+from bigthoughts.training.progress import Progress
+from bigthoughts.training.relay import EXIT_RELAY, Deadline, parse_duration
+from bigthoughts.training.rundir import check_run_dir, prepare_run_dir
+
+__all__ = ["EXIT_RELAY", "GRPOTrainer", "OutOfMemory", "StageResult", "TrainConfig",
+           "load_train_config", "train"]
+
+
+def _deadline(time_budget: str | float | None) -> Deadline:
+    try:
+        if isinstance(time_budget, str):
+            parse_duration(time_budget)
+        return Deadline.from_budget(time_budget)
+    except ValueError as err:
+        raise ConfigError(f"--time-budget: {err}") from err
+
+
+def _data(config: TrainConfig, examples: Sequence[Example] | None
+          ) -> tuple[list[Example], list[Example]]:
+    """Training questions and (when evaluating periodically) the held-out ones."""
+    train_set = list(examples) if examples is not None else load_gsm8k(
+        config.data.split, config.data.path, limit=config.data.limit)
+    held = load_gsm8k("test", config.data.path, limit=config.eval_examples) \
+        if config.eval_every else []
+    if not train_set:
+        raise ConfigError("no training examples")
+    return train_set, held
+
+
+def train(config: TrainConfig, *, max_steps: int | None = None,
+          time_budget: str | float | None = None, out_dir: str | Path | None = None,
+          examples: Sequence[Example] | None = None, loaded: LoadedModel | None = None,
+          reward_fns=None, progress: Progress | None = None) -> StageResult:
+    """Runs (or resumes) a GRPO run; returns where it stopped and each step's record.
+
+    Everything a user can get wrong (the limit, the budget, the data, a different run
+    in ``out_dir``) is checked before the model loads and before anything is written.
+    ``examples``/``loaded``/``reward_fns`` let tests inject a toy task and a tiny model.
+    """
+    limit = config.max_steps if max_steps is None else max_steps
+    if limit < 0:
+        raise ConfigError(f"--max-steps must be >= 0, got {limit}")
+    out = Path(out_dir or config.out_dir)
+    deadline = _deadline(time_budget)
+    check_run_dir(out, to_dict(config))
+    train_set, held = _data(config, examples)
+    fns = reward_fns or make_reward_fns(config.rewards.weights,
+                                        min_words=config.rewards.min_reasoning_words)
+    try:
+        lm = loaded or load_model(config.model.name, path=config.model.path,
+                                  dtype=config.model.dtype)
+        prepare_run_dir(out, to_dict(config))
+        stage = GRPOTrainer(config, out, examples=train_set, loaded=lm, reward_fns=fns,
+                            held_out=held)
+    except (MemoryError, RuntimeError) as exc:
+        if is_out_of_memory(exc):
+            raise OutOfMemory(f"out of memory while loading the model; use a smaller "
+                              f"model.dtype or lower {GRPOTrainer.memory_knobs}") from exc
+        raise
+    return run_stage(stage, limit=limit, save_every=config.save_every,
+                     eval_every=config.eval_every, deadline=deadline,
+                     progress=progress or Progress(),
+                     export_dir=out / "export")

@@ -1,0 +1,209 @@
+"""The GRPO stage: policy + LoRA, optimizer, one step, checkpoints, evaluation, export.
+
+One step: take ``prompts_per_step`` questions in a seeded order -> sample G
+completions each with the current policy -> rewards -> group advantages
+(``rollout``) -> log-probs of the completions under the reference (the frozen base
+= LoRA switched off; when β > 0) and, when μ > 1, under the sampling policy itself
+(π_θold, computed once before the updates, as Tunix does) -> μ AdamW updates of the
+LoRA weights on ``grpo.grpo_loss``. After every update the sampler is pointed at the
+new LoRA arrays (the update donates the old ones).
+
+Every piece of state an exact resume needs (LoRA weights, optimizer moments, step,
+data position) goes through ``save``/``_restore``, and all randomness is derived from
+``(seed, step)``, so N steps straight and N/2 + N/2 with a process exit in between
+produce the same parameters.
+
+Why not Tunix's ``GRPOLearner``/``RLCluster`` loop: on a 2-core CPU its rollout has
+no per-row temperature or stop strings, its loss materialises full-vocabulary logits
+for every token (~20 GB for the 270M model at 2 x 4 x 128), and its data iterator
+and RNG state are not checkpointed, so an exact resume is impossible. We keep
+Tunix's model, its LoRA (qwix), its GRPO objective and its ``GRPOConfig`` semantics.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from bigthoughts import grpo
+from bigthoughts.answers import answers_equal
+from bigthoughts.config import VoteConfig
+from bigthoughts.data import Example
+from bigthoughts.export import export_checkpoint, export_hf_gemma3, merge_lora
+from bigthoughts.generate import Sampler
+from bigthoughts.models.registry import LoadedModel
+from bigthoughts.rewards import is_exact_format
+from bigthoughts.solve import Solver
+from bigthoughts.training import rollout as ro
+from bigthoughts.training.config import GRPOSection, TrainConfig
+from bigthoughts.training.relay import CheckpointStore
+from bigthoughts.training.rundir import MetricsLog
+from bigthoughts.training.state import apply_lora, make_mesh, make_optimizer, shard
+
+MEMORY_KNOBS = ("prompts_per_step, grpo.num_generations or grpo.max_new_tokens "
+                "(or set grpo.remat_layers=true)")
+
+
+def grpo_update(graphdef, tx: optax.GradientTransformation, g: GRPOSection, lora, opt_state,
+                base, batch: grpo.RolloutBatch):
+    """One AdamW update of the LoRA weights on the GRPO loss (jit it; pure)."""
+
+    def loss_fn(lora_state):
+        model = nnx.merge(graphdef, lora_state, base)
+        return grpo.grpo_loss(model, batch, group=g.num_generations, beta=g.beta,
+                              epsilon=g.epsilon, loss_agg_mode=g.loss_agg_mode,
+                              kl_mode=g.kl_mode, remat=g.remat_layers)
+
+    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(lora)
+    updates, opt_state = tx.update(grads, opt_state, lora)
+    lora = optax.apply_updates(lora, updates)
+    return lora, opt_state, {"loss": loss, "grad_norm": optax.global_norm(grads), **aux}
+
+
+class GRPOTrainer:
+    """The GRPO ``Stage`` driven by ``training.loop.run_stage``."""
+
+    memory_knobs = MEMORY_KNOBS
+
+    def __init__(self, config: TrainConfig, out: Path, *, examples: Sequence[Example],
+                 loaded: LoadedModel, reward_fns: Sequence[ro.RewardFn],
+                 held_out: Sequence[Example] = (), log: MetricsLog | None = None):
+        self.config, self.out = config, Path(out)
+        self.examples, self.held_out, self.reward_fns = list(examples), list(held_out), reward_fns
+        self.tokenizer = loaded.tokenizer
+        self.style = config.data.style or loaded.spec.prompt_style
+        self.mesh = make_mesh(config.mesh_fsdp, config.mesh_tp)
+        model = apply_lora(loaded.model, config.lora, config.seed)
+        # qwix works on a clone: drop our reference to the original weights (~1 GB f32)
+        self.loaded = dataclasses.replace(loaded, model=None)
+        self.graphdef, self.lora, self.base = nnx.split(model, nnx.LoRAParam, ...)
+        if self.mesh is not None:
+            self.base, self.lora = shard(self.base, self.mesh), shard(self.lora, self.mesh)
+        self.sampler = Sampler(model, self.tokenizer)
+        self.tx, self.schedule = make_optimizer(config.optim, config.max_steps)
+        self.opt_state = self.tx.init(self.lora)
+        self.step = 0
+        self.order = ro.DataOrder(len(self.examples), config.seed)
+        self.store = CheckpointStore(self.out / "checkpoints", keep=config.keep_checkpoints)
+        self.log = log or MetricsLog(self.out)
+        self.last_updates: list[dict] = []  # aux of each of the μ updates of the last step
+        self._train_fn = jax.jit(functools.partial(grpo_update, self.graphdef, self.tx,
+                                                   config.grpo), donate_argnums=(0, 1))
+        self._logps_fn = jax.jit(self._logps, static_argnames=("group", "lora_on"))
+        self.resumed_from = self._restore()
+        self._sync_sampler()
+
+    # --- jitted pieces ------------------------------------------------------------
+    def _logps(self, lora, base, prompt_tokens, prompt_valid, completion_tokens, *, group,
+               lora_on: bool):
+        """log π of each completion token: the policy, or (LoRA off) the frozen base."""
+        if not lora_on:
+            lora = jax.tree_util.tree_map(jnp.zeros_like, lora)
+        model = nnx.merge(self.graphdef, lora, base)
+        return grpo.completion_logps(model, prompt_tokens, prompt_valid, completion_tokens, group)
+
+    def _sync_sampler(self) -> None:
+        """Points the sampler at the current LoRA arrays (an update donates the old ones)."""
+        self.sampler.state = nnx.state(nnx.merge(self.graphdef, self.lora, self.base))
+
+    # --- one step -------------------------------------------------------------------
+    def _with_logps(self, batch: grpo.RolloutBatch) -> grpo.RolloutBatch:
+        """Adds reference log-probs (β > 0) and, for μ > 1, π_θold's (the sampling policy)."""
+        g = self.config.grpo
+        args = (batch.prompt_tokens, batch.prompt_valid, batch.completion_tokens)
+        ref = self._logps_fn(self.lora, self.base, *args, group=g.num_generations,
+                             lora_on=False) if g.beta > 0 else None
+        old = self._logps_fn(self.lora, self.base, *args, group=g.num_generations,
+                             lora_on=True) if g.num_iterations > 1 else None
+        return dataclasses.replace(batch, ref_logps=ref, old_logps=old)
+
+    def _updates(self, batch: grpo.RolloutBatch) -> dict:
+        """μ updates on one batch; the sampler follows the weights after each."""
+        self.last_updates = []
+        for _ in range(self.config.grpo.num_iterations):
+            self.lora, self.opt_state, aux = self._train_fn(self.lora, self.opt_state,
+                                                            self.base, batch)
+            self._sync_sampler()
+            self.last_updates.append(jax.block_until_ready(aux))
+        return {k: float(v) for k, v in self.last_updates[-1].items()}
+
+    def train_step(self) -> dict:
+        cfg = self.config
+        t0 = time.perf_counter()
+        examples = [self.examples[i] for i in self.order.take(cfg.prompts_per_step)]
+        rollout = ro.collect(self.sampler, examples, cfg.grpo, style=self.style,
+                             shots=cfg.data.shots, reward_fns=self.reward_fns,
+                             seed=cfg.seed * 1_000_003 + self.step)
+        batch = self._with_logps(ro.to_batch(rollout, self.tokenizer, cfg.grpo.max_new_tokens))
+        t1 = time.perf_counter()
+        aux = self._updates(batch)
+        t_update = time.perf_counter() - t1
+        self.step += 1
+        record = {"step": self.step, "examples": [e.id for e in examples],
+                  **ro.rollout_stats(rollout), "step_seconds": time.perf_counter() - t0,
+                  "update_seconds": t_update,
+                  "learning_rate": float(self.schedule(self.step - 1)), **aux}
+        self.log.append(record)
+        self.log.append_samples(self.step, ro.sample_rows(rollout))
+        return record
+
+    # --- persistence ----------------------------------------------------------------
+    def save(self) -> None:
+        self.store.save(self.step, {"lora": self.lora, "opt": self.opt_state},
+                        {"data_position": self.order.position, "seed": self.config.seed,
+                         "saved_at": time.time()})
+
+    def _restore(self) -> Path | None:
+        """Loads the latest checkpoint, if any; cuts the logs back to its step either way
+        (steps logged after it, or before any checkpoint, will be redone)."""
+        step = self.store.latest()
+        if step is None:
+            self.log.truncate_after(0)
+            return None
+        tree, meta = self.store.restore(step, {"lora": self.lora, "opt": self.opt_state})
+        self.lora = jax.tree_util.tree_map(jnp.asarray, tree["lora"])
+        self.opt_state = jax.tree_util.tree_map(jnp.asarray, tree["opt"])
+        self.step = int(meta["step"])
+        self.order.position = int(meta["data_position"])
+        self.log.truncate_after(self.step)
+        return self.store.root / f"step_{step:06d}"
+
+    def evaluate(self) -> dict:
+        """Greedy accuracy and format on the held-out questions."""
+        if not self.held_out:
+            raise ValueError("evaluate() needs held-out examples")
+        solver = Solver(self.sampler, style=self.style, shots=self.config.data.shots,
+                        vote=VoteConfig(votes=1, temperatures=(0.0,),
+                                        max_new_tokens=self.config.grpo.max_new_tokens))
+        sols = solver.solve([e.question for e in self.held_out])
+        record = {"step": self.step, "eval/accuracy": float(np.mean(
+            [answers_equal(s.vote.answer, e.gold) for s, e in zip(sols, self.held_out,
+                                                                   strict=True)])),
+            "eval/format_compliance": float(np.mean(
+                [is_exact_format(s.generations[0].text) for s in sols]))}
+        self.log.append(record)
+        return record
+
+    def close(self) -> None:
+        self.log.close()
+
+    def export(self, dest: Path, *, hf: bool = True) -> Path:
+        """Merges LoRA into the base and writes a loadable checkpoint (and HF copy)."""
+        model = nnx.merge(self.graphdef, self.lora, self.base)
+        params = merge_lora(model, alpha=self.config.lora.alpha, rank=self.config.lora.rank)
+        spec = self.loaded.spec
+        out = export_checkpoint(dest, params, family=spec.family, config=model.config, spec=spec,
+                                tokenizer=self.tokenizer,
+                                provenance={"step": self.step, "source": self.loaded.source})
+        if hf and spec.family == "gemma3":
+            export_hf_gemma3(dest / "hf", params, model.config, self.tokenizer)
+        return out

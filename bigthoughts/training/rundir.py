@@ -1,0 +1,156 @@
+"""A run directory's identity and its logs.
+
+``config.json`` names the recipe a directory belongs to; a rerun with a different
+recipe is refused, naming each differing key with both values. ``metrics.jsonl``
+(one record per step or evaluation), ``samples.jsonl`` (every completion with its
+reward) and TensorBoard scalars are appended as the run goes; on resume they are cut
+back to the checkpoint's step (atomically), so redone steps appear once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from bigthoughts.config import ConfigError
+
+# Knobs that trade memory for time without changing a number: a relay run may resume
+# with them changed (e.g. on a machine with less memory), and runs saved before the
+# knob existed resume as if it had its default.
+RESUMABLE_CHANGES: Mapping[str, Sequence[str]] = {"grpo": ("remat_layers",)}
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    """Writes ``text`` to a temporary file beside ``path``, fsyncs it, then renames it."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _flatten(data: Mapping, prefix: str = "") -> dict:
+    out = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value and not name.startswith("rewards.weights"):
+            out.update(_flatten(value, f"{name}."))
+        else:
+            out[name] = value
+    return out
+
+
+def run_identity(config: Mapping, resumable_changes=RESUMABLE_CHANGES) -> dict:
+    """The config's keys (flattened, ``grpo.beta``) that make a run directory's identity."""
+    flat = _flatten({k: v for k, v in config.items() if k != "out_dir"})
+    for section, keys in resumable_changes.items():
+        for key in keys:
+            flat.pop(f"{section}.{key}", None)
+    return flat
+
+
+def config_differences(saved: Mapping, now: Mapping, resumable_changes=RESUMABLE_CHANGES
+                       ) -> list[str]:
+    """``["grpo.beta: 0.04 (saved) != 0.0 (now)", ...]`` for each differing key."""
+    a, b = run_identity(saved, resumable_changes), run_identity(now, resumable_changes)
+    missing = "(absent)"
+    return [f"{k}: {json.dumps(a.get(k, missing))} (saved) != {json.dumps(b.get(k, missing))} "
+            f"(now)" for k in sorted(set(a) | set(b)) if a.get(k, missing) != b.get(k, missing)]
+
+
+def check_run_dir(out: Path, config_dict: Mapping, *,
+                  resumable_changes: Mapping[str, Sequence[str]] = RESUMABLE_CHANGES) -> None:
+    """Raises ConfigError when ``out`` cannot hold this run: it is a file, its
+    ``config.json`` is unreadable, or it names a different recipe. Writes nothing."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out} exists and is not a directory; use another --out")
+    path = out / "config.json"
+    if not path.exists():
+        return
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(saved, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"{path} is unreadable ({err}); use another --out") from err
+    diff = config_differences(saved, config_dict, resumable_changes)
+    if diff:
+        raise ConfigError(f"{out} holds a different run ({'; '.join(diff)}); use another --out")
+
+
+def prepare_run_dir(out: Path, config_dict: Mapping, *,
+                    resumable_changes: Mapping[str, Sequence[str]] = RESUMABLE_CHANGES) -> None:
+    """Creates ``out`` with ``config.json`` (atomically), or checks that it holds the
+    same recipe (``check_run_dir``)."""
+    out = Path(out)
+    check_run_dir(out, config_dict, resumable_changes=resumable_changes)
+    if not (out / "config.json").exists():
+        out.mkdir(parents=True, exist_ok=True)
+        _atomic_write_text(out / "config.json", json.dumps(dict(config_dict), indent=1))
+
+
+def _read_records(path: Path) -> list[tuple[str, dict]]:
+    """(line, record) of each readable line; a line torn by a kill is dropped."""
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("step"), int):
+            rows.append((line, record))
+    return rows
+
+
+class MetricsLog:
+    """Appends step records to ``metrics.jsonl`` (+ TensorBoard) and completions to
+    ``samples.jsonl``."""
+
+    def __init__(self, out: Path, *, tensorboard: bool = True):
+        self.out = Path(out)
+        self.metrics_path = self.out / "metrics.jsonl"
+        self.samples_path = self.out / "samples.jsonl"
+        self._writer = None if tensorboard else False
+
+    def append(self, record: dict) -> None:
+        with open(self.metrics_path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record) + "\n")
+        writer = self._tensorboard()
+        if writer:
+            for k, v in record.items():
+                if isinstance(v, float | int) and not isinstance(v, bool) and k != "step":
+                    writer.add_scalar(k, v, record["step"])
+
+    def append_samples(self, step: int, rows: Sequence[dict]) -> None:
+        with open(self.samples_path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps({"step": step, "completions": list(rows)}) + "\n")
+
+    def truncate_after(self, step: int) -> None:
+        """Drops the lines of steps after ``step`` (they will be redone), atomically."""
+        for path in (self.metrics_path, self.samples_path):
+            if path.exists():
+                keep = [line for line, rec in _read_records(path) if rec["step"] <= step]
+                _atomic_write_text(path, "".join(x + "\n" for x in keep))
+
+    def _tensorboard(self):
+        if self._writer is None:
+            try:
+                from tensorboardX import SummaryWriter
+
+                self._writer = SummaryWriter(str(self.out / "tensorboard"))
+            except ImportError:  # optional
+                self._writer = False
+        return self._writer
+
+    def close(self) -> None:
+        if self._writer:
+            self._writer.close()
