@@ -57,7 +57,7 @@ def main() -> None:
     mk = dict(max_new_tokens=args.max_new_tokens)
     single = Solver(sampler, vote=VoteConfig(votes=1, temperatures=(0.0,), **mk))
     vote = Solver(sampler, vote=VoteConfig(votes=args.votes, **mk))
-    ladder = VoteConfig().temperatures[:args.votes]
+    ladder = VoteConfig(votes=args.votes).schedule()
     separate = [Solver(sampler, vote=VoteConfig(votes=1, temperatures=(t,), **mk))
                 for t in ladder]
     adaptive = Solver(sampler, vote=VoteConfig(votes=args.votes, strategy="adaptive", **mk))

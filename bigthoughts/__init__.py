@@ -30,11 +30,13 @@ from bigthoughts.data import (
     SYSTEM_PROMPT,
     DataError,
     Example,
+    PromptFormat,
     build_prompt,
     chat_prompt,
     download,
     fewshot_prompt,
     load_gsm8k,
+    prompt_format,
     resolve_data_dir,
     solution_to_reasoning,
 )
@@ -62,6 +64,7 @@ from bigthoughts.voting import (
     get_strategy,
     ladder,
     maj_at_k,
+    temperature_schedule,
 )
 
 __version__ = "0.1.0"
@@ -92,6 +95,7 @@ __all__ = [
     "answers_equal",
     "apply_overrides",
     "broken_tags_penalty",
+    "PromptFormat",
     "build_prompt",
     "chat_prompt",
     "correctness_reward",
@@ -111,9 +115,11 @@ __all__ = [
     "normalize_number",
     "parse_gold",
     "partial_format_reward",
+    "prompt_format",
     "resolve_data_dir",
     "score",
     "short_reasoning_penalty",
     "solution_to_reasoning",
+    "temperature_schedule",
     "to_dict",
 ]

@@ -31,19 +31,21 @@ class UserError(Exception):
 def _user_errors() -> tuple[type[BaseException], ...]:
     from bigthoughts.config import ConfigError
     from bigthoughts.data import DataError
+    from bigthoughts.models.build import ParameterMismatch
     from bigthoughts.models.gguf import GGUFError
-    from bigthoughts.models.registry import ModelLoadError
+    from bigthoughts.models.limits import GenerationLimitError
+    from bigthoughts.models.spec import ModelLoadError
     from bigthoughts.training.loop import OutOfMemory
 
-    return (UserError, ConfigError, DataError, GGUFError, ModelLoadError, FileNotFoundError,
-            OutOfMemory)
+    return (UserError, ConfigError, DataError, GGUFError, ModelLoadError, ParameterMismatch,
+            GenerationLimitError, FileNotFoundError, OutOfMemory)
 
 
 def enable_compilation_cache() -> None:
     """Persist XLA compilations across runs (the 270M decode step compiles in ~10 s)."""
     import jax
 
-    from bigthoughts.models.registry import cache_dir
+    from bigthoughts.models.spec import cache_dir
 
     jax.config.update("jax_compilation_cache_dir", str(cache_dir() / "xla"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
@@ -58,6 +60,51 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
 
 
+def _utf8(what: str, text: str) -> str:
+    """``text`` if it encodes as UTF-8; argv bytes that are not UTF-8 arrive as lone
+    surrogates (PEP 383) and are refused here, before any tokenizer sees them."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise UserError(f"the {what} is not valid UTF-8 text (byte "
+                        f"{ord(text[err.start]) & 0xFF:#04x} at position {err.start})") from None
+    return text
+
+
+def _config(cls, **kwargs):
+    """``cls(**kwargs)`` with its validation error as a one-line user error."""
+    try:
+        return cls(**kwargs)
+    except ValueError as err:
+        raise UserError(str(err)) from None
+
+
+def _spec_before_load(args):
+    """The spec of the model ``args`` name, when it is known without loading (else None);
+    a ``--model`` or ``--checkpoint`` path that does not exist is refused here."""
+    from bigthoughts.models.registry import DEFAULT_MODEL, REGISTRY, looks_like_path
+
+    if getattr(args, "checkpoint", None):
+        if not Path(args.checkpoint).expanduser().exists():
+            raise UserError(f"checkpoint path does not exist: {args.checkpoint}")
+        return None
+    if args.model is None:
+        return REGISTRY[DEFAULT_MODEL]
+    if args.model in REGISTRY:
+        return REGISTRY[args.model]
+    if looks_like_path(args.model) and not Path(args.model).expanduser().exists():
+        raise UserError(f"model path does not exist: {args.model}")
+    return None
+
+
+def _preflight(spec, prompts: list[str], *, rows: int, max_new_tokens: int) -> None:
+    """Context and memory checks before the weights load, when the spec is known."""
+    from bigthoughts.models.limits import check_before_load
+
+    if spec is not None:
+        check_before_load(spec, prompts, rows=rows, max_new_tokens=max_new_tokens)
+
+
 def _load(args):
     from bigthoughts.models.registry import load_model
 
@@ -65,34 +112,36 @@ def _load(args):
         from bigthoughts.export import load_exported
 
         return load_exported(args.checkpoint, dtype=args.dtype)
-    model = args.model
-    if model is not None and Path(model).exists():
-        return load_model(path=model, dtype=args.dtype)
-    return load_model(model, dtype=args.dtype)
-
-
-def _vote_config(args):
-    from bigthoughts.config import VoteConfig
-    from bigthoughts.voting import DEFAULT_LADDER, ladder
-
-    temps = DEFAULT_LADDER if args.votes == len(DEFAULT_LADDER) else ladder(args.votes)
-    return VoteConfig(votes=args.votes, temperatures=temps, strategy=args.strategy,
-                      max_new_tokens=args.max_new_tokens)
+    return load_model(args.model, dtype=args.dtype)
 
 
 def cmd_ask(args) -> int:
+    from bigthoughts.config import VoteConfig
+    from bigthoughts.data import prompt_format
     from bigthoughts.generate import Sampler
+    from bigthoughts.models.limits import check_loaded
     from bigthoughts.solve import Solver
 
-    if not args.question.strip():
+    question = _utf8("question", args.question)
+    if not question.strip():
         raise UserError("the question is empty")
+    vote = _config(VoteConfig, votes=args.votes, strategy=args.strategy,
+                   max_new_tokens=args.max_new_tokens)
+    spec = _spec_before_load(args)
+    fmt = _config(prompt_format, style=args.style or (spec.prompt_style if spec else "fewshot"),
+                  shots=args.shots)
+    _preflight(spec, [fmt.prompt(question)], rows=vote.votes, max_new_tokens=vote.max_new_tokens)
     lm = _load(args)
-    style = args.style or lm.spec.prompt_style
-    solver = Solver(Sampler(lm.model, lm.tokenizer), style=style, shots=args.shots,
-                    vote=_vote_config(args), seed=args.seed)
+    fmt = prompt_format(args.style or lm.spec.prompt_style, args.shots)
+    check_loaded(lm, [fmt.prompt(question)], rows=vote.votes, max_new_tokens=vote.max_new_tokens)
+    solver = Solver(Sampler(lm.model, lm.tokenizer), format=fmt, vote=vote, seed=args.seed)
     start = time.perf_counter()
-    [sol] = solver.solve([args.question])
-    seconds = time.perf_counter() - start
+    [sol] = solver.solve([question])
+    _print_solution(args, sol, time.perf_counter() - start)
+    return 0
+
+
+def _print_solution(args, sol, seconds: float) -> None:
     vote = sol.vote
     if args.json:
         print(json.dumps({
@@ -102,7 +151,7 @@ def cmd_ask(args) -> int:
                         "logprob": g.logprob, "answer": s.answer}
                        for g, s in zip(sol.generations, sol.samples, strict=True)],
         }, indent=2))
-        return 0
+        return
     if args.traces:
         for i, (g, s) in enumerate(zip(sol.generations, sol.samples, strict=True)):
             print(f"--- trace {i + 1} (T={g.temperature:g}, {g.num_tokens} tokens, "
@@ -112,13 +161,34 @@ def cmd_ask(args) -> int:
     print(f"votes: {counts or 'none'} (agreement {vote.agreement:.0%}, "
           f"{vote.votes_used} samples, {args.strategy})")
     print(f"time: {seconds:.2f} s")
-    return 0
+
+
+def _check_generate_args(args) -> None:
+    import math
+
+    _utf8("prompt", args.prompt)
+    for stop in args.stop or ():
+        _utf8("stop string", stop)
+    if args.num_samples < 1 or args.max_new_tokens < 1:
+        raise UserError(f"--num-samples and --max-new-tokens must be >= 1, got "
+                        f"{args.num_samples} and {args.max_new_tokens}")
+    if not (math.isfinite(args.temperature) and args.temperature >= 0):
+        raise UserError(f"--temperature must be finite and >= 0, got {args.temperature}")
+    if args.top_k is not None and args.top_k < 1:
+        raise UserError(f"--top-k must be >= 1, got {args.top_k}")
+    if args.top_p is not None and not 0.0 < args.top_p <= 1.0:
+        raise UserError(f"--top-p must be in (0, 1], got {args.top_p}")
 
 
 def cmd_generate(args) -> int:
     from bigthoughts.generate import Sampler
+    from bigthoughts.models.limits import check_loaded
 
+    _check_generate_args(args)
+    _preflight(_spec_before_load(args), [args.prompt], rows=args.num_samples,
+               max_new_tokens=args.max_new_tokens)
     lm = _load(args)
+    check_loaded(lm, [args.prompt], rows=args.num_samples, max_new_tokens=args.max_new_tokens)
     sampler = Sampler(lm.model, lm.tokenizer)
     start = time.perf_counter()
     outs = sampler.generate([args.prompt], temperatures=args.temperature,
@@ -136,14 +206,19 @@ def cmd_generate(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from bigthoughts.data import load_gsm8k
+    from bigthoughts.data import load_gsm8k, prompt_format
     from bigthoughts.evaluate import EvalConfig, run_eval
 
-    config = EvalConfig(mode=args.mode, split=args.split, limit=args.limit, votes=args.votes,
-                        strategy=args.strategy, batch_size=args.batch_size,
-                        max_new_tokens=args.max_new_tokens, style=args.style, shots=args.shots,
-                        seed=args.seed)
+    config = _config(EvalConfig, mode=args.mode, split=args.split, limit=args.limit,
+                     votes=args.votes, strategy=args.strategy, batch_size=args.batch_size,
+                     max_new_tokens=args.max_new_tokens, style=args.style, shots=args.shots,
+                     seed=args.seed)
     examples = load_gsm8k(args.split, args.data, limit=args.limit)
+    spec = _spec_before_load(args)
+    fmt = prompt_format(args.style or (spec.prompt_style if spec else "fewshot"), args.shots)
+    _preflight(spec, [fmt.prompt(e.question) for e in examples],
+               rows=min(config.batch_size, max(1, len(examples))) * config.samples_per_question,
+               max_new_tokens=config.max_new_tokens)
     lm = _load(args)
     summary = run_eval(lm, examples, config, Path(args.out), progress=not args.quiet)
     print(json.dumps({k: summary[k] for k in ("accuracy", "accuracy_ci95", "format_strict",
@@ -194,27 +269,21 @@ def cmd_download(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from bigthoughts import __version__
+def _vote_args(p: argparse.ArgumentParser, votes: int) -> None:
+    p.add_argument("--votes", type=int, default=votes, help="samples per question (k)")
+    p.add_argument("--strategy", default="majority", choices=["majority", "weighted", "adaptive"])
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--style", default=None, choices=["chat", "fewshot", "zeroshot"],
+                   help="prompt style (default: chat for IT models, fewshot for base)")
+    p.add_argument("--shots", type=int, default=2, help="worked examples in fewshot prompts")
+    p.add_argument("--seed", type=int, default=0)
 
-    parser = argparse.ArgumentParser(prog="bigthoughts", description=__doc__.split("\n")[0])
-    parser.add_argument("--version", action="version", version=f"bigthoughts {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
 
-    def vote_args(p, votes: int):
-        p.add_argument("--votes", type=int, default=votes, help="samples per question (k)")
-        p.add_argument("--strategy", default="majority",
-                       choices=["majority", "weighted", "adaptive"])
-        p.add_argument("--max-new-tokens", type=int, default=256)
-        p.add_argument("--style", default=None, choices=["chat", "fewshot", "zeroshot"],
-                       help="prompt style (default: chat for IT models, fewshot for base)")
-        p.add_argument("--shots", type=int, default=2, help="worked examples in fewshot prompts")
-        p.add_argument("--seed", type=int, default=0)
-
+def _add_inference_commands(sub) -> None:
     p = sub.add_parser("ask", help="answer one question by consensus vote")
     p.add_argument("question")
     _add_model_args(p)
-    vote_args(p, 5)
+    _vote_args(p, 5)
     p.add_argument("--traces", action="store_true", help="print every trace")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_ask)
@@ -240,9 +309,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default=None, help="GSM8K dir or .jsonl (default: $BIGTHOUGHTS_DATA)")
     p.add_argument("--out", required=True, help="run directory (results.jsonl, summary.json)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    vote_args(p, 5)
+    _vote_args(p, 5)
     p.set_defaults(func=cmd_eval)
 
+
+def _add_other_commands(sub) -> None:
     p = sub.add_parser("report", help="compare eval runs: table, significance, plots")
     p.add_argument("runs", nargs="+")
     p.add_argument("--out", default="report")
@@ -266,6 +337,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("download", help="download GSM8K (checksummed) into the cache")
     p.add_argument("--dest", default=None)
     p.set_defaults(func=cmd_download)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from bigthoughts import __version__
+
+    parser = argparse.ArgumentParser(prog="bigthoughts", description=__doc__.split("\n")[0])
+    parser.add_argument("--version", action="version", version=f"bigthoughts {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_inference_commands(sub)
+    _add_other_commands(sub)
     return parser
 
 

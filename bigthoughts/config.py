@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 import yaml
 
 from bigthoughts.rewards import DEFAULT_WEIGHTS, REWARD_FUNCTIONS
-from bigthoughts.voting import DEFAULT_LADDER, STRATEGIES
+from bigthoughts.voting import MAX_VOTES, STRATEGIES, temperature_schedule
 
 __all__ = [
     "ConfigError",
@@ -81,22 +81,25 @@ class RewardConfig:
 class VoteConfig:
     """How to answer by consensus.
 
-    ``votes`` is the number of samples k per question; sample i is drawn at
-    ``temperatures[i % len(temperatures)]`` (see :meth:`schedule`), so the default
-    ladder serves any k. ``strategy`` names an entry of ``voting.STRATEGIES``.
+    ``votes`` is the number of samples k per question. ``temperatures`` None (the
+    default) draws them on the ladder ``voting.ladder(k)`` (0.2 ... 1.0; greedy for
+    k = 1); explicit temperatures are cycled. Both are decided by
+    :func:`bigthoughts.voting.temperature_schedule`, see :meth:`schedule`.
+    ``strategy`` names an entry of ``voting.STRATEGIES``; ``max_new_tokens`` bounds
+    each sample's length.
     """
 
     votes: int = 5
-    temperatures: tuple[float, ...] = DEFAULT_LADDER
+    temperatures: tuple[float, ...] | None = None
     strategy: str = "majority"
     max_new_tokens: int = 256
 
     def __post_init__(self) -> None:
-        if self.votes < 1:
-            raise ValueError(f"votes must be >= 1, got {self.votes}")
-        if not self.temperatures:
+        if not 1 <= self.votes <= MAX_VOTES:
+            raise ValueError(f"votes must be between 1 and {MAX_VOTES}, got {self.votes}")
+        if self.temperatures is not None and not self.temperatures:
             raise ValueError("temperatures must hold at least one temperature")
-        bad = [t for t in self.temperatures if not (math.isfinite(t) and t >= 0)]
+        bad = [t for t in self.temperatures or () if not (math.isfinite(t) and t >= 0)]
         if bad:
             raise ValueError(f"temperatures must be finite and >= 0, got {bad}")
         if self.strategy not in STRATEGIES:
@@ -107,9 +110,8 @@ class VoteConfig:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
 
     def schedule(self) -> tuple[float, ...]:
-        """The temperature of each of the ``votes`` samples, cycling ``temperatures``."""
-        n = len(self.temperatures)
-        return tuple(self.temperatures[i % n] for i in range(self.votes))
+        """The temperature of each of the ``votes`` samples (``temperature_schedule``)."""
+        return temperature_schedule(self.votes, self.temperatures)
 
 
 _TRUE_WORDS = frozenset({"true", "yes", "on", "1"})

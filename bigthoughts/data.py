@@ -23,7 +23,6 @@ import http.client
 import json
 import os
 import re
-import tempfile
 import urllib.error
 import urllib.request
 import warnings
@@ -33,19 +32,22 @@ from pathlib import Path
 from typing import Literal
 
 from bigthoughts.answers import parse_gold
-from bigthoughts.files import file_sha256
+from bigthoughts.files import atomic_write_bytes, file_sha256
 
 __all__ = [
     "ANSWER_STOP",
+    "CHAT_STOP",
     "DATA_ENV_VAR",
     "FEWSHOT_EXAMPLES",
     "FEWSHOT_STOP",
     "GSM8K_SHA256",
     "GSM8K_URL",
+    "PROMPT_STYLES",
     "SPLITS",
     "SYSTEM_PROMPT",
     "DataError",
     "Example",
+    "PromptFormat",
     "WorkedExample",
     "build_prompt",
     "chat_prompt",
@@ -53,6 +55,7 @@ __all__ = [
     "download",
     "fewshot_prompt",
     "load_gsm8k",
+    "prompt_format",
     "resolve_data_dir",
     "solution_to_reasoning",
 ]
@@ -190,19 +193,6 @@ def _fetch(url: str, timeout: float) -> bytes:
         return response.read()
 
 
-def _write_atomic(target: Path, payload: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def download(
     dest: Path | None = None,
     *,
@@ -246,7 +236,7 @@ def download(
                 f"checksum mismatch for {url}: expected sha256 {expected}, got {actual}; "
                 "the file was not saved"
             )
-        _write_atomic(target, payload)
+        atomic_write_bytes(target, payload)
     return dest
 
 
@@ -335,17 +325,65 @@ def fewshot_prompt(question: str, *, shots: int = 2, system: str = SYSTEM_PROMPT
     return "".join(parts)
 
 
+PROMPT_STYLES = ("chat", "fewshot", "zeroshot")
+CHAT_STOP = "<end_of_turn>"
+"""The end of the model's chat turn: stop generating."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class PromptFormat:
+    """A prompt style and the stop strings that go with it: the one owner of both.
+
+    ``style`` is ``"chat"`` (a Gemma user turn, for instruction-tuned models),
+    ``"fewshot"`` (``shots`` worked examples, for base models) or ``"zeroshot"``
+    (the few-shot layout without examples). ``stop`` strings end a generation and are
+    cut off its text; ``stop_inclusive`` ones end it and are kept (the closed answer).
+    Build one with :func:`prompt_format`.
+
+    >>> fmt = prompt_format("chat")
+    >>> fmt.stop, fmt.stop_inclusive
+    (('<end_of_turn>',), ('</answer>',))
+    """
+
+    style: Literal["chat", "fewshot", "zeroshot"]
+    shots: int
+    stop: tuple[str, ...]
+    stop_inclusive: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if self.style not in PROMPT_STYLES:
+            raise ValueError(f"unknown prompt style {self.style!r}; "
+                             f"expected one of {', '.join(PROMPT_STYLES)}")
+        if not 0 <= self.shots <= len(FEWSHOT_EXAMPLES):
+            raise ValueError(f"shots must be between 0 and {len(FEWSHOT_EXAMPLES)}, "
+                             f"got {self.shots}")
+
+    def prompt(self, question: str) -> str:
+        """The prompt for ``question`` in this format."""
+        if self.style == "chat":
+            return chat_prompt(question)
+        return fewshot_prompt(question, shots=self.shots)
+
+
+def prompt_format(style: str, shots: int = 2) -> PromptFormat:
+    """The :class:`PromptFormat` of ``style``; ``shots`` counts for ``"fewshot"`` only.
+
+    Raises a one-line ValueError for an unknown style or a bad number of shots.
+    """
+    if style == "chat":
+        return PromptFormat(style="chat", shots=0, stop=(CHAT_STOP,),
+                            stop_inclusive=(ANSWER_STOP,))
+    if style in ("fewshot", "zeroshot"):
+        return PromptFormat(style=style, shots=shots if style == "fewshot" else 0,  # type: ignore[arg-type]
+                            stop=(FEWSHOT_STOP,), stop_inclusive=(ANSWER_STOP,))
+    raise ValueError(f"unknown prompt style {style!r}; expected one of {', '.join(PROMPT_STYLES)}")
+
+
 def build_prompt(
     question: str, style: Literal["chat", "fewshot", "zeroshot"], shots: int = 2
 ) -> str:
-    """Prompt for ``question`` in ``style``; ``shots`` applies to ``"fewshot"`` only."""
-    if style == "chat":
-        return chat_prompt(question)
-    if style == "fewshot":
-        return fewshot_prompt(question, shots=shots)
-    if style == "zeroshot":
-        return fewshot_prompt(question, shots=0)
-    raise ValueError(f"unknown prompt style {style!r}; expected 'chat', 'fewshot' or 'zeroshot'")
+    """Prompt for ``question`` in ``style``: ``prompt_format(style, shots).prompt(question)``."""
+    return prompt_format(style, shots).prompt(question)
 
 
 _CALCULATOR_RE = re.compile(r"<<[^<>]*>>")

@@ -45,15 +45,17 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from bigthoughts.answers import FAILURE_BUCKETS, answers_equal, extract, failure_bucket
 from bigthoughts.config import ConfigError, VoteConfig
-from bigthoughts.data import FEWSHOT_EXAMPLES, Example
+from bigthoughts.data import FEWSHOT_EXAMPLES, PROMPT_STYLES, Example, PromptFormat, prompt_format
+from bigthoughts.files import JsonlError, append_jsonl, atomic_write_json, read_jsonl
 from bigthoughts.metrics import percentiles, wilson_interval
+from bigthoughts.models.spec import portable_source
 from bigthoughts.rewards import is_exact_format, reasoning_steps
-from bigthoughts.voting import DEFAULT_LADDER, STRATEGIES, ladder
+from bigthoughts.voting import MAX_VOTES, STRATEGIES
 
 if TYPE_CHECKING:
     from bigthoughts.generate import Sampler
     from bigthoughts.models.registry import LoadedModel
-    from bigthoughts.solve import Solution
+    from bigthoughts.solve import Solution, Solver
 
 __all__ = [
     "MODES",
@@ -66,7 +68,6 @@ __all__ = [
 ]
 
 MODES = ("zero-shot", "single", "vote")
-STYLES = ("chat", "fewshot", "zeroshot")
 RESULTS, RUN, SUMMARY = "results.jsonl", "run.json", "summary.json"
 
 
@@ -79,9 +80,9 @@ class EvalConfig:
     """What to evaluate and how.
 
     ``votes`` is the number of samples k per question in ``vote`` mode (ignored by the
-    greedy modes); the temperatures are :data:`~bigthoughts.voting.DEFAULT_LADDER` for
-    k = 5, else ``ladder(k)``. ``style=None`` takes the model's own prompt style
-    (``fewshot`` for base models, ``chat`` for instruction-tuned ones); ``shots``
+    greedy modes), drawn on ``voting.temperature_schedule(k)``. ``style=None`` takes
+    the model's own prompt style (``fewshot`` for base models, ``chat`` for
+    instruction-tuned ones); ``shots``
     worked examples go into few-shot prompts. ``batch_size`` questions share one
     generation call.
     """
@@ -104,8 +105,8 @@ class EvalConfig:
             raise ValueError(f"split must be a non-empty string, got {self.split!r}")
         if self.limit is not None and self.limit < 0:
             raise ValueError(f"limit must be >= 0 or None, got {self.limit}")
-        if self.votes < 1:
-            raise ValueError(f"votes must be >= 1, got {self.votes}")
+        if not 1 <= self.votes <= MAX_VOTES:
+            raise ValueError(f"votes must be between 1 and {MAX_VOTES}, got {self.votes}")
         if self.strategy not in STRATEGIES:
             raise ValueError(f"unknown vote strategy {self.strategy!r}; "
                              f"valid: {', '.join(STRATEGIES)}")
@@ -113,9 +114,9 @@ class EvalConfig:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if self.style is not None and self.style not in STYLES:
+        if self.style is not None and self.style not in PROMPT_STYLES:
             raise ValueError(f"unknown prompt style {self.style!r}; "
-                             f"choose one of {', '.join(STYLES)} or None (the model's own)")
+                             f"choose one of {', '.join(PROMPT_STYLES)} or None (the model's own)")
         if not 0 <= self.shots <= len(FEWSHOT_EXAMPLES):
             raise ValueError(f"shots must be between 0 and {len(FEWSHOT_EXAMPLES)}, "
                              f"got {self.shots}")
@@ -123,11 +124,14 @@ class EvalConfig:
     def vote_config(self) -> VoteConfig:
         """The solver's vote settings: one greedy sample unless ``mode == "vote"``."""
         if self.mode != "vote":
-            return VoteConfig(votes=1, temperatures=(0.0,), strategy="majority",
-                              max_new_tokens=self.max_new_tokens)
-        temps = DEFAULT_LADDER if self.votes == len(DEFAULT_LADDER) else ladder(self.votes)
-        return VoteConfig(votes=self.votes, temperatures=temps, strategy=self.strategy,
+            return VoteConfig(votes=1, strategy="majority", max_new_tokens=self.max_new_tokens)
+        return VoteConfig(votes=self.votes, strategy=self.strategy,
                           max_new_tokens=self.max_new_tokens)
+
+    @property
+    def samples_per_question(self) -> int:
+        """k in ``vote`` mode, 1 in the greedy modes."""
+        return self.votes if self.mode == "vote" else 1
 
 
 def prompt_note(style: str, shots: int, instruction_tuned: bool) -> str:
@@ -142,53 +146,37 @@ def prompt_note(style: str, shots: int, instruction_tuned: bool) -> str:
 
 # --- results file ------------------------------------------------------------------
 def read_results(path: Path, *, repair: bool = False) -> list[dict[str, Any]]:
-    """The records of a ``results.jsonl``.
+    """The records of a ``results.jsonl`` (:func:`bigthoughts.files.read_jsonl`).
 
     A torn last line (a kill during a write) is ignored; with ``repair=True`` it is
-    also cut from the file. Any other unreadable line raises :class:`RunDirError`.
+    also cut from the file. Any other unreadable line, or a record without an
+    ``id``, raises :class:`RunDirError`.
     """
     try:
-        data = path.read_bytes()
-    except OSError as err:
-        raise RunDirError(f"cannot read {path}: {err}") from err
-    records, good_end, pos = [], 0, 0
-    while pos < len(data):
-        nl = data.find(b"\n", pos)
-        end = len(data) if nl < 0 else nl + 1
-        try:
-            record = json.loads(data[pos:end])
-            if not isinstance(record, dict) or "id" not in record:
-                raise ValueError("not a result record")
-        except ValueError as err:
-            if end < len(data):
-                raise RunDirError(f"{path}: line {len(records) + 1} is corrupt ({err}); "
-                                  "fix or delete the file") from err
-            break  # torn last line
-        records.append(record)
-        good_end, pos = end, end
-    if repair and (good_end < len(data) or not data.endswith(b"\n")) and data:
-        with path.open("r+b") as fh:
-            fh.truncate(good_end)  # drop the torn line
-            if good_end and not data[:good_end].endswith(b"\n"):
-                fh.seek(good_end)  # a whole last record that lost its newline
-                fh.write(b"\n")
-            fh.flush()
-            os.fsync(fh.fileno())
+        records = read_jsonl(path, repair=repair)
+    except (OSError, JsonlError) as err:
+        raise RunDirError(f"cannot read results ({err}); fix or delete the file") from err
+    for lineno, record in enumerate(records, start=1):
+        if "id" not in record:
+            raise RunDirError(f"{path}: record {lineno} has no 'id'; fix or delete the file")
     return records
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    """Atomic JSON write: a reader sees the old file or the new one, never half."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+def _run_source(source: str, out_dir: Path) -> str:
+    """``LoadedModel.source`` as recorded in a run: package sources as they are, paths
+    relative to the run directory (never this machine's absolute path)."""
+    if source.startswith("pypi:"):
+        return source
+    path, sep, digest = source.partition("#")
+    return portable_source(path, base=out_dir) + sep + digest
 
 
-def _fingerprint(lm: LoadedModel, examples: Sequence[Example], config: EvalConfig) -> dict:
+def _fingerprint(lm: LoadedModel, examples: Sequence[Example], config: EvalConfig,
+                 out_dir: Path) -> dict:
     ids = "\n".join(e.id for e in examples).encode()
     return {
         "config": dataclasses.asdict(config),
-        "model": {"name": lm.spec.name, "source": lm.source},
+        "model": {"name": lm.spec.name, "source": _run_source(lm.source, out_dir)},
         "examples": {"n": len(examples), "ids_sha256": hashlib.sha256(ids).hexdigest()},
     }
 
@@ -222,7 +210,7 @@ def _open_run(out_dir: Path, fingerprint: dict, ids: set[str]) -> list[dict[str,
         raise RunDirError(f"{results} exists but {run_path} does not, so it cannot be "
                           "resumed safely; use another --out directory")
     else:
-        _write_json(run_path, fingerprint)
+        atomic_write_json(run_path, fingerprint, indent=2)
     if not results.exists():
         return []
     records = read_results(results, repair=True)
@@ -358,6 +346,51 @@ def _batch_seed(seed: int, start: int) -> int:
     return (seed * 1_000_003 + start) % (2**31 - 1)
 
 
+def _check_fits(lm: LoadedModel, examples: Sequence[Example], config: EvalConfig,
+                fmt: PromptFormat) -> None:
+    """Refuses (before anything is written) a batch that overflows context or memory."""
+    from bigthoughts.models.limits import check_loaded
+
+    rows = min(config.batch_size, len(examples)) * config.samples_per_question
+    check_loaded(lm, [fmt.prompt(e.question) for e in examples], rows=rows,
+                 max_new_tokens=config.max_new_tokens)
+
+
+def _solve_missing(solver: Solver, examples: Sequence[Example], config: EvalConfig,
+                   results: Path, done: dict[str, dict], *, progress: bool,
+                   after_batch: Callable[[int], None] | None) -> None:
+    """Solves the unfinished batches, appending each batch's records to ``results``."""
+    from tqdm import tqdm
+
+    correct = sum(bool(r["correct"]) for r in done.values())
+    bar = tqdm(total=len(examples), initial=len(done), disable=not progress, file=sys.stderr,
+               unit="q", desc=f"eval {config.mode}", dynamic_ncols=True)
+    if done:
+        bar.set_postfix(acc=f"{correct / len(done):.1%}")
+    try:
+        with results.open("a", encoding="utf-8") as fh:
+            for start in range(0, len(examples), config.batch_size):
+                batch = examples[start:start + config.batch_size]
+                if all(e.id in done for e in batch):
+                    continue
+                # The whole aligned batch is solved so its samples match an
+                # uninterrupted run; only the missing questions are written.
+                solutions = solver.solve([e.question for e in batch],
+                                         seed=_batch_seed(config.seed, start))
+                new = [_record(e, s, solver.style) for e, s in zip(batch, solutions, strict=True)
+                       if e.id not in done]
+                append_jsonl(fh, new)
+                for r in new:
+                    done[r["id"]] = r
+                    correct += bool(r["correct"])
+                bar.update(len(new))
+                bar.set_postfix(acc=f"{correct / len(done):.1%}")
+                if after_batch is not None:
+                    after_batch(len(done))
+    finally:
+        bar.close()
+
+
 def run_eval(
     lm: LoadedModel,
     examples: list[Example],
@@ -373,70 +406,42 @@ def run_eval(
     ``sampler`` replaces the default ``Sampler(lm.model, lm.tokenizer)`` (anything
     with the same ``generate`` method). ``after_batch(n_done)`` is called after each
     batch is on disk, with the number of questions finished so far. Raises
-    :class:`RunDirError` when ``out_dir`` holds a run with another configuration.
+    :class:`RunDirError` when ``out_dir`` holds a run with another configuration and
+    :class:`~bigthoughts.models.limits.GenerationLimitError` (nothing written) when a
+    batch cannot fit the model's context or the memory.
     """
-    from tqdm import tqdm
-
     from bigthoughts.solve import Solver
 
     out_dir = Path(out_dir)
-    style = config.style or lm.spec.prompt_style
+    fmt = prompt_format(config.style or lm.spec.prompt_style, config.shots)
     by_id = {e.id: e for e in examples}
     if len(by_id) != len(examples):
         raise ValueError("examples have duplicate ids")
-    done = {r["id"]: r for r in _open_run(out_dir, _fingerprint(lm, examples, config),
-                                          set(by_id))}
-    resumed = len(done)
     if sampler is None:
         from bigthoughts.generate import Sampler
 
+        _check_fits(lm, examples, config, fmt)
         sampler = Sampler(lm.model, lm.tokenizer)
-    solver = Solver(sampler, style=style, shots=config.shots, vote=config.vote_config(),
-                    seed=config.seed)
-    correct = sum(bool(r["correct"]) for r in done.values())
+    fingerprint = _fingerprint(lm, examples, config, out_dir)
+    done = {r["id"]: r for r in _open_run(out_dir, fingerprint, set(by_id))}
+    resumed = len(done)
+    solver = Solver(sampler, format=fmt, vote=config.vote_config(), seed=config.seed)
     started = time.perf_counter()
-    bar = tqdm(total=len(examples), initial=len(done), disable=not progress, file=sys.stderr,
-               unit="q", desc=f"eval {config.mode}", dynamic_ncols=True)
-    if done:
-        bar.set_postfix(acc=f"{correct / len(done):.1%}")
-    try:
-        with (out_dir / RESULTS).open("a", encoding="utf-8") as fh:
-            for start in range(0, len(examples), config.batch_size):
-                batch = examples[start:start + config.batch_size]
-                if all(e.id in done for e in batch):
-                    continue
-                # The whole aligned batch is solved so its samples match an
-                # uninterrupted run; only the missing questions are written.
-                solutions = solver.solve([e.question for e in batch],
-                                         seed=_batch_seed(config.seed, start))
-                new = [_record(e, s, style) for e, s in zip(batch, solutions, strict=True)
-                       if e.id not in done]
-                fh.write("".join(json.dumps(r) + "\n" for r in new))
-                fh.flush()
-                os.fsync(fh.fileno())
-                for r in new:
-                    done[r["id"]] = r
-                    correct += bool(r["correct"])
-                bar.update(len(new))
-                bar.set_postfix(acc=f"{correct / len(done):.1%}")
-                if after_batch is not None:
-                    after_batch(len(done))
-    finally:
-        bar.close()
-    records = [done[e.id] for e in examples]
+    _solve_missing(solver, examples, config, out_dir / RESULTS, done, progress=progress,
+                   after_batch=after_batch)
     elapsed = time.perf_counter() - started
     summary = {
-        **summarize(records),
+        **summarize([done[e.id] for e in examples]),
         "mode": config.mode,
-        "model": {"name": lm.spec.name, "source": lm.source},
+        "model": fingerprint["model"],
         "config": dataclasses.asdict(config),
-        "prompt_style": style,
-        "prompt_note": prompt_note(style, config.shots, lm.spec.instruction_tuned),
+        "prompt_style": fmt.style,
+        "prompt_note": prompt_note(fmt.style, config.shots, lm.spec.instruction_tuned),
         "resumed_questions": resumed,
         "wall_seconds": elapsed,  # this invocation
         # summed over the invocations that finished (a rerun of a done run adds ~0)
         "wall_seconds_total": _previous_total(out_dir) + elapsed,
         **_environment(),
     }
-    _write_json(out_dir / SUMMARY, summary)
+    atomic_write_json(out_dir / SUMMARY, summary, indent=2)
     return summary

@@ -20,16 +20,23 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from pathlib import Path
 
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from bigthoughts.models.build import build_model, flat_params, parse_path_name, path_name
-from bigthoughts.models.registry import LoadedModel, ModelLoadError, ModelSpec, resolve_dtype
+from bigthoughts.files import atomic_output, atomic_write_bytes, atomic_write_json
+from bigthoughts.models.build import build_model, parse_path_name, path_name
+from bigthoughts.models.spec import (
+    LoadedModel,
+    ModelLoadError,
+    ModelSpec,
+    portable_source,
+    resolve_dtype,
+)
 from bigthoughts.models.tokenizer import Tokenizer
+
+__all__ = ["export_checkpoint", "export_hf_gemma3", "load_exported", "merge_lora"]
 
 FORMAT_VERSION = 1
 
@@ -70,19 +77,24 @@ def merge_lora(model, *, alpha: float, rank: int) -> dict:
 
 def export_checkpoint(out_dir: str | Path, params: dict, *, family: str, config, spec: ModelSpec,
                       tokenizer: Tokenizer, provenance: dict | None = None) -> Path:
+    """Writes ``params`` (flat, Tunix names) as an export :func:`load_exported` reads.
+
+    Every file is written atomically; ``bigthoughts.json`` last, so a directory with
+    it is complete.
+    """
     from safetensors.numpy import save_file
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / "params.safetensors.tmp"
-    save_file({path_name(k): np.asarray(v, dtype=np.float32) for k, v in params.items()}, str(tmp))
-    os.replace(tmp, out / "params.safetensors")
-    (out / "tokenizer.model").write_bytes(tokenizer.model_proto)
+    with atomic_output(out / "params.safetensors") as tmp:
+        save_file({path_name(k): np.asarray(v, dtype=np.float32) for k, v in params.items()},
+                  str(tmp))
+    atomic_write_bytes(out / "tokenizer.model", tokenizer.model_proto)
     fields = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
               if isinstance(getattr(config, f.name), int | float | str | bool | type(None))}
     meta = {"format_version": FORMAT_VERSION, "family": family, "model_config": fields,
             "spec": dataclasses.asdict(spec), "provenance": provenance or {}}
-    (out / "bigthoughts.json").write_text(json.dumps(meta, indent=1))
+    atomic_write_json(out / "bigthoughts.json", meta, indent=1)
     return out
 
 
@@ -106,17 +118,22 @@ def load_exported(path: str | Path, *, dtype="float32") -> LoadedModel:
 
     root = Path(path)
     meta_file = root / "bigthoughts.json"
+    if not root.exists():
+        raise ModelLoadError(f"checkpoint path does not exist: {root}")
     if not meta_file.is_file():
         raise ModelLoadError(f"{root} is not a bigthoughts export (no bigthoughts.json); "
                              "export one with `bigthoughts train` or pass --model")
-    meta = json.loads(meta_file.read_text())
+    try:
+        meta = json.loads(meta_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(f"{meta_file} is unreadable ({err})") from err
     dt = resolve_dtype(dtype)
     family, config = _config_from_meta(meta, dt)
     params = {parse_path_name(k): v for k, v in load_file(root / "params.safetensors").items()}
     model = build_model(family, config, params, dtype=dt)
     spec = ModelSpec(**meta["spec"])
     return LoadedModel(model=model, tokenizer=Tokenizer.from_file(root / "tokenizer.model"),
-                       spec=spec, source=str(root))
+                       spec=spec, source=portable_source(root))
 
 
 def export_hf_gemma3(out_dir: str | Path, params: dict, config, tokenizer: Tokenizer) -> Path:
@@ -151,8 +168,9 @@ def export_hf_gemma3(out_dir: str | Path, params: dict, config, tokenizer: Token
         hf[pre + "mlp.gate_proj.weight"] = p("mlp", "gate_proj", "kernel").T
         hf[pre + "mlp.up_proj.weight"] = p("mlp", "up_proj", "kernel").T
         hf[pre + "mlp.down_proj.weight"] = p("mlp", "down_proj", "kernel").T
-    save_file({k2: np.ascontiguousarray(v2, dtype=np.float32) for k2, v2 in hf.items()},
-              str(out / "model.safetensors"))
+    with atomic_output(out / "model.safetensors") as tmp:
+        save_file({k2: np.ascontiguousarray(v2, dtype=np.float32) for k2, v2 in hf.items()},
+                  str(tmp))
     hf_config = {
         "architectures": ["Gemma3ForCausalLM"], "model_type": "gemma3_text",
         "vocab_size": config.num_embed, "hidden_size": d, "intermediate_size": config.hidden_dim,
@@ -164,13 +182,6 @@ def export_hf_gemma3(out_dir: str | Path, params: dict, config, tokenizer: Token
         "max_position_embeddings": 32768, "tie_word_embeddings": True,
         "bos_token_id": 2, "eos_token_id": 1, "pad_token_id": 0, "torch_dtype": "float32",
     }
-    (out / "config.json").write_text(json.dumps(hf_config, indent=1))
-    (out / "tokenizer.model").write_bytes(tokenizer.model_proto)
+    atomic_write_json(out / "config.json", hf_config, indent=1)
+    atomic_write_bytes(out / "tokenizer.model", tokenizer.model_proto)
     return out
-
-
-def as_jnp(params: dict, dtype=jnp.float32) -> dict:
-    return {k: jnp.asarray(v, dtype=dtype) for k, v in params.items()}
-
-
-__all__ = ["export_checkpoint", "export_hf_gemma3", "flat_params", "load_exported", "merge_lora"]

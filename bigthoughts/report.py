@@ -35,6 +35,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, PercentFormatter
 
 from bigthoughts.evaluate import RESULTS, SUMMARY, RunDirError, read_results
+from bigthoughts.files import atomic_output, atomic_write_json, atomic_write_text
 from bigthoughts.metrics import coverage_curve, maj_at_k_curve, mcnemar, paired_diff_ci
 
 __all__ = ["PLOTS", "Run", "load_run", "make_report"]
@@ -214,7 +215,8 @@ def _figure(width: float = 7.0, height: float = 4.5) -> Figure:
 
 
 def _save(fig: Figure, path: Path) -> None:
-    fig.savefig(path, dpi=DPI)
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, dpi=DPI, format="png")
 
 
 def _plot_accuracy(runs: list[Run], path: Path) -> bool:
@@ -394,9 +396,9 @@ def make_report(run_dirs: Sequence[Path], out_dir: Path) -> Path:
         md += [f"![{name}]({name})", ""] if reason is None else [
             f"- `{name}` skipped: {reason}.", ""]
     report = out_dir / "report.md"
-    report.write_text("\n".join(md).rstrip() + "\n", encoding="utf-8")
-    (out_dir / "report.json").write_text(json.dumps(
-        {"runs": rows, "pairs": pairs, "format_pairs": format_pairs,
-         "plots": {k: ("skipped: " + v if v else k) for k, v in plots.items()}}, indent=2)
-        + "\n", encoding="utf-8")
+    atomic_write_text(report, "\n".join(md).rstrip() + "\n")
+    atomic_write_json(out_dir / "report.json",
+                      {"runs": rows, "pairs": pairs, "format_pairs": format_pairs,
+                       "plots": {k: ("skipped: " + v if v else k) for k, v in plots.items()}},
+                      indent=2)
     return report

@@ -11,7 +11,7 @@ round, which is why the fixed k-vote remains the default.
 
 Example::
 
-    solver = Solver(Sampler(lm.model, lm.tokenizer), style="fewshot")
+    solver = Solver(Sampler(lm.model, lm.tokenizer), format=prompt_format("fewshot"))
     [solution] = solver.solve(["Tom has 3 apples and buys 4 more. How many?"])
     solution.vote.answer, solution.vote.agreement
 """
@@ -24,12 +24,9 @@ from dataclasses import dataclass
 
 from bigthoughts.answers import extract_answer
 from bigthoughts.config import VoteConfig
-from bigthoughts.data import ANSWER_STOP, FEWSHOT_STOP, build_prompt
+from bigthoughts.data import PromptFormat, prompt_format
 from bigthoughts.generate import Generation, Sampler
 from bigthoughts.voting import AdaptiveMajority, Sample, VoteResult, get_strategy
-
-PROMPT_STYLES = ("chat", "fewshot", "zeroshot")
-CHAT_STOP = "<end_of_turn>"
 
 
 @dataclass(frozen=True)
@@ -53,33 +50,39 @@ def to_sample(gen: Generation) -> Sample:
 
 
 class Solver:
-    """Answers questions with a sampler, a prompt style and a vote configuration."""
+    """Answers questions with a sampler, a :class:`~bigthoughts.data.PromptFormat` and a
+    vote configuration.
 
-    def __init__(self, sampler: Sampler, *, style: str = "fewshot", shots: int = 2,
-                 vote: VoteConfig | None = None, seed: int = 0):
-        if style not in PROMPT_STYLES:
-            raise ValueError(f"unknown prompt style {style!r}; choose one of {PROMPT_STYLES}")
+    ``format`` defaults to ``prompt_format(style, shots)`` (``style`` "fewshot"): the
+    format owns both the prompt text and the stop strings.
+    """
+
+    def __init__(self, sampler: Sampler, *, format: PromptFormat | None = None,
+                 style: str = "fewshot", shots: int = 2, vote: VoteConfig | None = None,
+                 seed: int = 0):
         self.sampler = sampler
-        self.style = style
-        self.shots = shots
+        self.format = format if format is not None else prompt_format(style, shots)
         self.vote = vote or VoteConfig()
         self.strategy = get_strategy(self.vote.strategy, **(
             {"max_samples": self.vote.votes, "min_samples": min(2, self.vote.votes)}
             if self.vote.strategy == "adaptive" else {}))
         self.seed = seed
 
+    @property
+    def style(self) -> str:
+        return self.format.style
+
     def prompt(self, question: str) -> str:
-        return build_prompt(question, self.style, shots=self.shots)
+        return self.format.prompt(question)
 
     def _draw(self, prompts: Sequence[str], temps: Sequence[Sequence[float]], seed: int):
         """One generation call: ``len(temps[i])`` samples for prompt i (all the same k)."""
         k = len(temps[0])
-        stop = [CHAT_STOP] if self.style == "chat" else [FEWSHOT_STOP]
         flat = [t for row in temps for t in row]
         gens = self.sampler.generate(
             list(prompts), temperatures=flat, num_samples=k,
-            max_new_tokens=self.vote.max_new_tokens, stop=stop,
-            stop_inclusive=[ANSWER_STOP], seed=seed,
+            max_new_tokens=self.vote.max_new_tokens, stop=list(self.format.stop),
+            stop_inclusive=list(self.format.stop_inclusive), seed=seed,
         )
         return [gens[i * k:(i + 1) * k] for i in range(len(prompts))]
 

@@ -32,6 +32,7 @@ from bigthoughts.answers import normalize_number
 
 __all__ = [
     "DEFAULT_LADDER",
+    "MAX_VOTES",
     "STRATEGIES",
     "AdaptiveMajority",
     "AdaptiveStop",
@@ -43,9 +44,13 @@ __all__ = [
     "get_strategy",
     "ladder",
     "maj_at_k",
+    "temperature_schedule",
 ]
 
 DEFAULT_LADDER = (0.2, 0.4, 0.6, 0.8, 1.0)
+MAX_VOTES = 64
+"""The most samples k one question may vote over: a hard cap, whatever the memory
+(agreement estimates barely move past a few dozen samples)."""
 
 
 def ladder(k: int) -> tuple[float, ...]:
@@ -62,6 +67,28 @@ def ladder(k: int) -> tuple[float, ...]:
     if k == 1:
         return (0.0,)
     return tuple(round(0.2 + 0.8 * i / (k - 1), 6) for i in range(k))
+
+
+def temperature_schedule(
+    k: int, temperatures: Sequence[float] | None = None
+) -> tuple[float, ...]:
+    """The temperature of each of ``k`` samples: THE rule for a k-vote's ladder.
+
+    Without ``temperatures`` it is :func:`ladder` (``k`` temperatures spread from 0.2
+    to 1.0, greedy for ``k == 1``); given explicit ``temperatures``, sample i is drawn
+    at ``temperatures[i % len(temperatures)]``.
+
+    >>> temperature_schedule(3), temperature_schedule(3, (0.7,))
+    ((0.2, 0.6, 1.0), (0.7, 0.7, 0.7))
+    """
+    if temperatures is None:
+        return ladder(k)
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"a schedule needs k >= 1 samples, got {k!r}")
+    if not temperatures:
+        raise ValueError("temperatures must hold at least one temperature")
+    n = len(temperatures)
+    return tuple(float(temperatures[i % n]) for i in range(k))
 
 
 @dataclass(frozen=True)

@@ -155,7 +155,9 @@ def test_hf_bfloat16_weights_and_named_spec(hf_dirs, tmp_path):
 def test_registry_load_model_reads_checkpoint_dirs(hf_dirs, kaggle_dirs):
     for path in (hf_dirs["gemma3"], kaggle_dirs["gemma2"]):
         loaded = load_model(str(path))
-        assert loaded.source == str(path)
+        # recorded relative to the working directory, never as this machine's absolute path
+        assert not Path(loaded.source).is_absolute()
+        assert (Path.cwd() / loaded.source).resolve() == Path(path).resolve()
         assert forward(loaded.model, fx.sample_ids(5)).shape == (5, fx.VOCAB)
 
 

@@ -55,3 +55,79 @@ def test_train_report_on_an_empty_log_is_a_one_line_error(tmp_path, capsys):
     assert main(["train-report", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "holds no training steps yet" in err, err
+
+
+# --- bad input: one line, exit 2, nothing written, refused before the model loads -------
+def _no_load(*args, **kwargs):
+    raise AssertionError("the model was loaded before the input was checked")
+
+
+BAD_INPUTS = [
+    (["ask", "2+2?", "--votes", "1000", "--max-new-tokens", "8"],
+     "votes must be between 1 and 64, got 1000"),
+    (["ask", "2+2?", "--votes", "0"], "votes must be between 1 and 64, got 0"),
+    (["ask", "2+2?", "--votes", "-3"], "votes must be between 1 and 64, got -3"),
+    (["ask", "2+2?", "--max-new-tokens", "0"], "max_new_tokens must be >= 1, got 0"),
+    (["ask", "2+2?", "--max-new-tokens", "100000"], "gemma3-270m's context of 32768 tokens"),
+    (["ask", "2+2?", "--shots", "9"], "shots must be between 0 and 3, got 9"),
+    (["ask", "\udcff\udcfe"], "the question is not valid UTF-8 text (byte 0xff at position 0)"),
+    (["ask", "2+2?", "--model", "/nonexistent/model.gguf"],
+     "model path does not exist: /nonexistent/model.gguf"),
+    (["ask", "2+2?", "--checkpoint", "/nonexistent/export"],
+     "checkpoint path does not exist: /nonexistent/export"),
+    (["generate", "x", "--num-samples", "0"], "--num-samples and --max-new-tokens must be >= 1"),
+    (["generate", "x", "--max-new-tokens", "40000"], "context of 32768"),
+    (["generate", "x", "--stop", "\udcfe"], "the stop string is not valid UTF-8"),
+]
+EVAL_BAD = [
+    (["--votes", "0", "--mode", "vote"], "votes must be between 1 and 64, got 0"),
+    (["--batch-size", "0"], "batch_size must be >= 1, got 0"),
+    (["--limit", "-5"], "limit must be >= 0 or None, got -5"),
+    (["--max-new-tokens", "0"], "max_new_tokens must be >= 1, got 0"),
+    (["--max-new-tokens", "100000"], "context of 32768 tokens"),
+    (["--mode", "vote", "--votes", "64", "--batch-size", "64"],  # 20 questions x 64
+     "1280 sequences in one generation call (questions x votes) is over the limit of 1024"),
+    # 8 GB free (patched below): 0.8 x 8e9 - 1,072,168,960 bytes of weights = 5.33e9 for
+    # sequences of 447 estimated prompt tokens (bucket 448) + 16 new slots, each
+    # 2 x 464 x 36,864 (KV) + 6 x 262,144 x 4 (logits) = 40,501,248 bytes -> 131 fit
+    (["--mode", "vote", "--votes", "64", "--batch-size", "8", "--max-new-tokens", "8"],
+     "512 sequences of up to 447 + 8 tokens need about 20.7 GB"),
+    (["--mode", "vote", "--votes", "64", "--batch-size", "8", "--max-new-tokens", "8"],
+     "at most 131 sequences fit"),
+]
+
+
+def _one_line_error(argv, capsys) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    return err
+
+
+@pytest.mark.parametrize("argv, message", BAD_INPUTS)
+def test_bad_input_is_refused_before_the_model_loads(argv, message, capsys, monkeypatch,
+                                                     tmp_path):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("bigthoughts.models.registry.load_model", _no_load)
+    monkeypatch.setattr("bigthoughts.export.load_exported", _no_load)
+    assert message in _one_line_error(argv, capsys)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("extra, message", EVAL_BAD)
+def test_bad_eval_input_writes_nothing(extra, message, capsys, monkeypatch, tmp_path, gsm8k_dir):
+    monkeypatch.setattr("bigthoughts.models.registry.load_model", _no_load)
+    monkeypatch.setattr("bigthoughts.models.limits.available_memory", lambda: 8_000_000_000)
+    out = tmp_path / "run"
+    argv = ["eval", "--data", str(gsm8k_dir), "--out", str(out), "--limit", "20", *extra]
+    assert message in _one_line_error(argv, capsys)
+    assert not out.exists()
+
+
+def test_non_utf8_argv_bytes_end_in_one_line(tmp_path):
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    res = subprocess.run([sys.executable, "-m", "bigthoughts.cli", "ask", b"\xff\xfe"],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2
+    assert res.stderr.startswith("error: the question is not valid UTF-8")
+    assert res.stderr.count("\n") == 1 and "Traceback" not in res.stderr

@@ -20,7 +20,6 @@ from bigthoughts.config import (
     to_dict,
 )
 from bigthoughts.rewards import DEFAULT_WEIGHTS
-from bigthoughts.voting import DEFAULT_LADDER
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -50,7 +49,7 @@ def test_defaults() -> None:
     assert reward.weights == dict(DEFAULT_WEIGHTS) and reward.min_reasoning_words == 20
     assert (vote.votes, vote.temperatures, vote.strategy, vote.max_new_tokens) == (
         5,
-        DEFAULT_LADDER,
+        None,
         "majority",
         256,
     )
@@ -84,7 +83,8 @@ def test_reward_config_validation(kwargs, message: str) -> None:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"votes": 0}, "votes must be >= 1"),
+        ({"votes": 0}, "votes must be between 1 and 64, got 0"),
+        ({"votes": 65}, "votes must be between 1 and 64, got 65"),
         ({"temperatures": ()}, "at least one temperature"),
         ({"temperatures": (0.5, -0.1)}, r"finite and >= 0, got \[-0.1\]"),
         ({"strategy": "best"}, "unknown vote strategy 'best'; valid: majority"),
@@ -96,11 +96,16 @@ def test_vote_config_validation(kwargs, message: str) -> None:
         VoteConfig(**kwargs)
 
 
-def test_vote_schedule_cycles_temperatures() -> None:
-    assert VoteConfig().schedule() == DEFAULT_LADDER
-    assert VoteConfig(votes=3).schedule() == (0.2, 0.4, 0.6)
-    assert VoteConfig(votes=7).schedule() == (0.2, 0.4, 0.6, 0.8, 1.0, 0.2, 0.4)
+def test_vote_schedule_is_the_ladder_unless_temperatures_are_given() -> None:
+    # hand-computed: 0.2 + 0.8 * i / (k - 1)
+    assert VoteConfig().schedule() == (0.2, 0.4, 0.6, 0.8, 1.0)
+    assert VoteConfig(votes=3).schedule() == (0.2, 0.6, 1.0)
+    assert VoteConfig(votes=1).schedule() == (0.0,)
+    assert VoteConfig(votes=7).schedule() == pytest.approx(abs=1e-6, expected=
+        (0.2, 0.2 + 0.8 / 6, 0.2 + 1.6 / 6, 0.6, 0.2 + 3.2 / 6, 0.2 + 4.0 / 6, 1.0))
+    # explicit temperatures are cycled
     assert VoteConfig(votes=2, temperatures=(0.7,)).schedule() == (0.7, 0.7)
+    assert VoteConfig(votes=5, temperatures=(0.1, 0.9)).schedule() == (0.1, 0.9, 0.1, 0.9, 0.1)
 
 
 # --- from_dict ---------------------------------------------------------------------------
@@ -153,7 +158,7 @@ def test_from_dict_coerces_nested_values() -> None:
             r"vote.temperatures\[0\]: expected float",
         ),
         ({"steps": 1, "reward": {"weights": [1, 2]}}, "reward.weights: expected mapping"),
-        ({"steps": 1, "vote": {"votes": 0}}, "invalid vote: votes must be >= 1"),
+        ({"steps": 1, "vote": {"votes": 0}}, "invalid vote: votes must be between 1 and 64"),
     ],
 )
 def test_from_dict_errors(data, message: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -29,6 +30,7 @@ from bigthoughts.data import (
     download,
     fewshot_prompt,
     load_gsm8k,
+    prompt_format,
     resolve_data_dir,
     solution_to_reasoning,
 )
@@ -290,6 +292,30 @@ def test_worked_examples_are_correct_and_well_formed(gsm8k_dir: Path) -> None:
     # hand-written, not copied from the test set
     test_questions = {e.question for e in load_gsm8k("test", gsm8k_dir)}
     assert not test_questions & {s.question for s in FEWSHOT_EXAMPLES}
+
+
+def test_prompt_format_owns_prompt_and_stops() -> None:
+    chat = prompt_format("chat")
+    assert (chat.style, chat.stop, chat.stop_inclusive) == (
+        "chat", ("<end_of_turn>",), ("</answer>",))
+    assert chat.prompt("Q") == (
+        "<start_of_turn>user\n" + SYSTEM_PROMPT + "\n\nQ<end_of_turn>\n<start_of_turn>model\n")
+    few = prompt_format("fewshot", shots=1)
+    assert (few.shots, few.stop, few.stop_inclusive) == (1, ("\nQuestion:",), ("</answer>",))
+    shot = FEWSHOT_EXAMPLES[0]
+    assert few.prompt("Q") == (
+        f"{SYSTEM_PROMPT}\n\nQuestion: {shot.question}\nAnswer: <reasoning>{shot.reasoning}"
+        f"</reasoning>\n<answer>{shot.answer}</answer>\n\nQuestion: Q\nAnswer:")
+    zero = prompt_format("zeroshot", shots=3)
+    assert zero.shots == 0 and zero.stop == ("\nQuestion:",)
+    assert zero.prompt("Q") == f"{SYSTEM_PROMPT}\n\nQuestion: Q\nAnswer:"
+    with pytest.raises(ValueError, match="unknown prompt style 'system'") as err:
+        prompt_format("system")
+    assert "\n" not in str(err.value)
+    with pytest.raises(ValueError, match="shots must be between 0 and 3"):
+        prompt_format("fewshot", shots=4)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        few.style = "chat"  # type: ignore[misc]
 
 
 def test_stops_and_build_prompt() -> None:

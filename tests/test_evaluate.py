@@ -92,7 +92,7 @@ def test_end_to_end_tiny_model(tmp_path):
     model, tok = tiny_model()
     lm = LoadedModel(model=model, tokenizer=tok,
                      spec=ModelSpec(name="tiny", family="gemma3", instruction_tuned=False),
-                     source="tiny")
+                     source=str(tmp_path / "models" / "tiny"))
     examples = [example(i, g) for i, g in enumerate([3, 8, 12, 5])]
     config = EvalConfig(mode="vote", votes=3, max_new_tokens=8, shots=1)
     summary = run_eval(lm, examples, config, tmp_path, progress=False)
@@ -119,7 +119,9 @@ def test_end_to_end_tiny_model(tmp_path):
     assert summary["samples_per_question"] == 3
     assert summary["generated_tokens"] == sum(t["tokens"] for t in traces)
     assert summary["prompt_note"] == "base model: 1-shot completion prompt"
-    assert summary["model"] == {"name": "tiny", "source": "tiny"}
+    # the weights' path is recorded relative to the run directory, not as an absolute path
+    assert summary["model"] == {"name": "tiny", "source": "models/tiny"}
+    assert json.loads((tmp_path / "run.json").read_text())["model"]["source"] == "models/tiny"
     assert summary["hardware"]["platform"] == "cpu"
     assert set(summary["versions"]) == {"bigthoughts", "jax", "tunix", "python"}
     assert json.loads((tmp_path / "summary.json").read_text()) == summary

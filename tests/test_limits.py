@@ -1,0 +1,78 @@
+"""bigthoughts.models.limits: context and memory bounds of a generation call."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from bigthoughts.models.limits import (
+    MAX_ROWS,
+    GenerationLimitError,
+    check_before_load,
+    check_context,
+    check_memory,
+    estimate_prompt_tokens,
+    generation_bytes,
+    param_bytes,
+    spec_model_config,
+)
+from bigthoughts.models.registry import REGISTRY
+from bigthoughts.models.spec import ModelSpec
+
+CFG = SimpleNamespace(num_layers=2, num_kv_heads=1, head_dim=16, num_embed=100, embed_dim=32,
+                      num_heads=2, hidden_dim=64)
+SPEC = ModelSpec(name="toy", family="gemma3", instruction_tuned=False, context_length=1000)
+
+
+def test_generation_bytes_by_hand() -> None:
+    # cache: prompt 70 -> bucket 128, 20 new -> 32; 160 slots x (2 x 2 layers x 1 x 16 x 4 B)
+    # counted twice, plus 6 float32 vocabulary vectors per row
+    per_row = 2 * 160 * (2 * 2 * 1 * 16 * 4) + 6 * 100 * 4
+    assert generation_bytes(CFG, rows=3, prompt_tokens=70, max_new_tokens=20) == 3 * per_row
+    assert param_bytes(CFG) == 4 * (100 * 32 + 2 * (32 * 16 * (2 * 2 + 2 * 1) + 3 * 32 * 64))
+
+
+def test_the_real_270m_config_and_the_1000_vote_case() -> None:
+    config = spec_model_config(REGISTRY["gemma3-270m"])
+    assert (config.num_layers, config.num_kv_heads, config.head_dim, config.num_embed) == (
+        18, 1, 256, 262144)
+    # 1000 rows, 300-token prompt (bucket 320) + 8 new (chunk 16): ~31 GB
+    per_row = 2 * 336 * (2 * 18 * 256 * 4) + 6 * 262144 * 4
+    assert generation_bytes(config, rows=1000, prompt_tokens=300, max_new_tokens=8) == (
+        1000 * per_row) == 31_064_064_000
+    with pytest.raises(GenerationLimitError, match=f"limit of {MAX_ROWS}"):
+        check_before_load(REGISTRY["gemma3-270m"], ["Q"], rows=1000 + MAX_ROWS, max_new_tokens=8)
+    with pytest.raises(GenerationLimitError, match=r"need about 31\.1 GB .* at most 257 "):
+        check_memory(config, rows=1000, prompt_tokens=300, max_new_tokens=8,
+                     available=10_000_000_000)
+
+
+def test_memory_refusal_says_the_limit_and_fitting_calls_pass() -> None:
+    need = generation_bytes(CFG, rows=10, prompt_tokens=10, max_new_tokens=10)
+    check_memory(CFG, rows=10, prompt_tokens=10, max_new_tokens=10, available=int(need / 0.8) + 1)
+    with pytest.raises(GenerationLimitError, match="at most 5 sequences fit") as err:
+        check_memory(CFG, rows=10, prompt_tokens=10, max_new_tokens=10,
+                     available=int(need / 2 / 0.8) + 1)
+    assert "\n" not in str(err.value)
+    # before the load the weights count too
+    with pytest.raises(GenerationLimitError):
+        check_memory(CFG, rows=10, prompt_tokens=10, max_new_tokens=10, loaded=False,
+                     available=int(need / 0.8) + 1)
+
+
+def test_context_is_refused_not_capped() -> None:
+    check_context(SPEC, 200, 800)
+    with pytest.raises(GenerationLimitError, match="toy's context of 1000 tokens; use at most 799"):
+        check_context(SPEC, 201, 800)
+    assert REGISTRY["gemma3-270m"].max_context == 32768
+    assert REGISTRY["gemma3-4b-it"].max_context == 131072
+    assert REGISTRY["gemma2-2b"].max_context == 8192
+    with pytest.raises(GenerationLimitError, match="context of 32768"):
+        check_before_load(REGISTRY["gemma3-270m"], ["Q"], rows=1, max_new_tokens=100_000)
+
+
+def test_prompt_estimate_errs_large() -> None:
+    assert estimate_prompt_tokens("") == 1
+    assert estimate_prompt_tokens("abcdefg") == 4  # ceil(7 / 3) + BOS
+    assert estimate_prompt_tokens("\udcff") == 2  # a lone surrogate still counts
