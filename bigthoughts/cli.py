@@ -5,6 +5,7 @@
     bigthoughts eval --mode vote --limit 20 --out runs/vote
     bigthoughts report runs/single runs/vote --out runs/report
     bigthoughts train --config configs/gemma3-270m-cpu.yaml --max-steps 2
+    bigthoughts sft --config configs/gemma3-270m-sft.yaml --time-budget 1h
     bigthoughts download --dest ~/.cache/bigthoughts/gsm8k
 
 User mistakes (a bad path, an unknown model, a malformed config) end with a one-line
@@ -237,17 +238,20 @@ def cmd_report(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from bigthoughts.training import EXIT_RELAY, load_train_config, train
+    """``train`` (GRPO) and ``sft`` (supervised warm start): same relay, same output."""
+    from bigthoughts.training import EXIT_RELAY, load_sft_config, load_train_config, sft, train
 
     overrides = list(args.overrides or [])
     if args.data:
         overrides.append(f"data.path={args.data}")
-    config = load_train_config(args.config, overrides)
+    load, run = (load_sft_config, sft) if args.command == "sft" else (load_train_config, train)
+    config = load(args.config, overrides)
     out = Path(args.out or config.out_dir)
-    result = train(config, max_steps=args.max_steps, time_budget=args.time_budget, out_dir=out)
+    result = run(config, max_steps=args.max_steps, time_budget=args.time_budget, out_dir=out)
     print(json.dumps({"step": result.step, "stopped_for_deadline": result.stopped_for_deadline,
                       "out_dir": str(out), "last": result.history[-1] if result.history else {},
-                      "evaluations": result.evaluations}, indent=2))
+                      "evaluations": result.evaluations,
+                      "exported": str(result.exported) if result.exported else None}, indent=2))
     if result.stopped_for_deadline:
         print(f"stopped before the time budget ends at step {result.step}: run the same "
               f"command again to resume", file=sys.stderr)
@@ -319,14 +323,18 @@ def _add_other_commands(sub) -> None:
     p.add_argument("--out", default="report")
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("train", help="GRPO fine-tuning with relay checkpoints")
-    p.add_argument("--config", required=True)
-    p.add_argument("--max-steps", type=int, default=None)
-    p.add_argument("--time-budget", default=None, help="e.g. 8h45m: checkpoint and exit before")
-    p.add_argument("--out", default=None, help="run directory (default from the config)")
-    p.add_argument("--data", default=None, help="GSM8K dir (default: $BIGTHOUGHTS_DATA)")
-    p.add_argument("overrides", nargs="*", help="config overrides like grpo.beta=0.02")
-    p.set_defaults(func=cmd_train)
+    for name, text, example in (
+            ("train", "GRPO fine-tuning with relay checkpoints", "grpo.beta=0.02"),
+            ("sft", "supervised warm start on GSM8K train solutions", "batch_size=4")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--config", required=True)
+        p.add_argument("--max-steps", type=int, default=None)
+        p.add_argument("--time-budget", default=None,
+                       help="e.g. 8h45m: checkpoint and exit (75) before it ends")
+        p.add_argument("--out", default=None, help="run directory (default from the config)")
+        p.add_argument("--data", default=None, help="GSM8K dir (default: $BIGTHOUGHTS_DATA)")
+        p.add_argument("overrides", nargs="*", help=f"config overrides like {example}")
+        p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("train-report", help="plot training curves of a train run")
     p.add_argument("run")

@@ -29,9 +29,11 @@ from bigthoughts.training.loop import OutOfMemory, StageResult, is_out_of_memory
 from bigthoughts.training.progress import Progress
 from bigthoughts.training.relay import EXIT_RELAY, Deadline, parse_duration
 from bigthoughts.training.rundir import check_run_dir, prepare_run_dir
+from bigthoughts.training.sft import SFTStage, prepare_data
+from bigthoughts.training.sft_config import SFTConfig, load_sft_config
 
-__all__ = ["EXIT_RELAY", "GRPOTrainer", "OutOfMemory", "StageResult", "TrainConfig",
-           "load_train_config", "train"]
+__all__ = ["EXIT_RELAY", "GRPOTrainer", "OutOfMemory", "SFTConfig", "StageResult",
+           "TrainConfig", "load_sft_config", "load_train_config", "sft", "train"]
 
 
 def _deadline(time_budget: str | float | None) -> Deadline:
@@ -88,4 +90,33 @@ def train(config: TrainConfig, *, max_steps: int | None = None,
     return run_stage(stage, limit=limit, save_every=config.save_every,
                      eval_every=config.eval_every, deadline=deadline,
                      progress=progress or Progress(),
+                     export_dir=out / "export")
+
+
+def sft(config: SFTConfig, *, max_steps: int | None = None,
+        time_budget: str | float | None = None, out_dir: str | Path | None = None,
+        examples: Sequence[Example] | None = None, loaded: LoadedModel | None = None,
+        progress: Progress | None = None) -> StageResult:
+    """Runs (or resumes) a supervised warm start; same relay and checks as :func:`train`."""
+    limit = config.max_steps if max_steps is None else max_steps
+    if limit < 0:
+        raise ConfigError(f"--max-steps must be >= 0, got {limit}")
+    out = Path(out_dir or config.out_dir)
+    deadline = _deadline(time_budget)
+    check_run_dir(out, to_dict(config))
+    if examples is None:
+        examples = load_gsm8k("train", config.data.path, limit=config.data.limit)
+    lm = loaded or load_model(config.model.name, path=config.model.path,
+                              dtype=config.model.dtype)
+    try:
+        pairs, val_pairs, held, dropped = prepare_data(config, lm.tokenizer, examples)
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
+    prepare_run_dir(out, to_dict(config))
+    shown = progress or Progress()
+    shown.note(f"sft: {len(pairs)} training pairs ({dropped} longer than "
+               f"data.max_length={config.data.max_length} skipped), {len(val_pairs)} held out")
+    stage = SFTStage(config, out, train=pairs, validation=val_pairs, held_out=held, loaded=lm)
+    return run_stage(stage, limit=limit, save_every=config.save_every,
+                     eval_every=config.eval_every, deadline=deadline, progress=shown,
                      export_dir=out / "export")

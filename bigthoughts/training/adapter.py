@@ -23,7 +23,7 @@ from flax import nnx
 
 from bigthoughts.export import merge_lora
 from bigthoughts.models.build import build_model, parse_path_name, path_name
-from bigthoughts.models.registry import LoadedModel
+from bigthoughts.models.spec import LoadedModel
 from bigthoughts.training.config import LoraSection
 from bigthoughts.training.state import apply_lora
 

@@ -33,7 +33,7 @@ from bigthoughts.data import Example, load_gsm8k, prompt_format
 from bigthoughts.export import export_checkpoint, merge_lora
 from bigthoughts.generate import Sampler
 from bigthoughts.models import forward
-from bigthoughts.models.registry import LoadedModel
+from bigthoughts.models.spec import LoadedModel
 from bigthoughts.rewards import is_exact_format
 from bigthoughts.training.adapter import save_adapter
 from bigthoughts.training.relay import CheckpointStore
