@@ -22,8 +22,11 @@ def import_graph() -> dict[str, set[str]]:
                 targets = [a.name for a in node.names]
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
                 # `from pkg import submodule` imports the submodule; `from m import x`, m
+                # (and `from pkg import f, submodule` both, pkg's __init__ running first)
                 subs = [f"{node.module}.{a.name}" for a in node.names]
-                targets = [t for t in subs if t in files] or [node.module]
+                targets = [t for t in subs if t in files]
+                if len(targets) < len(subs):
+                    targets.append(node.module)
             else:
                 continue
             deps |= {t for t in targets if t in files and t != name}

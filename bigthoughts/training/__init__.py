@@ -87,6 +87,7 @@ def train(config: TrainConfig, *, max_steps: int | None = None,
             raise OutOfMemory(f"out of memory while loading the model; use a smaller "
                               f"model.dtype or lower {GRPOTrainer.memory_knobs}") from exc
         raise
+    del lm, loaded  # the stage holds the LoRA-wrapped copy: free the original (~1 GB f32)
     return run_stage(stage, limit=limit, save_every=config.save_every,
                      eval_every=config.eval_every, deadline=deadline,
                      progress=progress or Progress(),
@@ -117,6 +118,7 @@ def sft(config: SFTConfig, *, max_steps: int | None = None,
     shown.note(f"sft: {len(pairs)} training pairs ({dropped} longer than "
                f"data.max_length={config.data.max_length} skipped), {len(val_pairs)} held out")
     stage = SFTStage(config, out, train=pairs, validation=val_pairs, held_out=held, loaded=lm)
+    del lm, loaded  # the stage keeps what it needs: free the original weights (~1 GB f32)
     return run_stage(stage, limit=limit, save_every=config.save_every,
                      eval_every=config.eval_every, deadline=deadline, progress=shown,
                      export_dir=out / "export")

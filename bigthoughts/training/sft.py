@@ -58,7 +58,7 @@ def sft_loss(model, tokens, valid, loss_mask, *, remat: bool = False):
     mask = jnp.tril(jnp.ones((length, length), dtype=bool))[None] & valid[:, None, :]
     hidden, _ = forward.hidden_states(model, tokens, positions, None, mask, remat=remat)
     logps = forward.token_logprobs(model, hidden[:, length - 1 - window: length - 1],
-                                   tokens[:, length - window:], chunk=64, remat=True)
+                                   tokens[:, length - window:], chunk=16, remat=True)
     count = loss_mask.sum()
     loss = -(logps * loss_mask).sum() / jnp.maximum(count, 1.0)
     return loss, {"nll_sum": -(logps * loss_mask).sum(), "count": count}
