@@ -80,3 +80,24 @@ def test_cli_recipe_two_steps(tmp_path, gsm8k_dir):
     print(f"\nstep seconds {[round(r['step_seconds'], 1) for r in records]}, "
           f"peak RSS {peak:.1f} GB, wall {time.perf_counter() - start:.0f} s")
     assert peak < 16  # a naive full-parameter f32 step peaks near 20 GB here
+
+
+@pytest.mark.slow
+def test_cli_periodic_evaluation_and_resume(tmp_path, gsm8k_dir):
+    """The issue's acceptance command: evaluation after each update, a progress line per
+    step, and a rerun that says where it resumes from."""
+    env = {**os.environ, "BIGTHOUGHTS_DATA": str(gsm8k_dir), "PYTHONWARNINGS": "ignore"}
+    cmd = [sys.executable, "-m", "bigthoughts.cli", "train", "--config", str(RECIPE),
+           "eval_every=1", "eval_examples=4", "grpo.max_new_tokens=24", "--out", str(tmp_path)]
+    first = subprocess.run(cmd + ["--max-steps", "2"], cwd=ROOT, env=env, capture_output=True,
+                           text=True, timeout=1800)
+    assert first.returncode == 0, first.stderr[-3000:]
+    steps = [x.split(" | ")[0] for x in first.stderr.splitlines() if x.startswith("step ")]
+    assert steps == ["step 1/2", "step 2/2"], first.stderr[-3000:]
+    again = subprocess.run(cmd + ["--max-steps", "3"], cwd=ROOT, env=env, capture_output=True,
+                           text=True, timeout=1800)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resuming from step 2 (" in again.stderr, again.stderr[-3000:]
+    records = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "eval/accuracy" in r] == [1, 2, 3]
+    assert [r["step"] for r in records if "reward_mean" in r] == [1, 2, 3]

@@ -38,9 +38,9 @@ def test_durations_and_paths(tmp_path, monkeypatch):
 
 def test_config_differences_name_each_key_with_both_values():
     saved = {"grpo": {"beta": 0.04, "remat_layers": False, "epsilon": 0.2}, "seed": 0,
-             "out_dir": "a", "rewards": {"weights": {"format": 2.0}}}
+             "out_dir": "a", "rewards": {"weights": {"format": 2.0}}, "eval_every": 0}
     now = {"grpo": {"beta": 0.0, "remat_layers": True, "epsilon": 0.2}, "seed": 1,
-           "out_dir": "b", "rewards": {"weights": {"format": 1.0}}}
+           "out_dir": "b", "rewards": {"weights": {"format": 1.0}}, "eval_every": 5}
     assert config_differences(saved, now) == [
         "grpo.beta: 0.04 (saved) != 0.0 (now)",
         'rewards.weights: {"format": 2.0} (saved) != {"format": 1.0} (now)',

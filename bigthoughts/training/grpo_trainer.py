@@ -204,7 +204,9 @@ class GRPOTrainer:
         spec = self.loaded.spec
         out = export_checkpoint(dest, params, family=spec.family, config=model.config, spec=spec,
                                 tokenizer=self.tokenizer,
-                                provenance={"step": self.step, "source": self.loaded.source})
+                                provenance={"step": self.step, "model": spec.name,
+                                            # the file's name, not this machine's path
+                                            "source": Path(self.loaded.source).name})
         if hf and spec.family == "gemma3":
             export_hf_gemma3(dest / "hf", params, model.config, self.tokenizer)
         return out

@@ -72,13 +72,3 @@ class Progress:
 
     def step(self, record: dict, *, total: int, seconds_per_step: float | None) -> None:
         self._print(step_line(record, total=total, seconds_per_step=seconds_per_step))
-
-    def note(self, line: str) -> None:
-        self._print(line)
-
-
-class Silent(Progress):
-    """Prints nothing (library use and tests that do not look at progress)."""
-
-    def _print(self, line: str) -> None:
-        pass

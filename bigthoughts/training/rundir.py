@@ -17,10 +17,11 @@ from pathlib import Path
 
 from bigthoughts.config import ConfigError
 
-# Knobs that trade memory for time without changing a number: a relay run may resume
-# with them changed (e.g. on a machine with less memory), and runs saved before the
-# knob existed resume as if it had its default.
-RESUMABLE_CHANGES: Mapping[str, Sequence[str]] = {"grpo": ("remat_layers",)}
+# Keys that change no trained number: a memory knob (a relay run may resume on a
+# machine with less memory) and how often to save and evaluate. A run may resume with
+# them changed, and runs saved before a key existed resume as if it had its default.
+RESUMABLE_CHANGES: tuple[str, ...] = ("grpo.remat_layers", "save_every", "keep_checkpoints",
+                                      "eval_every", "eval_examples")
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
@@ -51,10 +52,7 @@ def _flatten(data: Mapping, prefix: str = "") -> dict:
 def run_identity(config: Mapping, resumable_changes=RESUMABLE_CHANGES) -> dict:
     """The config's keys (flattened, ``grpo.beta``) that make a run directory's identity."""
     flat = _flatten({k: v for k, v in config.items() if k != "out_dir"})
-    for section, keys in resumable_changes.items():
-        for key in keys:
-            flat.pop(f"{section}.{key}", None)
-    return flat
+    return {k: v for k, v in flat.items() if k not in resumable_changes}
 
 
 def config_differences(saved: Mapping, now: Mapping, resumable_changes=RESUMABLE_CHANGES
@@ -67,7 +65,7 @@ def config_differences(saved: Mapping, now: Mapping, resumable_changes=RESUMABLE
 
 
 def check_run_dir(out: Path, config_dict: Mapping, *,
-                  resumable_changes: Mapping[str, Sequence[str]] = RESUMABLE_CHANGES) -> None:
+                  resumable_changes: Sequence[str] = RESUMABLE_CHANGES) -> None:
     """Raises ConfigError when ``out`` cannot hold this run: it is a file, its
     ``config.json`` is unreadable, or it names a different recipe. Writes nothing."""
     out = Path(out)
@@ -88,7 +86,7 @@ def check_run_dir(out: Path, config_dict: Mapping, *,
 
 
 def prepare_run_dir(out: Path, config_dict: Mapping, *,
-                    resumable_changes: Mapping[str, Sequence[str]] = RESUMABLE_CHANGES) -> None:
+                    resumable_changes: Sequence[str] = RESUMABLE_CHANGES) -> None:
     """Creates ``out`` with ``config.json`` (atomically), or checks that it holds the
     same recipe (``check_run_dir``)."""
     out = Path(out)
