@@ -36,10 +36,11 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from bigthoughts.models.gguf import GGUFError
     from bigthoughts.models.limits import GenerationLimitError
     from bigthoughts.models.spec import ModelLoadError
+    from bigthoughts.training.adapter import AdapterError
     from bigthoughts.training.loop import OutOfMemory
 
     return (UserError, ConfigError, DataError, GGUFError, ModelLoadError, ParameterMismatch,
-            GenerationLimitError, FileNotFoundError, OutOfMemory)
+            GenerationLimitError, FileNotFoundError, OutOfMemory, AdapterError)
 
 
 def enable_compilation_cache() -> None:
@@ -59,6 +60,11 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", default=None,
                    help="a checkpoint exported by `bigthoughts train` (overrides --model weights)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--adapter", default=None,
+                   help="a LoRA adapter (.safetensors from `bigthoughts sft`/`train`) to fold "
+                        "into the model's weights")
+    p.add_argument("--calculator", action="store_true",
+                   help="answer <<expr= calculator calls inside the decode (GSM8K's notes)")
 
 
 def _utf8(what: str, text: str) -> str:
@@ -109,11 +115,19 @@ def _preflight(spec, prompts: list[str], *, rows: int, max_new_tokens: int) -> N
 def _load(args):
     from bigthoughts.models.registry import load_model
 
+    if getattr(args, "adapter", None) and not Path(args.adapter).expanduser().is_file():
+        raise UserError(f"adapter file does not exist: {args.adapter}")
     if getattr(args, "checkpoint", None):
         from bigthoughts.export import load_exported
 
-        return load_exported(args.checkpoint, dtype=args.dtype)
-    return load_model(args.model, dtype=args.dtype)
+        lm = load_exported(args.checkpoint, dtype=args.dtype)
+    else:
+        lm = load_model(args.model, dtype=args.dtype)
+    if getattr(args, "adapter", None):
+        from bigthoughts.training.adapter import with_adapter
+
+        lm = with_adapter(lm, Path(args.adapter).expanduser())
+    return lm
 
 
 def cmd_ask(args) -> int:
@@ -135,7 +149,8 @@ def cmd_ask(args) -> int:
     lm = _load(args)
     fmt = prompt_format(args.style or lm.spec.prompt_style, args.shots)
     check_loaded(lm, [fmt.prompt(question)], rows=vote.votes, max_new_tokens=vote.max_new_tokens)
-    solver = Solver(Sampler(lm.model, lm.tokenizer), format=fmt, vote=vote, seed=args.seed)
+    solver = Solver(Sampler(lm.model, lm.tokenizer), format=fmt, vote=vote, seed=args.seed,
+                    calculator=args.calculator)
     start = time.perf_counter()
     [sol] = solver.solve([question])
     _print_solution(args, sol, time.perf_counter() - start)
@@ -195,7 +210,7 @@ def cmd_generate(args) -> int:
     outs = sampler.generate([args.prompt], temperatures=args.temperature,
                             num_samples=args.num_samples, max_new_tokens=args.max_new_tokens,
                             stop=args.stop or (), seed=args.seed, top_k=args.top_k,
-                            top_p=args.top_p)
+                            top_p=args.top_p, calculator=args.calculator)
     seconds = time.perf_counter() - start
     for out in outs:
         print(out.text)
@@ -213,7 +228,7 @@ def cmd_eval(args) -> int:
     config = _config(EvalConfig, mode=args.mode, split=args.split, limit=args.limit,
                      votes=args.votes, strategy=args.strategy, batch_size=args.batch_size,
                      max_new_tokens=args.max_new_tokens, style=args.style, shots=args.shots,
-                     seed=args.seed)
+                     seed=args.seed, calculator=args.calculator)
     examples = load_gsm8k(args.split, args.data, limit=args.limit)
     spec = _spec_before_load(args)
     fmt = prompt_format(args.style or (spec.prompt_style if spec else "fewshot"), args.shots)

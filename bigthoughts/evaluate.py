@@ -97,6 +97,7 @@ class EvalConfig:
     style: str | None = None
     shots: int = 2
     seed: int = 0
+    calculator: bool = False  # GSM8K's <<expr=result>> calculator inside the decode
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -425,7 +426,8 @@ def run_eval(
     fingerprint = _fingerprint(lm, examples, config, out_dir)
     done = {r["id"]: r for r in _open_run(out_dir, fingerprint, set(by_id))}
     resumed = len(done)
-    solver = Solver(sampler, format=fmt, vote=config.vote_config(), seed=config.seed)
+    solver = Solver(sampler, format=fmt, vote=config.vote_config(), seed=config.seed,
+                    calculator=config.calculator)
     started = time.perf_counter()
     _solve_missing(solver, examples, config, out_dir / RESULTS, done, progress=progress,
                    after_batch=after_batch)

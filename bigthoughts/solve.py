@@ -59,8 +59,9 @@ class Solver:
 
     def __init__(self, sampler: Sampler, *, format: PromptFormat | None = None,
                  style: str = "fewshot", shots: int = 2, vote: VoteConfig | None = None,
-                 seed: int = 0):
+                 seed: int = 0, calculator: bool = False):
         self.sampler = sampler
+        self.calculator = calculator
         self.format = format if format is not None else prompt_format(style, shots)
         self.vote = vote or VoteConfig()
         self.strategy = get_strategy(self.vote.strategy, **(
@@ -83,6 +84,7 @@ class Solver:
             list(prompts), temperatures=flat, num_samples=k,
             max_new_tokens=self.vote.max_new_tokens, stop=list(self.format.stop),
             stop_inclusive=list(self.format.stop_inclusive), seed=seed,
+            **({"calculator": True} if self.calculator else {}),
         )
         return [gens[i * k:(i + 1) * k] for i in range(len(prompts))]
 

@@ -102,6 +102,9 @@ class GRPOSection:
     temperature: float = 1.0  # rollout sampling temperature
     top_k: int | None = None
     max_new_tokens: int = 128
+    # GSM8K's calculator inside rollouts: the sampler answers <<expr= calls; the tokens it
+    # inserts are masked out of the policy loss and the KL (the model did not choose them)
+    calculator: bool = False
     # recompute each layer's activations in the backward pass. Off: measured on the 270M
     # recipe it cost +16% step time and did not lower peak RSS (benchmarks/grpo_step.py)
     remat_layers: bool = False

@@ -121,7 +121,7 @@ def collect(sampler: Sampler, examples: Sequence[Example], grpo: GRPOSection, *,
     gens = sampler.generate(
         prompts, temperatures=grpo.temperature, num_samples=grpo.num_generations,
         max_new_tokens=grpo.max_new_tokens, stop=fmt.stop, stop_inclusive=fmt.stop_inclusive,
-        seed=seed, top_k=grpo.top_k)
+        seed=seed, top_k=grpo.top_k, **({"calculator": True} if grpo.calculator else {}))
     texts = [g.text for g in gens]
     golds = [e.gold for e in examples for _ in range(grpo.num_generations)]
     rep_prompts = [p for p in prompts for _ in range(grpo.num_generations)]
@@ -133,11 +133,18 @@ def collect(sampler: Sampler, examples: Sequence[Example], grpo: GRPOSection, *,
 
 
 def to_batch(rollout: Rollout, tokenizer, max_new_tokens: int) -> RolloutBatch:
-    """Token arrays of a rollout (no log-probs yet: the trainer fills them)."""
+    """Token arrays of a rollout (no log-probs yet: the trainer fills them).
+
+    Tokens the calculator inserted stay in the completion (the model conditions on
+    them) but get mask 0: the policy did not choose them, so they count in neither the
+    policy loss nor the KL."""
     prompt_ids = [tokenizer.encode(p, add_bos=True) for p in rollout.prompts]
     p_tok, p_valid = pad_left(prompt_ids, PROMPT_BUCKET, tokenizer.pad_id())
     c_tok, c_mask = pad_right([g.token_ids for g in rollout.generations], max_new_tokens,
                               tokenizer.pad_id())
+    for row, g in enumerate(rollout.generations):
+        inserted = np.asarray(g.inserted[:max_new_tokens], dtype=bool)
+        c_mask[row, : len(inserted)][inserted] = 0.0
     return RolloutBatch(prompt_tokens=jnp.asarray(p_tok), prompt_valid=jnp.asarray(p_valid),
                         completion_tokens=jnp.asarray(c_tok),
                         completion_mask=jnp.asarray(c_mask),
