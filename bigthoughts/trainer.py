@@ -115,8 +115,9 @@ class GRPOTrainer:
         def loss_fn(lora_state):
             model = nnx.merge(self.graphdef, lora_state, base)
             return grpo.grpo_loss(model, batch, group=g.num_generations, beta=g.beta,
-                                  epsilon=g.epsilon, loss_agg_mode=g.loss_agg_mode,
-                                  kl_mode=g.kl_mode, remat=g.remat_layers)
+                                  epsilon=g.epsilon, epsilon_high=g.epsilon_high,
+                                  loss_agg_mode=g.loss_agg_mode, kl_mode=g.kl_mode,
+                                  temperature=g.logp_temperature, remat=g.remat_layers)
 
         (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(lora)
         updates, opt_state = self.tx.update(grads, opt_state, lora)
@@ -126,7 +127,8 @@ class GRPOTrainer:
     def _ref_logps(self, lora, base, prompt_tokens, prompt_valid, completion_tokens, *, group):
         off = jax.tree_util.tree_map(jnp.zeros_like, lora)  # LoRA off = the frozen base
         model = nnx.merge(self.graphdef, off, base)
-        return grpo.completion_logps(model, prompt_tokens, prompt_valid, completion_tokens, group)
+        return grpo.completion_logps(model, prompt_tokens, prompt_valid, completion_tokens, group,
+                                     temperature=self.config.grpo.logp_temperature)
 
     # --- one step -------------------------------------------------------------------
     def train_step(self) -> dict:
@@ -149,19 +151,20 @@ class GRPOTrainer:
         per_fn = {fn.__name__: np.asarray(fn(rep_prompts, texts, golds), dtype=np.float64)
                   for fn in self.reward_fns}
         rewards = np.sum(list(per_fn.values()), axis=0) if per_fn else np.zeros(len(texts))
-        grouped = rewards.reshape(-1, g.num_generations)
-        advantages = ((grouped - grouped.mean(1, keepdims=True))
-                      / (grouped.std(1, ddof=1, keepdims=True) + 1e-6)).reshape(-1)
+        advantages = grpo.group_advantages(rewards, g.num_generations,
+                                           scale_by_std=g.scale_advantages_by_std)
 
         prompt_ids = [self.tokenizer.encode(p, add_bos=True) for p in prompts]
         p_tok, p_valid = _pad_left(prompt_ids, PROMPT_BUCKET, self.tokenizer.pad_id())
         c_tok, c_mask = _pad_right([list(x.token_ids) for x in gens], g.max_new_tokens,
                                    self.tokenizer.pad_id())
+        loss_mask = c_mask * grpo.overlong_weights([x.finish_reason for x in gens])[:, None] \
+            if g.overlong_filter else c_mask
         args = (jnp.asarray(p_tok), jnp.asarray(p_valid), jnp.asarray(c_tok))
         ref = self._ref_fn(self.lora, self.base, *args, group=g.num_generations) \
             if g.beta > 0 else None
         batch = grpo.RolloutBatch(prompt_tokens=args[0], prompt_valid=args[1],
-                                  completion_tokens=args[2], completion_mask=jnp.asarray(c_mask),
+                                  completion_tokens=args[2], completion_mask=jnp.asarray(loss_mask),
                                   advantages=jnp.asarray(advantages, dtype=jnp.float32),
                                   ref_logps=ref)
         aux = {}
