@@ -68,48 +68,32 @@ class LoraSection:
 class GRPOSection:
     """GRPO hyper-parameters, named as in Tunix's ``GRPOConfig`` and the papers.
 
-    ``algorithm`` picks a preset for the objective's knobs; a knob left at None takes
-    the preset's value, one set explicitly wins (the resolved values are what
-    ``config.json`` records):
+    The defaults are GRPO (DeepSeekMath, arXiv:2402.03300) as Tunix's ``GRPOConfig``
+    runs it. The variants are settings of the same knobs (docs/DESIGN-NOTES.md):
 
-    ========== ===== ======= ========================== ============= ========
-    algorithm  β     ε_high  loss_agg_mode              std-scaled Â  overlong
-    ========== ===== ======= ========================== ============= ========
-    grpo       0.04  = ε     sequence-mean-token-mean   yes           kept
-    dapo       0     0.28    token-mean                 yes           filtered
-    dr_grpo    0.04  = ε     sequence-mean-token-scale  no            kept
-    ========== ===== ======= ========================== ============= ========
-
-    GRPO: DeepSeekMath, arXiv:2402.03300. DAPO: arXiv:2503.14476 (clip-higher,
-    token-level loss, overlong filtering; Tunix's ``DAPOConfig``). Dr. GRPO:
-    arXiv:2503.20783 (no std normalisation, no length normalisation: the sequence
-    sum over a constant C = max_new_tokens; Tunix's ``DrGRPOConfig``).
+    * DAPO (arXiv:2503.14476; Tunix's ``DAPOConfig``): ``beta: 0``,
+      ``epsilon_high: 0.28`` (clip-higher), ``loss_agg_mode: token-mean``,
+      ``overlong_filter: true``;
+    * Dr. GRPO (arXiv:2503.20783; Tunix's ``DrGRPOConfig``):
+      ``scale_advantages_by_std: false``,
+      ``loss_agg_mode: sequence-mean-token-scale`` (each sequence's token sum over the
+      constant C = max_new_tokens, no 1/|o_i|).
     """
 
-    ALGORITHMS: ClassVar[dict[str, dict]] = {
-        "grpo": {"beta": 0.04, "epsilon_high": None, "loss_agg_mode": "sequence-mean-token-mean",
-                 "scale_advantages_by_std": True, "overlong_filter": False},
-        "dapo": {"beta": 0.0, "epsilon_high": 0.28, "loss_agg_mode": "token-mean",
-                 "scale_advantages_by_std": True, "overlong_filter": True},
-        "dr_grpo": {"beta": 0.04, "epsilon_high": None,
-                    "loss_agg_mode": "sequence-mean-token-scale",
-                    "scale_advantages_by_std": False, "overlong_filter": False},
-    }
     LOSS_AGG_MODES: ClassVar[tuple[str, ...]] = (  # those of tunix.rl.common.aggregate_loss
-        "token-mean", "sequence-mean-token-mean", "sequence-mean-token-scale",
+        "sequence-mean-token-mean", "token-mean", "sequence-mean-token-scale",
         "seq-mean-token-sum", "sequence-mean-token-sum-norm")
     KL_MODES: ClassVar[tuple[str, ...]] = ("low_var_kl", "kl", "mse_kl")
 
-    algorithm: str = "grpo"  # preset of the knobs below that are left at None
     num_generations: int = 4  # G: completions sampled per prompt
-    beta: float | None = None  # β: weight of the KL penalty to the reference model
+    beta: float = 0.04  # β: weight of the KL penalty to the reference model
     epsilon: float = 0.2  # ε (ε_low): PPO-style clipping of the importance ratio ρ
-    epsilon_high: float | None = None  # ε_high: upper clip 1 + ε_high (DAPO clip-higher)
+    epsilon_high: float | None = None  # ε_high: ρ clipped to [1-ε, 1+ε_high]; None = ε
     num_iterations: int = 1  # μ: policy updates per batch of rollouts
     kl_mode: str = "low_var_kl"  # the paper's k3 estimator
-    loss_agg_mode: str | None = None  # how per-token losses become one number
-    scale_advantages_by_std: bool | None = None  # Â = (r - mean)/std; False: r - mean
-    overlong_filter: bool | None = None  # completions cut by max_new_tokens: weight 0
+    loss_agg_mode: str = "sequence-mean-token-mean"  # per-token losses -> one number
+    scale_advantages_by_std: bool = True  # Â = (r - mean)/std per group; False: r - mean
+    overlong_filter: bool = False  # completions cut by max_new_tokens get loss weight 0
     temperature: float = 1.0  # rollout sampling temperature
     # T of the policy/old/reference log-probs (logits / T); None = the rollout
     # temperature, as Tunix and TRL do. 1.0 takes them from the untempered policy.
@@ -121,30 +105,29 @@ class GRPOSection:
     remat_layers: bool = False
 
     def __post_init__(self) -> None:
-        if self.algorithm not in self.ALGORITHMS:
-            raise ValueError(f"unknown grpo.algorithm {self.algorithm!r}; "
-                             f"valid: {', '.join(self.ALGORITHMS)}")
-        for key, value in self.ALGORITHMS[self.algorithm].items():
-            if getattr(self, key) is None:
-                object.__setattr__(self, key, value)
-        if self.epsilon_high is None:
-            object.__setattr__(self, "epsilon_high", self.epsilon)
-        if self.logp_temperature is None:  # greedy rollouts (T = 0): untempered, as Tunix
-            object.__setattr__(self, "logp_temperature", self.temperature or 1.0)
         if self.num_generations < 2:
             raise ValueError("grpo.num_generations (G) must be >= 2 for group advantages")
         if self.beta < 0 or self.epsilon <= 0 or self.num_iterations < 1:
             raise ValueError("need grpo.beta >= 0, grpo.epsilon > 0, grpo.num_iterations >= 1")
-        if self.epsilon_high < self.epsilon:
+        if self.epsilon_high is not None and self.epsilon_high < self.epsilon:
             raise ValueError(f"grpo.epsilon_high ({self.epsilon_high}) must be >= "
                              f"grpo.epsilon ({self.epsilon})")
         for key, valid in (("loss_agg_mode", self.LOSS_AGG_MODES), ("kl_mode", self.KL_MODES)):
             if getattr(self, key) not in valid:
                 raise ValueError(f"unknown grpo.{key} {getattr(self, key)!r}; "
                                  f"valid: {', '.join(valid)}")
-        if not (self.temperature >= 0 and self.logp_temperature > 0):
-            raise ValueError(f"need grpo.temperature >= 0 and grpo.logp_temperature > 0, got "
-                             f"{self.temperature} and {self.logp_temperature}")
+        if not self.temperature >= 0:
+            raise ValueError(f"need grpo.temperature >= 0, got {self.temperature}")
+        if self.logp_temperature is not None and not self.logp_temperature > 0:
+            raise ValueError(f"need grpo.logp_temperature > 0, got {self.logp_temperature}")
+
+    @property
+    def resolved_logp_temperature(self) -> float:
+        """T for log-probs: ``logp_temperature``, else the rollout temperature (1 for
+        greedy rollouts, whose T = 0 Tunix also leaves unscaled)."""
+        if self.logp_temperature is not None:
+            return self.logp_temperature
+        return self.temperature or 1.0
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -117,7 +117,7 @@ class GRPOTrainer:
             return grpo.grpo_loss(model, batch, group=g.num_generations, beta=g.beta,
                                   epsilon=g.epsilon, epsilon_high=g.epsilon_high,
                                   loss_agg_mode=g.loss_agg_mode, kl_mode=g.kl_mode,
-                                  temperature=g.logp_temperature, remat=g.remat_layers)
+                                  temperature=g.resolved_logp_temperature, remat=g.remat_layers)
 
         (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(lora)
         updates, opt_state = self.tx.update(grads, opt_state, lora)
@@ -128,7 +128,7 @@ class GRPOTrainer:
         off = jax.tree_util.tree_map(jnp.zeros_like, lora)  # LoRA off = the frozen base
         model = nnx.merge(self.graphdef, off, base)
         return grpo.completion_logps(model, prompt_tokens, prompt_valid, completion_tokens, group,
-                                     temperature=self.config.grpo.logp_temperature)
+                                     temperature=self.config.grpo.resolved_logp_temperature)
 
     # --- one step -------------------------------------------------------------------
     def train_step(self) -> dict:

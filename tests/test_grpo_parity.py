@@ -120,7 +120,7 @@ def _ours(model, data, ref, old, section: GRPOSection):
             nnx.merge(graphdef, lora_state, rest), batch, group=G, beta=section.beta,
             epsilon=section.epsilon, epsilon_high=section.epsilon_high,
             loss_agg_mode=section.loss_agg_mode, kl_mode=section.kl_mode,
-            temperature=section.logp_temperature)
+            temperature=section.resolved_logp_temperature)
 
     (value, aux), grads = jax.value_and_grad(loss, has_aux=True)(lora)
     return float(value), aux, dict(nnx.to_flat_state(grads))
@@ -151,8 +151,9 @@ def _tunix_config(section: GRPOSection, cls=GRPOConfig):
         kwargs["overlong_buffer"] = None  # reward shaping, not part of the loss
     algo = cls(num_generations=G, kl_loss_mode=section.kl_mode, **kwargs)
     if cls is GRPOConfig:
-        algo.epsilon_high = section.epsilon_high
-    algo.temperature = section.temperature  # RLCluster sets it from the rollout config
+        algo.epsilon_high = section.epsilon_high or section.epsilon
+    # RLCluster sets it from the rollout config; an override of ours is Tunix at that T
+    algo.temperature = section.resolved_logp_temperature
     return algo
 
 
@@ -160,7 +161,7 @@ def _assert_parity(pair, section, algo, *, mu, seed=0, window_path=False, monkey
     ours_model, theirs_model = pair
     data = _data(seed)
     ref, old = _batch_inputs(theirs_model, data, beta=section.beta, mu=mu,
-                             temperature=section.logp_temperature)
+                             temperature=section.resolved_logp_temperature)
     if monkeypatch is not None and not window_path:  # prove the shared prefill is used
         monkeypatch.setattr(grpo, "_full_sequence_logps", _must_not_run)
     ours_loss, ours_aux, ours_grads = _ours(ours_model, data, ref, old, section)
@@ -208,10 +209,12 @@ def test_other_kl_estimators_match_tunix(shared_prefill, monkeypatch, kl_mode):
                    monkeypatch=monkeypatch)
 
 
-@pytest.mark.parametrize("temperature", [1.0, 1.3])
-def test_temperature_is_applied_as_tunix_does(shared_prefill, monkeypatch, temperature):
-    section = GRPOSection(temperature=temperature)
-    assert section.logp_temperature == temperature  # default: the rollout temperature
+@pytest.mark.parametrize("temperature, logp_temperature, want", [
+    (1.0, None, 1.0), (1.3, None, 1.3), (0.7, 1.0, 1.0)])
+def test_temperature_is_applied_as_tunix_does(shared_prefill, monkeypatch, temperature,
+                                              logp_temperature, want):
+    section = GRPOSection(temperature=temperature, logp_temperature=logp_temperature)
+    assert section.resolved_logp_temperature == want  # default: the rollout temperature
     _assert_parity(shared_prefill, section, _tunix_config(section), mu=2, seed=3,
                    monkeypatch=monkeypatch)
 
@@ -222,18 +225,29 @@ def test_logps_differ_with_temperature(shared_prefill):
     data = _data(0)
     warm, plain = (_tunix_logps(shared_prefill[1], data, t) for t in (0.7, 1.0))
     assert np.abs((warm - plain) * data.mask).max() > 1e-2
-    assert GRPOSection(temperature=0.7, logp_temperature=1.0).logp_temperature == 1.0
+    assert GRPOSection(temperature=0.7, logp_temperature=1.0).resolved_logp_temperature == 1.0
 
 
-@pytest.mark.parametrize("algorithm, tunix_cls", [("dapo", DAPOConfig),
-                                                  ("dr_grpo", DrGRPOConfig)])
-def test_presets_match_tunix_configs(shared_prefill, monkeypatch, algorithm, tunix_cls):
-    section = GRPOSection(algorithm=algorithm, temperature=0.7)
+# the knob settings docs/DESIGN-NOTES.md and GRPOSection's docstring give for each variant
+VARIANTS = {
+    "dapo": ({"beta": 0.0, "epsilon_high": 0.28, "loss_agg_mode": "token-mean",
+              "overlong_filter": True}, DAPOConfig),
+    "dr_grpo": ({"scale_advantages_by_std": False,
+                 "loss_agg_mode": "sequence-mean-token-scale"}, DrGRPOConfig),
+}
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_variant_settings_match_tunix_configs(shared_prefill, monkeypatch, variant):
+    knobs, tunix_cls = VARIANTS[variant]
+    section = GRPOSection(temperature=0.7, **knobs)
     algo = _tunix_config(section, tunix_cls)
     assert section.loss_agg_mode == algo.loss_agg_mode
     assert section.epsilon == algo.epsilon
-    assert section.epsilon_high == getattr(algo, "epsilon_high", algo.epsilon)
+    assert (section.epsilon_high or section.epsilon) == getattr(algo, "epsilon_high",
+                                                                algo.epsilon)
     assert section.beta == (algo.beta or 0.0)
+    assert section.scale_advantages_by_std == (algo.advantage_estimator == "grpo")
     _assert_parity(shared_prefill, section, algo, mu=2, seed=4, monkeypatch=monkeypatch)
 
 
