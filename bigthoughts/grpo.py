@@ -17,14 +17,24 @@ log-probabilities are computed:
 When prompt + completion exceed Gemma 3's sliding window the cache trick would see
 Tunix's prefill-style window mask misplaced, so we fall back to running full
 sequences (exact, just more compute).
+
+Log-probabilities are taken at the rollout temperature T (logits / T), as Tunix's
+``compute_per_token_logps`` and TRL do: the ratio π_θ/π_old and the KL then
+compare the distributions the completions were actually sampled from. The loss
+variants (GRPO, DAPO's clip-higher ε_low/ε_high, Dr. GRPO) are knobs of
+:func:`grpo_loss` and :func:`group_advantages`; ``tests/test_grpo_parity.py``
+checks loss and LoRA gradients against Tunix's ``grpo_loss_fn``. See
+docs/DESIGN-NOTES.md, "The GRPO objective".
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from tunix.rl import common as tunix_common
 
 from bigthoughts.models import forward
@@ -65,14 +75,17 @@ def _window(model) -> int | None:
 
 
 def completion_logps(model, prompt_tokens, prompt_valid, completion_tokens, group: int,
-                     *, chunk: int = 32, remat: bool = False):
-    """log π(completion token | prefix) for each completion position: [Bp*G, C]."""
+                     *, chunk: int = 32, remat: bool = False, temperature: float = 1.0):
+    """log π_T(completion token | prefix) for each completion position: [Bp*G, C].
+
+    π_T is the policy at temperature T (softmax of logits / T; T = 0 or 1: plain).
+    """
     bp, p = prompt_tokens.shape
     b, c = completion_tokens.shape
     window = _window(model)
     if not _uses_slot_positions(model) and window is not None and p + c > window:
         return _full_sequence_logps(model, prompt_tokens, prompt_valid, completion_tokens,
-                                    group, chunk=chunk, remat=remat)
+                                    group, chunk=chunk, remat=remat, temperature=temperature)
     cache_size = p + c
     if _uses_slot_positions(model):
         positions = jnp.broadcast_to(jnp.arange(p), (bp, p))
@@ -95,11 +108,12 @@ def completion_logps(model, prompt_tokens, prompt_valid, completion_tokens, grou
     comp_hidden, _ = forward.hidden_states(model, inputs, comp_pos, cache, comp_mask,
                                            remat=remat)
     all_hidden = jnp.concatenate([last_hidden[:, None], comp_hidden], axis=1)
-    return forward.token_logprobs(model, all_hidden, completion_tokens, chunk=chunk, remat=True)
+    return forward.token_logprobs(model, all_hidden, completion_tokens, chunk=chunk, remat=True,
+                                  temperature=temperature)
 
 
 def _full_sequence_logps(model, prompt_tokens, prompt_valid, completion_tokens, group, *, chunk,
-                         remat=False):
+                         remat=False, temperature=1.0):
     rep = lambda x: jnp.repeat(x, group, axis=0)  # noqa: E731
     p = prompt_tokens.shape[1]
     c = completion_tokens.shape[1]
@@ -111,22 +125,71 @@ def _full_sequence_logps(model, prompt_tokens, prompt_valid, completion_tokens, 
     mask = jnp.tril(jnp.ones((length, length), dtype=bool))[None] & valid[:, None, :]
     hidden, _ = forward.hidden_states(model, tokens, positions, None, mask, remat=remat)
     return forward.token_logprobs(model, hidden[:, p - 1: p + c - 1], completion_tokens,
-                                  chunk=chunk, remat=True)
+                                  chunk=chunk, remat=True, temperature=temperature)
+
+
+def group_advantages(rewards: np.ndarray, group: int, *,
+                     scale_by_std: bool = True) -> np.ndarray:
+    """Group-relative advantages Â_i of the rewards r of G = ``group`` completions per
+    prompt (rows prompt-major, as in :class:`RolloutBatch`).
+
+    GRPO: Â_i = (r_i - mean(r)) / (std(r) + 1e-6), std with Bessel's correction
+    (ddof=1), exactly Tunix's ``algo_core.compute_advantages``. Dr. GRPO
+    (``scale_by_std=False``): Â_i = r_i - mean(r), Tunix's
+    ``compute_drgrpo_advantages``. Returns float64 [B].
+
+    >>> group_advantages(np.array([1.0, 0.0, 3.0, 3.0]), 2, scale_by_std=False)
+    array([ 0.5, -0.5,  0. ,  0. ])
+    """
+    r = np.asarray(rewards, dtype=np.float64)
+    if group < 1 or r.ndim != 1 or r.size % group:
+        raise ValueError(f"need 1-D rewards in whole groups of {group}, got shape {r.shape}")
+    grouped = r.reshape(-1, group)
+    out = grouped - grouped.mean(axis=1, keepdims=True)
+    if scale_by_std:
+        out = out / (grouped.std(axis=1, ddof=1, keepdims=True) + 1e-6)
+    return out.reshape(-1)
+
+
+def overlong_weights(finish_reasons: Sequence[str]) -> np.ndarray:
+    """DAPO's overlong filtering (arXiv:2503.14476, §3.4): weight 0 for a completion
+    cut off by the token limit (finish reason ``"length"``), 1 otherwise. Multiplied
+    into the completion mask, it takes truncated samples out of the loss entirely
+    (policy term and KL, numerator and token/sequence counts). Returns float32 [B].
+
+    >>> overlong_weights(["stop", "length", "eos"])
+    array([1., 0., 1.], dtype=float32)
+    """
+    return np.asarray([reason != "length" for reason in finish_reasons], dtype=np.float32)
 
 
 def grpo_loss(model, batch: RolloutBatch, *, group: int, beta: float, epsilon: float,
+              epsilon_high: float | None = None,
               loss_agg_mode: str = "sequence-mean-token-mean", kl_mode: str = "low_var_kl",
-              remat: bool = False):
-    """Returns ``(loss, aux)``: clipped surrogate + β·KL (β = ``beta``, ε = ``epsilon``)."""
+              temperature: float = 1.0, remat: bool = False):
+    """Returns ``(loss, aux)``: the clipped surrogate + β·KL of Tunix's ``grpo_loss_fn``.
+
+    Per token t of completion i, with ρ = π_θ,T / π_old,T (π_old = π_θ detached when
+    ``batch.old_logps`` is None, i.e. μ = 1) and Â_i the advantage::
+
+        ℓ_it = max(-Â_i·ρ, -Â_i·clip(ρ, 1 - ε_low, 1 + ε_high)) + β·KL_it
+
+    aggregated over the completion mask by ``loss_agg_mode`` (Tunix's
+    ``aggregate_loss``). β = ``beta``, ε_low = ``epsilon``, ε_high = ``epsilon_high``
+    (None: = ε_low; DAPO's clip-higher sets it larger), KL by ``kl_mode``, T =
+    ``temperature`` (the rollout temperature; old/ref log-probs must use the same).
+    """
     logps = completion_logps(model, batch.prompt_tokens, batch.prompt_valid,
-                             batch.completion_tokens, group, remat=remat)
+                             batch.completion_tokens, group, remat=remat,
+                             temperature=temperature)
+    high = epsilon if epsilon_high is None else epsilon_high
     mask = batch.completion_mask.astype(jnp.float32)
     old = jax.lax.stop_gradient(logps) if batch.old_logps is None else batch.old_logps
     log_ratio = jnp.clip(logps - old, -20.0, 20.0)
     ratio = jnp.exp(log_ratio)
     adv = batch.advantages.astype(jnp.float32)[:, None]
     unclipped = -adv * ratio
-    clipped = -adv * jnp.clip(ratio, 1.0 - epsilon, 1.0 + epsilon)
+    clipped = -adv * jnp.clip(ratio, 1.0 - epsilon, 1.0 + high)
     per_token = jnp.maximum(unclipped, clipped)
     pg_loss = tunix_common.aggregate_loss(per_token, mask, loss_agg_mode)
     denom = jnp.maximum(mask.sum(), 1.0)

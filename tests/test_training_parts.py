@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 
 from bigthoughts.config import ConfigError
+from bigthoughts.grpo import group_advantages
 from bigthoughts.training.loop import OutOfMemory, run_stage
 from bigthoughts.training.progress import Progress, format_duration, step_line, where
 from bigthoughts.training.relay import Deadline
-from bigthoughts.training.rollout import group_advantages, pad_left, pad_right
+from bigthoughts.training.rollout import pad_left, pad_right
 from bigthoughts.training.rundir import MetricsLog, config_differences, prepare_run_dir
 
 

@@ -66,14 +66,19 @@ def logits(model, hidden):
     return out
 
 
-def token_logprobs(model, hidden, targets, *, chunk: int = 128, remat: bool = False):
-    """log p(target) for each position, never materialising more than ``chunk``
+def token_logprobs(model, hidden, targets, *, chunk: int = 128, remat: bool = False,
+                   temperature: float = 1.0):
+    """log p_T(target) for each position, never materialising more than ``chunk``
     positions' worth of full-vocabulary logits at once.
 
     ``hidden``: [B, L, D]; ``targets``: [B, L] int. Returns [B, L] float32. With
     ``remat`` the chunk's logits are recomputed in the backward pass instead of
     being stored, so a gradient through this costs one chunk of logits, not L.
+    ``temperature`` T divides the (soft-capped) logits before the log-softmax, as
+    Tunix's ``compute_per_token_logps`` does; T = 0 (greedy) or 1 leaves them as
+    they are, also as Tunix does.
     """
+    scaled = temperature not in (0.0, 1.0)
     b, length, d = hidden.shape
     pad = (-length) % chunk
     h = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0))).reshape(b, -1, chunk, d)
@@ -82,6 +87,8 @@ def token_logprobs(model, hidden, targets, *, chunk: int = 128, remat: bool = Fa
     def one(carry, xs):
         hc, tc = xs  # [B, chunk, D], [B, chunk]
         lg = logits(model, hc).astype(jnp.float32)
+        if scaled:
+            lg = lg / temperature
         lse = jax.nn.logsumexp(lg, axis=-1)
         picked = jnp.take_along_axis(lg, tc[..., None], axis=-1)[..., 0]
         return carry, picked - lse

@@ -15,6 +15,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 from bigthoughts.config import RewardConfig, load_yaml
 
@@ -85,21 +86,43 @@ class LoraSection:
 
 @dataclass(frozen=True, kw_only=True)
 class GRPOSection:
-    """GRPO hyper-parameters, named as in Tunix's ``GRPOConfig`` and the paper.
+    """GRPO hyper-parameters, named as in Tunix's ``GRPOConfig`` and the papers.
 
     num_generations (G): completions sampled per prompt; advantages are relative to
     the group. beta (β): weight of the KL penalty to the frozen reference. epsilon (ε):
     clipping of the importance ratio π_θ/π_θold to [1-ε, 1+ε]. num_iterations (μ):
     policy updates per batch of rollouts (ratios differ from 1 from the 2nd update on).
+
+    The defaults are GRPO (DeepSeekMath, arXiv:2402.03300) as Tunix's ``GRPOConfig``
+    runs it. The variants are settings of the same knobs (docs/DESIGN-NOTES.md):
+
+    * DAPO (arXiv:2503.14476; Tunix's ``DAPOConfig``): ``beta: 0``,
+      ``epsilon_high: 0.28`` (clip-higher), ``loss_agg_mode: token-mean``,
+      ``overlong_filter: true``;
+    * Dr. GRPO (arXiv:2503.20783; Tunix's ``DrGRPOConfig``):
+      ``scale_advantages_by_std: false``,
+      ``loss_agg_mode: sequence-mean-token-scale`` (each sequence's token sum over the
+      constant C = max_new_tokens, no 1/|o_i|).
     """
+
+    LOSS_AGG_MODES: ClassVar[tuple[str, ...]] = (  # those of tunix.rl.common.aggregate_loss
+        "sequence-mean-token-mean", "token-mean", "sequence-mean-token-scale",
+        "seq-mean-token-sum", "sequence-mean-token-sum-norm")
+    KL_MODES: ClassVar[tuple[str, ...]] = ("low_var_kl", "kl", "mse_kl")
 
     num_generations: int = 4  # G: completions sampled per prompt
     beta: float = 0.04  # β: weight of the KL penalty to the reference model
-    epsilon: float = 0.2  # ε: PPO-style clipping of the importance ratio
+    epsilon: float = 0.2  # ε (ε_low): PPO-style clipping of the importance ratio ρ
+    epsilon_high: float | None = None  # ε_high: ρ clipped to [1-ε, 1+ε_high]; None = ε
     num_iterations: int = 1  # μ: policy updates per batch of rollouts
     kl_mode: str = "low_var_kl"  # the paper's k3 estimator
-    loss_agg_mode: str = "sequence-mean-token-mean"
+    loss_agg_mode: str = "sequence-mean-token-mean"  # per-token losses -> one number
+    scale_advantages_by_std: bool = True  # Â = (r - mean)/std per group; False: r - mean
+    overlong_filter: bool = False  # completions cut by max_new_tokens get loss weight 0
     temperature: float = 1.0  # rollout sampling temperature
+    # T of the policy/old/reference log-probs (logits / T); None = the rollout
+    # temperature, as Tunix and TRL do. 1.0 takes them from the untempered policy.
+    logp_temperature: float | None = None
     top_k: int | None = None
     max_new_tokens: int = 128
     # GSM8K's calculator inside rollouts: the sampler answers <<expr= calls; the tokens it
@@ -122,6 +145,23 @@ class GRPOSection:
             raise ValueError(f"grpo.top_k must be >= 1 (or null), got {self.top_k}")
         if self.max_new_tokens < 1:
             raise ValueError(f"grpo.max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.epsilon_high is not None and self.epsilon_high < self.epsilon:
+            raise ValueError(f"grpo.epsilon_high ({self.epsilon_high}) must be >= "
+                             f"grpo.epsilon ({self.epsilon})")
+        for key, valid in (("loss_agg_mode", self.LOSS_AGG_MODES), ("kl_mode", self.KL_MODES)):
+            if getattr(self, key) not in valid:
+                raise ValueError(f"unknown grpo.{key} {getattr(self, key)!r}; "
+                                 f"valid: {', '.join(valid)}")
+        if self.logp_temperature is not None and not self.logp_temperature > 0:
+            raise ValueError(f"need grpo.logp_temperature > 0, got {self.logp_temperature}")
+
+    @property
+    def resolved_logp_temperature(self) -> float:
+        """T for log-probs: ``logp_temperature``, else the rollout temperature (1 for
+        greedy rollouts, whose T = 0 Tunix also leaves unscaled)."""
+        if self.logp_temperature is not None:
+            return self.logp_temperature
+        return self.temperature or 1.0
 
 
 @dataclass(frozen=True, kw_only=True)

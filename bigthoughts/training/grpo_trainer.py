@@ -34,6 +34,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+import bigthoughts.training.rollout as ro
 from bigthoughts import grpo
 from bigthoughts.answers import answers_equal
 from bigthoughts.config import VoteConfig
@@ -43,7 +44,6 @@ from bigthoughts.generate import Sampler
 from bigthoughts.models.registry import LoadedModel
 from bigthoughts.rewards import is_exact_format
 from bigthoughts.solve import Solver
-from bigthoughts.training import rollout as ro
 from bigthoughts.training.config import GRPOSection, TrainConfig
 from bigthoughts.training.relay import CheckpointStore
 from bigthoughts.training.rundir import MetricsLog
@@ -60,8 +60,9 @@ def grpo_update(graphdef, tx: optax.GradientTransformation, g: GRPOSection, lora
     def loss_fn(lora_state):
         model = nnx.merge(graphdef, lora_state, base)
         return grpo.grpo_loss(model, batch, group=g.num_generations, beta=g.beta,
-                              epsilon=g.epsilon, loss_agg_mode=g.loss_agg_mode,
-                              kl_mode=g.kl_mode, remat=g.remat_layers)
+                              epsilon=g.epsilon, epsilon_high=g.epsilon_high,
+                              loss_agg_mode=g.loss_agg_mode, kl_mode=g.kl_mode,
+                              temperature=g.resolved_logp_temperature, remat=g.remat_layers)
 
     (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(lora)
     updates, opt_state = tx.update(grads, opt_state, lora)
@@ -110,7 +111,8 @@ class GRPOTrainer:
         if not lora_on:
             lora = jax.tree_util.tree_map(jnp.zeros_like, lora)
         model = nnx.merge(self.graphdef, lora, base)
-        return grpo.completion_logps(model, prompt_tokens, prompt_valid, completion_tokens, group)
+        return grpo.completion_logps(model, prompt_tokens, prompt_valid, completion_tokens, group,
+                                     temperature=self.config.grpo.resolved_logp_temperature)
 
     def _sync_sampler(self) -> None:
         """Points the sampler at the current LoRA arrays (an update donates the old ones)."""
@@ -144,7 +146,8 @@ class GRPOTrainer:
         rollout = ro.collect(self.sampler, examples, cfg.grpo, fmt=self.format,
                              reward_fns=self.reward_fns,
                              seed=cfg.seed * 1_000_003 + self.step)
-        batch = self._with_logps(ro.to_batch(rollout, self.tokenizer, cfg.grpo.max_new_tokens))
+        batch = self._with_logps(ro.to_batch(rollout, self.tokenizer, cfg.grpo.max_new_tokens,
+                                             overlong_filter=cfg.grpo.overlong_filter))
         t1 = time.perf_counter()
         aux = self._updates(batch)
         t_update = time.perf_counter() - t1

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import jax.numpy as jnp
 import numpy as np
 
+from bigthoughts import grpo as grpo_loss
 from bigthoughts.answers import answers_equal, extract_answer
 from bigthoughts.data import Example, PromptFormat
 from bigthoughts.generate import Generation, Sampler
@@ -71,14 +72,6 @@ def pad_left(rows: Sequence[Sequence[int]], multiple: int, pad: int
     return tokens, valid
 
 
-def group_advantages(rewards: np.ndarray, group: int) -> np.ndarray:
-    """Â_i = (r_i - mean_group(r)) / (std_group(r, ddof=1) + 1e-6), rows prompt-major."""
-    grouped = np.asarray(rewards, dtype=np.float64).reshape(-1, group)
-    adv = (grouped - grouped.mean(1, keepdims=True)) / (grouped.std(1, ddof=1, keepdims=True)
-                                                        + 1e-6)
-    return adv.reshape(-1)
-
-
 RewardFn = Callable[..., Sequence[float]]
 
 
@@ -128,16 +121,20 @@ def collect(sampler: Sampler, examples: Sequence[Example], grpo: GRPOSection, *,
     rewards, per_fn = score(reward_fns, rep_prompts, texts, golds)
     return Rollout(examples=tuple(examples), prompts=tuple(prompts), generations=tuple(gens),
                    rewards=rewards, per_fn=per_fn,
-                   advantages=group_advantages(rewards, grpo.num_generations),
+                   advantages=grpo_loss.group_advantages(
+                       rewards, grpo.num_generations,
+                       scale_by_std=grpo.scale_advantages_by_std),
                    seconds=time.perf_counter() - t0)
 
 
-def to_batch(rollout: Rollout, tokenizer, max_new_tokens: int) -> RolloutBatch:
+def to_batch(rollout: Rollout, tokenizer, max_new_tokens: int, *,
+             overlong_filter: bool = False) -> RolloutBatch:
     """Token arrays of a rollout (no log-probs yet: the trainer fills them).
 
     Tokens the calculator inserted stay in the completion (the model conditions on
     them) but get mask 0: the policy did not choose them, so they count in neither the
-    policy loss nor the KL."""
+    policy loss nor the KL. ``overlong_filter`` (DAPO) zeroes the rows cut by
+    ``max_new_tokens``."""
     prompt_ids = [tokenizer.encode(p, add_bos=True) for p in rollout.prompts]
     p_tok, p_valid = pad_left(prompt_ids, PROMPT_BUCKET, tokenizer.pad_id())
     c_tok, c_mask = pad_right([g.token_ids for g in rollout.generations], max_new_tokens,
@@ -145,6 +142,9 @@ def to_batch(rollout: Rollout, tokenizer, max_new_tokens: int) -> RolloutBatch:
     for row, g in enumerate(rollout.generations):
         inserted = np.asarray(g.inserted[:max_new_tokens], dtype=bool)
         c_mask[row, : len(inserted)][inserted] = 0.0
+    if overlong_filter:
+        c_mask *= grpo_loss.overlong_weights([g.finish_reason for g in rollout.generations]
+                                             )[:, None]
     return RolloutBatch(prompt_tokens=jnp.asarray(p_tok), prompt_valid=jnp.asarray(p_valid),
                         completion_tokens=jnp.asarray(c_tok),
                         completion_mask=jnp.asarray(c_mask),
