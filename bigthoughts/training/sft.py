@@ -111,7 +111,8 @@ class SFTStage:
     def train_step(self) -> dict:
         t0 = time.perf_counter()
         items = [self.train[i] for i in self.order.next()]
-        tokens, valid, mask = pad_batch(items, self.tokenizer.pad_id())
+        tokens, valid, mask = pad_batch(items, self.tokenizer.pad_id(),
+                                        self.config.data.pad_multiple)
         self.params, self.opt_state, aux = self._update(
             self.params, self.opt_state, self.frozen, jnp.asarray(tokens), jnp.asarray(valid),
             jnp.asarray(mask))
@@ -134,7 +135,8 @@ class SFTStage:
         total = count = 0.0
         size = self.config.batch_size
         for start in range(0, len(self.validation), size):
-            t, v, m = pad_batch(self.validation[start:start + size], self.tokenizer.pad_id())
+            t, v, m = pad_batch(self.validation[start:start + size], self.tokenizer.pad_id(),
+                               self.config.data.pad_multiple)
             aux = self._loss(self.params, self.frozen, jnp.asarray(t), jnp.asarray(v),
                              jnp.asarray(m))
             total, count = total + float(aux["nll_sum"]), count + float(aux["count"])

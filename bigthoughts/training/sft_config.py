@@ -26,6 +26,9 @@ class SFTDataSection:
     annotations: bool = True  # keep GSM8K's <<expr=result>> calculator notes
     style: str = "zeroshot"  # prompt style: no worked examples in the prompt
     max_length: int = 512  # longer prompt+completion pairs are skipped, not cut
+    # batches are padded to multiples of this many tokens: each (length, completion
+    # window) pair compiles once, so coarse buckets compile less and pad more
+    pad_multiple: int = 128
 
     def __post_init__(self) -> None:
         if self.limit is not None and self.limit < 2:
@@ -36,6 +39,8 @@ class SFTDataSection:
             raise ValueError(f"data.style must be one of {', '.join(STYLES)}, got {self.style!r}")
         if self.max_length < 32:
             raise ValueError(f"data.max_length must be >= 32, got {self.max_length}")
+        if self.pad_multiple < 1:
+            raise ValueError(f"data.pad_multiple must be >= 1, got {self.pad_multiple}")
 
 
 @dataclass(frozen=True, kw_only=True)
