@@ -120,14 +120,21 @@ def _gb(n: float) -> str:
     return f"{n / 1e9:.1f} GB"
 
 
-def check_context(spec: ModelSpec, prompt_tokens: int, max_new_tokens: int) -> None:
-    """Refuses prompt + new tokens beyond the model's context (no silent capping)."""
+def check_context(spec: ModelSpec, prompt_tokens: int | None, max_new_tokens: int) -> None:
+    """Refuses prompt + new tokens beyond the model's context (no silent capping);
+    ``prompt_tokens`` None (not tokenized yet) counts the prompt as one token."""
     context = spec.max_context
-    if prompt_tokens + max_new_tokens > context:
+    prompt = 1 if prompt_tokens is None else prompt_tokens
+    if prompt + max_new_tokens <= context:
+        return
+    if prompt_tokens is None:
         raise GenerationLimitError(
-            f"max_new_tokens={max_new_tokens} plus the {prompt_tokens}-token prompt exceeds "
-            f"{spec.name}'s context of {context} tokens; use at most "
-            f"{max(1, context - prompt_tokens)} new tokens")
+            f"max_new_tokens={max_new_tokens} exceeds {spec.name}'s context of {context} "
+            "tokens (prompt and new tokens together); use fewer new tokens")
+    raise GenerationLimitError(
+        f"max_new_tokens={max_new_tokens} plus the {prompt_tokens}-token prompt exceeds "
+        f"{spec.name}'s context of {context} tokens; use at most "
+        f"{max(1, context - prompt_tokens)} new tokens")
 
 
 def check_memory(config: Any, *, rows: int, prompt_tokens: int, max_new_tokens: int,
@@ -160,7 +167,7 @@ def check_before_load(spec: ModelSpec, prompts: Sequence[str], *, rows: int,
     """The checks that can run before any weights are read: the context (for at least
     a one-token prompt) and, when the spec names a Tunix config, the memory with
     estimated prompt lengths (:func:`estimate_prompt_tokens`) and the weights counted."""
-    check_context(spec, 1, max_new_tokens)
+    check_context(spec, None, max_new_tokens)
     config = spec_model_config(spec)
     if config is not None:
         tokens = max((estimate_prompt_tokens(p) for p in prompts), default=1)
