@@ -163,16 +163,18 @@ def check_memory(config: Any, *, rows: int, prompt_tokens: int, max_new_tokens: 
 
 
 def check_before_load(spec: ModelSpec, prompts: Sequence[str], *, rows: int,
-                      max_new_tokens: int, available: int | None = None) -> None:
+                      max_new_tokens: int, dtype_bytes: int = 4,
+                      available: int | None = None) -> None:
     """The checks that can run before any weights are read: the context (for at least
     a one-token prompt) and, when the spec names a Tunix config, the memory with
-    estimated prompt lengths (:func:`estimate_prompt_tokens`) and the weights counted."""
+    estimated prompt lengths (:func:`estimate_prompt_tokens`) and the weights counted
+    (``dtype_bytes`` per parameter and cached value)."""
     check_context(spec, None, max_new_tokens)
     config = spec_model_config(spec)
     if config is not None:
         tokens = max((estimate_prompt_tokens(p) for p in prompts), default=1)
         check_memory(config, rows=rows, prompt_tokens=tokens, max_new_tokens=max_new_tokens,
-                     loaded=False, available=available)
+                     cache_bytes=dtype_bytes, loaded=False, available=available)
 
 
 def check_loaded(lm: LoadedModel, prompts: Sequence[str], *, rows: int,
