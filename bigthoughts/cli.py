@@ -97,19 +97,20 @@ def _spec_before_load(args):
         return None
     if args.model is None:
         return REGISTRY[DEFAULT_MODEL]
-    if args.model in REGISTRY:
-        return REGISTRY[args.model]
+    if args.model in REGISTRY:  # a name that needs a path fails in load_model, not here
+        return REGISTRY[args.model] if REGISTRY[args.model].embedded else None
     if looks_like_path(args.model) and not Path(args.model).expanduser().exists():
         raise UserError(f"model path does not exist: {args.model}")
     return None
 
 
-def _preflight(spec, prompts: list[str], *, rows: int, max_new_tokens: int) -> None:
+def _preflight(args, spec, prompts: list[str], *, rows: int, max_new_tokens: int) -> None:
     """Context and memory checks before the weights load, when the spec is known."""
     from bigthoughts.models.limits import check_before_load
 
     if spec is not None:
-        check_before_load(spec, prompts, rows=rows, max_new_tokens=max_new_tokens)
+        check_before_load(spec, prompts, rows=rows, max_new_tokens=max_new_tokens,
+                          dtype_bytes=2 if args.dtype == "bfloat16" else 4)
 
 
 def _load(args):
@@ -145,7 +146,8 @@ def cmd_ask(args) -> int:
     spec = _spec_before_load(args)
     fmt = _config(prompt_format, style=args.style or (spec.prompt_style if spec else "fewshot"),
                   shots=args.shots)
-    _preflight(spec, [fmt.prompt(question)], rows=vote.votes, max_new_tokens=vote.max_new_tokens)
+    _preflight(args, spec, [fmt.prompt(question)], rows=vote.votes,
+               max_new_tokens=vote.max_new_tokens)
     lm = _load(args)
     fmt = prompt_format(args.style or lm.spec.prompt_style, args.shots)
     check_loaded(lm, [fmt.prompt(question)], rows=vote.votes, max_new_tokens=vote.max_new_tokens)
@@ -201,7 +203,7 @@ def cmd_generate(args) -> int:
     from bigthoughts.models.limits import check_loaded
 
     _check_generate_args(args)
-    _preflight(_spec_before_load(args), [args.prompt], rows=args.num_samples,
+    _preflight(args, _spec_before_load(args), [args.prompt], rows=args.num_samples,
                max_new_tokens=args.max_new_tokens)
     lm = _load(args)
     check_loaded(lm, [args.prompt], rows=args.num_samples, max_new_tokens=args.max_new_tokens)
@@ -232,7 +234,7 @@ def cmd_eval(args) -> int:
     examples = load_gsm8k(args.split, args.data, limit=args.limit)
     spec = _spec_before_load(args)
     fmt = prompt_format(args.style or (spec.prompt_style if spec else "fewshot"), args.shots)
-    _preflight(spec, [fmt.prompt(e.question) for e in examples],
+    _preflight(args, spec, [fmt.prompt(e.question) for e in examples],
                rows=min(config.batch_size, max(1, len(examples))) * config.samples_per_question,
                max_new_tokens=config.max_new_tokens)
     lm = _load(args)
@@ -289,10 +291,14 @@ def cmd_download(args) -> int:
 
 
 def _vote_args(p: argparse.ArgumentParser, votes: int) -> None:
-    p.add_argument("--votes", type=int, default=votes, help="samples per question (k)")
-    p.add_argument("--strategy", default="majority", choices=["majority", "weighted", "adaptive"])
+    from bigthoughts.data import PROMPT_STYLES
+    from bigthoughts.voting import MAX_VOTES, STRATEGIES
+
+    p.add_argument("--votes", type=int, default=votes,
+                   help=f"samples per question (k), 1 to {MAX_VOTES}")
+    p.add_argument("--strategy", default="majority", choices=list(STRATEGIES))
     p.add_argument("--max-new-tokens", type=int, default=256)
-    p.add_argument("--style", default=None, choices=["chat", "fewshot", "zeroshot"],
+    p.add_argument("--style", default=None, choices=list(PROMPT_STYLES),
                    help="prompt style (default: chat for IT models, fewshot for base)")
     p.add_argument("--shots", type=int, default=2, help="worked examples in fewshot prompts")
     p.add_argument("--seed", type=int, default=0)

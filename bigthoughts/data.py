@@ -359,7 +359,17 @@ class PromptFormat:
                              f"got {self.shots}")
 
     def prompt(self, question: str) -> str:
-        """The prompt for ``question`` in this format."""
+        """The prompt for ``question`` in this format.
+
+        Raises a one-line ValueError for text that is not valid Unicode (lone
+        surrogates, e.g. undecodable bytes from the command line), which no
+        tokenizer can encode.
+        """
+        try:
+            question.encode("utf-8")
+        except UnicodeEncodeError as err:
+            raise ValueError(f"the question is not valid UTF-8 text (position {err.start})") \
+                from None
         if self.style == "chat":
             return chat_prompt(question)
         return fewshot_prompt(question, shots=self.shots)

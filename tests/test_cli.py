@@ -68,7 +68,8 @@ BAD_INPUTS = [
     (["ask", "2+2?", "--votes", "0"], "votes must be between 1 and 64, got 0"),
     (["ask", "2+2?", "--votes", "-3"], "votes must be between 1 and 64, got -3"),
     (["ask", "2+2?", "--max-new-tokens", "0"], "max_new_tokens must be >= 1, got 0"),
-    (["ask", "2+2?", "--max-new-tokens", "100000"], "gemma3-270m's context of 32768 tokens"),
+    (["ask", "2+2?", "--max-new-tokens", "100000"],
+     "max_new_tokens=100000 exceeds gemma3-270m's context of 32768 tokens"),
     (["ask", "2+2?", "--shots", "9"], "shots must be between 0 and 3, got 9"),
     (["ask", "\udcff\udcfe"], "the question is not valid UTF-8 text (byte 0xff at position 0)"),
     (["ask", "2+2?", "--model", "/nonexistent/model.gguf"],
@@ -110,6 +111,8 @@ def test_bad_input_is_refused_before_the_model_loads(argv, message, capsys, monk
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr("bigthoughts.models.registry.load_model", _no_load)
     monkeypatch.setattr("bigthoughts.export.load_exported", _no_load)
+    # plenty of memory: each refusal must come from its own check, not the host's state
+    monkeypatch.setattr("bigthoughts.models.limits.available_memory", lambda: 10**13)
     assert message in _one_line_error(argv, capsys)
     assert list(tmp_path.iterdir()) == []
 

@@ -316,6 +316,8 @@ def test_prompt_format_owns_prompt_and_stops() -> None:
         prompt_format("fewshot", shots=4)
     with pytest.raises(dataclasses.FrozenInstanceError):
         few.style = "chat"  # type: ignore[misc]
+    with pytest.raises(ValueError, match="not valid UTF-8 text"):
+        few.prompt("caf\udce9")
 
 
 def test_stops_and_build_prompt() -> None:

@@ -63,6 +63,9 @@ def test_memory_refusal_says_the_limit_and_fitting_calls_pass() -> None:
 
 def test_context_is_refused_not_capped() -> None:
     check_context(SPEC, 200, 800)
+    check_context(SPEC, None, 999)
+    with pytest.raises(GenerationLimitError, match="=1000 exceeds toy's context of 1000 tokens"):
+        check_context(SPEC, None, 1000)
     with pytest.raises(GenerationLimitError, match="toy's context of 1000 tokens; use at most 799"):
         check_context(SPEC, 201, 800)
     assert REGISTRY["gemma3-270m"].max_context == 32768

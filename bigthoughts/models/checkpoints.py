@@ -224,53 +224,63 @@ def tunix_config_from_hf(config: dict, *, dtype=jnp.float32) -> tuple[str, Any]:
             f"unsupported model_type {model_type!r} in config.json; supported: gemma2 "
             "(Gemma2ForCausalLM), gemma3_text (Gemma3ForCausalLM), gemma3 (text part)")
     t = {**_HF_DEFAULTS[family], **text}
-
-    def refuse(what: str) -> ModelLoadError:
-        return ModelLoadError(f"config.json: {what} is not supported by Tunix's {family} model")
-
-    layers, heads, head_dim = t["num_hidden_layers"], t["num_attention_heads"], t["head_dim"]
     if abs(float(t["rms_norm_eps"]) - 1e-6) > 1e-12:
-        raise refuse(f"rms_norm_eps={t['rms_norm_eps']} (Tunix uses 1e-6)")
+        raise _refuse(family, f"rms_norm_eps={t['rms_norm_eps']} (Tunix uses 1e-6)")
     act = t.get("hidden_activation") or t.get("hidden_act")
     if act != "gelu_pytorch_tanh":
-        raise refuse(f"hidden_activation={act!r}")
+        raise _refuse(family, f"hidden_activation={act!r}")
     if t.get("use_bidirectional_attention"):
-        raise refuse("use_bidirectional_attention=true")
-    local_theta, global_theta, local_factor, global_factor = _rope(t, family)
-    sizes = dict(num_layers=layers, num_embed=t["vocab_size"], embed_dim=t["hidden_size"],
-                 hidden_dim=t["intermediate_size"], num_heads=heads, head_dim=head_dim,
+        raise _refuse(family, "use_bidirectional_attention=true")
+    rope = _rope(t, family)
+    sizes = dict(num_layers=t["num_hidden_layers"], num_embed=t["vocab_size"],
+                 embed_dim=t["hidden_size"], hidden_dim=t["intermediate_size"],
+                 num_heads=t["num_attention_heads"], head_dim=t["head_dim"],
                  num_kv_heads=t["num_key_value_heads"], sliding_window_size=t["sliding_window"])
     if family == "gemma2":
-        if t["query_pre_attn_scalar"] != head_dim:
-            raise refuse(f"query_pre_attn_scalar={t['query_pre_attn_scalar']} != head_dim")
-        if (local_theta, global_theta, local_factor, global_factor) != (1e4, 1e4, 1.0, 1.0):
-            raise refuse("RoPE other than base 10000 without scaling")
-        from tunix.models.gemma.model import ModelConfig
+        return family, _gemma2_from_hf(t, sizes, rope)
+    return family, _gemma3_from_hf(t, text, sizes, rope, dtype)
 
-        return family, ModelConfig(
-            **sizes, final_logit_softcap=t["final_logit_softcapping"],
-            attn_logits_soft_cap=t["attn_logit_softcapping"], use_post_attn_norm=True,
-            use_post_ffw_norm=True, attention_types=_gemma2_attention(layers, t.get("layer_types")))
 
+def _refuse(family: str, what: str) -> ModelLoadError:
+    return ModelLoadError(f"config.json: {what} is not supported by Tunix's {family} model")
+
+
+def _gemma2_from_hf(t: dict, sizes: dict, rope: tuple[float, ...]) -> Any:
+    from tunix.models.gemma.model import ModelConfig
+
+    if t["query_pre_attn_scalar"] != sizes["head_dim"]:
+        raise _refuse("gemma2", f"query_pre_attn_scalar={t['query_pre_attn_scalar']} != head_dim")
+    if rope != (1e4, 1e4, 1.0, 1.0):
+        raise _refuse("gemma2", "RoPE other than base 10000 without scaling")
+    return ModelConfig(
+        **sizes, final_logit_softcap=t["final_logit_softcapping"],
+        attn_logits_soft_cap=t["attn_logit_softcapping"], use_post_attn_norm=True,
+        use_post_ffw_norm=True,
+        attention_types=_gemma2_attention(sizes["num_layers"], t.get("layer_types")))
+
+
+def _gemma3_from_hf(t: dict, text: dict, sizes: dict, rope: tuple[float, ...], dtype) -> Any:
     from tunix.models.gemma3 import model as g3
 
+    layers, head_dim = sizes["num_layers"], sizes["head_dim"]
     pattern = ["full_attention" if k == g3.AttentionType.GLOBAL else "sliding_attention"
                for k in itertools.islice(itertools.cycle(g3.GEMMA3_ATTENTION_PATTERN), layers)]
     every = text.get("sliding_window_pattern") or text.get("_sliding_window_pattern") or 6
     kinds = t.get("layer_types") or [
         "sliding_attention" if (i + 1) % every else "full_attention" for i in range(layers)]
     if list(kinds) != pattern:
-        raise refuse(f"layer_types {kinds} (Tunix uses 5 local then 1 global)")
+        raise _refuse("gemma3", f"layer_types {kinds} (Tunix uses 5 local then 1 global)")
     if t["final_logit_softcapping"] is not None or t["attn_logit_softcapping"] is not None:
-        raise refuse("logit soft-capping")
+        raise _refuse("gemma3", "logit soft-capping")
     norm = g3.QueryPreAttentionNormalisation
     if t["query_pre_attn_scalar"] == head_dim:
         query_norm = norm.BY_ONE_OVER_SQRT_HEAD_DIM
-    elif t["query_pre_attn_scalar"] == t["hidden_size"] // heads:
+    elif t["query_pre_attn_scalar"] == t["hidden_size"] // sizes["num_heads"]:
         query_norm = norm.BY_ONE_OVER_SQRT_EMBED_DIM_DIV_NUM_HEADS
     else:
-        raise refuse(f"query_pre_attn_scalar={t['query_pre_attn_scalar']}")
-    return family, g3.ModelConfig(
+        raise _refuse("gemma3", f"query_pre_attn_scalar={t['query_pre_attn_scalar']}")
+    local_theta, global_theta, local_factor, global_factor = rope
+    return g3.ModelConfig(
         **sizes, local_base_frequency=local_theta, global_base_frequency=global_theta,
         local_scale_factor=local_factor, global_scale_factor=global_factor,
         query_pre_attn_norm=query_norm, param_dtype=dtype)

@@ -84,7 +84,8 @@ def _load_gguf(path: Path, spec: ModelSpec | None, dtype, use_cache: bool) -> Lo
 
     reader = gguf_io.open_gguf(path)
     family, config = gguf_io.tunix_config_from_gguf(reader, param_dtype=dtype)
-    key = file_sha256(path)[:16]
+    digest = file_sha256(path)
+    key = digest[:16]
     cached = cache_dir() / f"params-{key}.safetensors" if use_cache else None
     if cached is not None and cached.exists():
         params = {parse_path_name(k): v for k, v in load_file(cached).items()}
@@ -103,7 +104,7 @@ def _load_gguf(path: Path, spec: ModelSpec | None, dtype, use_cache: bool) -> Lo
                          context_length=int(context) if context else None)
     model = build_model(family, config, params, dtype=dtype)
     package = _embedded_package() if spec.embedded else None
-    source = portable_source(path, digest=key, package=package)
+    source = portable_source(path, digest=digest, package=package)
     return LoadedModel(model=model, tokenizer=tokenizer, spec=spec, source=source)
 
 

@@ -20,7 +20,6 @@ Ids: PAD=0, EOS=1, BOS=2, UNK=3.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -133,7 +132,3 @@ def tokenizer_from_gguf(reader, cache_dir: Path | None, key: str) -> Tokenizer:
         tmp.write_bytes(proto)
         tmp.replace(cached)
     return Tokenizer(proto)
-
-
-def proto_digest(proto: bytes) -> str:
-    return hashlib.sha256(proto).hexdigest()[:16]
