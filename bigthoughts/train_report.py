@@ -2,37 +2,54 @@
 
     bigthoughts train-report runs/gemma3-270m-format --out docs/img
 
-One figure, ``training_curves.png``, with four panels over steps: each reward
-function's mean and the total, format compliance and batch accuracy, KL to the
-reference, and completion length. Curves are smoothed with a trailing moving
+One figure, ``training_curves.png``, with four panels over steps. A GRPO run: each
+reward function's mean and the total, format compliance and batch accuracy, KL to
+the reference, and completion length. A supervised (``sft``) run: training loss
+with the periodic validation loss, validation accuracy and format, tokens/s and
+the share of padding. Curves are smoothed with a trailing moving
 average (window shown in the legend); raw points are drawn faintly behind.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
 from bigthoughts.evaluate import RunDirError
+from bigthoughts.files import JsonlError, read_jsonl
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
+    """Every record of the run's ``metrics.jsonl`` (steps and evaluations)."""
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
         raise RunDirError(f"{run_dir} has no metrics.jsonl: is it a training run directory?")
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue  # a line torn by a kill
-        if "reward_mean" in row:
-            rows.append(row)
-    if not rows:
+    try:
+        rows = read_jsonl(path)
+    except JsonlError as err:
+        raise RunDirError(str(err)) from err
+    if not any("reward_mean" in r or "loss" in r for r in rows):
         raise RunDirError(f"{path} holds no training steps yet")
     return rows
+
+
+def _panels(rows: list[dict]) -> tuple[str, list[tuple[str, list[str], tuple | None]]]:
+    """The figure's title and its four (panel title, metric keys, y-limits)."""
+    if any("reward_mean" in r for r in rows):
+        rewards = sorted({k for r in rows for k in r if k.startswith("reward/")})
+        return "GRPO training", [
+            ("Rewards (mean per completion)", ["reward_mean", *rewards], None),
+            ("Format compliance and accuracy (batch)", ["format_compliance", "accuracy"],
+             (0, 1)),
+            ("KL to the reference model", ["kl"], None),
+            ("Completion length (tokens)", ["completion_length"], None)]
+    return "Supervised warm start", [
+        ("Loss (NLL per completion token)", ["loss", "eval/loss"], None),
+        ("Validation: greedy accuracy and format", ["eval/accuracy", "eval/format_compliance"],
+         (0, 1)),
+        ("Throughput (tokens/s)", ["tokens_per_second"], None),
+        ("Padding share of each batch", ["padding"], (0, 1))]
 
 
 def _smooth(values: np.ndarray, window: int) -> np.ndarray:
@@ -46,24 +63,18 @@ def plot_training(run_dir: Path, out_dir: Path, *, window: int = 10) -> Path:
     from matplotlib.figure import Figure
 
     rows = read_metrics(run_dir)
-    steps = np.array([r["step"] for r in rows])
-    col = lambda k: np.array([r.get(k, np.nan) for r in rows], dtype=float)  # noqa: E731
+    kind, panels = _panels(rows)
     fig = Figure(figsize=(12, 8), dpi=120)
-    axes = fig.subplots(2, 2)
-    panels = [
-        (axes[0, 0], "Rewards (mean per completion)",
-         ["reward_mean"] + sorted(k for k in rows[-1] if k.startswith("reward/")), None),
-        (axes[0, 1], "Format compliance and accuracy (batch)",
-         ["format_compliance", "accuracy"], (0, 1)),
-        (axes[1, 0], "KL to the reference model", ["kl"], None),
-        (axes[1, 1], "Completion length (tokens)", ["completion_length"], None),
-    ]
-    for ax, title, keys, ylim in panels:
+    for ax, (title, keys, ylim) in zip(fig.subplots(2, 2).flat, panels, strict=True):
         for key in keys:
-            values = col(key)
-            if np.all(np.isnan(values)):
+            have = [r for r in rows if isinstance(r.get(key), int | float)]
+            if not have:
                 continue
-            line, = ax.plot(steps, _smooth(values, window), label=f"{key} (avg {window})")
+            steps = np.array([r["step"] for r in have])
+            values = np.array([r[key] for r in have], dtype=float)
+            smooth = window if not key.startswith("eval/") else 1
+            line, = ax.plot(steps, _smooth(values, smooth), marker="o" if smooth == 1 else None,
+                            label=f"{key} (avg {smooth})" if smooth > 1 else key)
             ax.plot(steps, values, color=line.get_color(), alpha=0.2, linewidth=0.8)
         ax.set_title(title)
         ax.set_xlabel("step")
@@ -71,7 +82,8 @@ def plot_training(run_dir: Path, out_dir: Path, *, window: int = 10) -> Path:
             ax.set_ylim(*ylim)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="best")
-    fig.suptitle(f"GRPO training: {Path(run_dir).name} ({len(rows)} steps)")
+    n_steps = sum(1 for r in rows if "reward_mean" in r or "loss" in r)
+    fig.suptitle(f"{kind}: {Path(run_dir).name} ({n_steps} steps)")
     fig.tight_layout()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

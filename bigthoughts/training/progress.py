@@ -70,5 +70,9 @@ class Progress:
         self._print(f"resuming from step {step}"
                     + (f" ({where(checkpoint)})" if checkpoint is not None else ""))
 
+    def note(self, line: str) -> None:
+        """A line of context (e.g. how much data a stage found)."""
+        self._print(line)
+
     def step(self, record: dict, *, total: int, seconds_per_step: float | None) -> None:
         self._print(step_line(record, total=total, seconds_per_step=seconds_per_step))

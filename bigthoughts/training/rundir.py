@@ -10,32 +10,17 @@ back to the checkpoint's step (atomically), so redone steps appear once.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from bigthoughts.config import ConfigError
+from bigthoughts.files import atomic_write_json, atomic_write_text, read_jsonl
 
 # Keys that change no trained number: a memory knob (a relay run may resume on a
 # machine with less memory) and how often to save and evaluate. A run may resume with
 # them changed, and runs saved before a key existed resume as if it had its default.
 RESUMABLE_CHANGES: tuple[str, ...] = ("grpo.remat_layers", "save_every", "keep_checkpoints",
                                       "eval_every", "eval_examples")
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    """Writes ``text`` to a temporary file beside ``path``, fsyncs it, then renames it."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _flatten(data: Mapping, prefix: str = "") -> dict:
@@ -93,20 +78,7 @@ def prepare_run_dir(out: Path, config_dict: Mapping, *,
     check_run_dir(out, config_dict, resumable_changes=resumable_changes)
     if not (out / "config.json").exists():
         out.mkdir(parents=True, exist_ok=True)
-        _atomic_write_text(out / "config.json", json.dumps(dict(config_dict), indent=1))
-
-
-def _read_records(path: Path) -> list[tuple[str, dict]]:
-    """(line, record) of each readable line; a line torn by a kill is dropped."""
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict) and isinstance(record.get("step"), int):
-            rows.append((line, record))
-    return rows
+        atomic_write_json(out / "config.json", dict(config_dict), indent=1)
 
 
 class MetricsLog:
@@ -136,8 +108,8 @@ class MetricsLog:
         """Drops the lines of steps after ``step`` (they will be redone), atomically."""
         for path in (self.metrics_path, self.samples_path):
             if path.exists():
-                keep = [line for line, rec in _read_records(path) if rec["step"] <= step]
-                _atomic_write_text(path, "".join(x + "\n" for x in keep))
+                keep = [r for r in read_jsonl(path) if r.get("step", 0) <= step]
+                atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in keep))
 
     def _tensorboard(self):
         if self._writer is None:
