@@ -1,33 +1,42 @@
 #!/usr/bin/env bash
-# Reproduces docs/RESULTS.md: GRPO format run on the embedded Gemma 3 270M base, then
-# before/after evaluation on the first N GSM8K test questions and the report.
-# Usage: bash scripts/results_270m.sh [RUNS_DIR] [N] [M]  (default runs/results-270m 200 100)
-# N questions for the single-pass runs, M for vote and zero-shot (CPU time: a base-model
-# vote costs ~15 s per question here, because the base model rambles to the token cap).
-# Every step resumes if interrupted: rerun the same command.
+# The 270M pipeline of docs/RESULTS.md: SFT -> GRPO (from the SFT adapter) -> evaluations
+# on the full GSM8K test set -> report. Every step resumes when rerun (training by its
+# relay checkpoints, evaluation by its results.jsonl), so a sitting can stop anywhere.
+#   bash scripts/results_270m.sh STAGE   # STAGE: sft | grpo | ablation | eval | report
+# A stage's product is committed before the next sitting (a fresh machine has only git):
+#   sft  -> adapters/gemma3-270m-sft.safetensors   grpo -> adapters/gemma3-270m-grpo.safetensors
+#   eval -> docs/results/gemma3-270m-v2/<run>/{results.jsonl,summary.json,run.json}
 set -euo pipefail
 cd "$(dirname "$0")/.."
-RUNS=${1:-runs/results-270m}
-N=${2:-200}
-M=${3:-100}
 B=.venv/bin/bigthoughts
 export BIGTHOUGHTS_DATA=${BIGTHOUGHTS_DATA:-../shared/data/gsm8k}
-mkdir -p "$RUNS"
+RUNS=runs
+OUT=docs/results/gemma3-270m-v2
+BUDGET=${BUDGET:-2h}
+relay() { "$@" || [ $? -eq 75 ]; }  # 75: the budget ended, rerun to continue
 
-# 1. GRPO (relay: exits 75 when the budget ends; rerun to continue). The published run
-#    was stopped at step 45 (format compliance had been ~1.0 on training batches since
-#    step ~10); --max-steps 45 then merges the LoRA and exports.
-$B train --config configs/gemma3-270m-format.yaml --out "$RUNS/train" --max-steps 45 \
-  --time-budget "${BUDGET:-8h45m}" || [ $? -eq 75 ]
-$B train-report "$RUNS/train"
-
-# 2. Before/after, same prompt (2-shot, the training prompt) and a zero-shot prompt.
-common=(--max-new-tokens 192 --batch-size 8 --quiet)
-trained=(--checkpoint "$RUNS/train/export")
-$B eval --mode single --limit "$N" "${common[@]}" --out "$RUNS/base-single"
-$B eval "${trained[@]}" --mode single --limit "$N" "${common[@]}" --out "$RUNS/trained-single"
-$B eval "${trained[@]}" --mode zero-shot --shots 0 --limit "$M" "${common[@]}" --out "$RUNS/trained-zeroshot"
-$B eval --mode zero-shot --shots 0 --limit "$M" "${common[@]}" --out "$RUNS/base-zeroshot"
-$B eval "${trained[@]}" --mode vote --votes 5 --limit "$M" "${common[@]}" --out "$RUNS/trained-vote"
-$B eval --mode vote --votes 5 --limit "$M" "${common[@]}" --out "$RUNS/base-vote"
-$B report "$RUNS"/{base,trained}-{single,vote,zeroshot} --out "$RUNS/report"
+case "${1:?usage: results_270m.sh sft|grpo|ablation|eval|report}" in
+  sft)
+    relay $B sft --config configs/gemma3-270m-sft.yaml --out $RUNS/gemma3-270m-sft \
+      --time-budget "$BUDGET"
+    if [ -f $RUNS/gemma3-270m-sft/export/adapter.safetensors ]; then
+      cp $RUNS/gemma3-270m-sft/export/adapter.safetensors adapters/gemma3-270m-sft.safetensors
+    fi ;;
+  grpo)
+    relay $B train --config configs/gemma3-270m-grpo.yaml --out $RUNS/gemma3-270m-grpo \
+      --time-budget "$BUDGET" ;;
+  ablation)
+    relay $B train --config configs/gemma3-270m-grpo.yaml --out $RUNS/gemma3-270m-grpo-outcome \
+      rewards.weights.step_correctness=0 rewards.weights.lucky_guess=0 --time-budget "$BUDGET" ;;
+  eval)  # greedy, zero-shot prompt, all 1,319 test questions unless LIMIT is set
+    common=(--max-new-tokens 256 --batch-size 8 --quiet ${LIMIT:+--limit $LIMIT})
+    sft=(--adapter adapters/gemma3-270m-sft.safetensors --style zeroshot)
+    $B eval --mode single --style zeroshot "${common[@]}" --out $OUT/base-zeroshot
+    $B eval --mode single --style fewshot --shots 2 "${common[@]}" --out $OUT/base-2shot
+    $B eval --mode single "${sft[@]}" "${common[@]}" --out $OUT/sft-single
+    $B eval --mode single "${sft[@]}" --calculator "${common[@]}" --out $OUT/sft-single-calc
+    $B eval --mode vote --votes 5 "${sft[@]}" --calculator --max-new-tokens 256 --batch-size 4 \
+      --quiet --limit ${VOTE_LIMIT:-500} --out $OUT/sft-vote-calc ;;
+  report)
+    $B report $OUT/*/ --out $OUT/report ;;
+esac

@@ -21,8 +21,9 @@ from pathlib import Path
 
 from bigthoughts.config import ConfigError, to_dict
 from bigthoughts.data import Example, load_gsm8k
-from bigthoughts.models.registry import LoadedModel, load_model
+from bigthoughts.models.registry import LoadedModel
 from bigthoughts.rewards import make_reward_fns
+from bigthoughts.training.adapter import check_adapter_path, load_starting_model
 from bigthoughts.training.config import TrainConfig, load_train_config
 from bigthoughts.training.grpo_trainer import GRPOTrainer
 from bigthoughts.training.loop import OutOfMemory, StageResult, is_out_of_memory, run_stage
@@ -73,12 +74,12 @@ def train(config: TrainConfig, *, max_steps: int | None = None,
     out = Path(out_dir or config.out_dir)
     deadline = _deadline(time_budget)
     check_run_dir(out, to_dict(config))
+    check_adapter_path(config.model)
     train_set, held = _data(config, examples)
     fns = reward_fns or make_reward_fns(config.rewards.weights,
                                         min_words=config.rewards.min_reasoning_words)
     try:
-        lm = loaded or load_model(config.model.name, path=config.model.path,
-                                  dtype=config.model.dtype)
+        lm = loaded or load_starting_model(config.model)
         prepare_run_dir(out, to_dict(config))
         stage = GRPOTrainer(config, out, examples=train_set, loaded=lm, reward_fns=fns,
                             held_out=held)
@@ -105,10 +106,10 @@ def sft(config: SFTConfig, *, max_steps: int | None = None,
     out = Path(out_dir or config.out_dir)
     deadline = _deadline(time_budget)
     check_run_dir(out, to_dict(config))
+    check_adapter_path(config.model)
     if examples is None:
         examples = load_gsm8k("train", config.data.path, limit=config.data.limit)
-    lm = loaded or load_model(config.model.name, path=config.model.path,
-                              dtype=config.model.dtype)
+    lm = loaded or load_starting_model(config.model)
     try:
         pairs, val_pairs, held, dropped = prepare_data(config, lm.tokenizer, examples)
     except ValueError as err:

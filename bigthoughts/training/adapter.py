@@ -23,8 +23,9 @@ from flax import nnx
 
 from bigthoughts.export import merge_lora
 from bigthoughts.models.build import build_model, parse_path_name, path_name
+from bigthoughts.models.registry import load_model
 from bigthoughts.models.spec import LoadedModel
-from bigthoughts.training.config import LoraSection
+from bigthoughts.training.config import LoraSection, ModelSection
 from bigthoughts.training.state import apply_lora
 
 FORMAT = "bigthoughts-lora-1"
@@ -106,3 +107,16 @@ def with_adapter(loaded: LoadedModel, path: str | Path) -> LoadedModel:
     merged = build_model(loaded.spec.family, loaded.model.config, params, dtype=dtype)
     return LoadedModel(model=merged, tokenizer=loaded.tokenizer, spec=loaded.spec,
                        source=f"{loaded.source} + {Path(path).name}")
+
+
+def check_adapter_path(model: ModelSection) -> None:
+    """Refuses a configured adapter that is not a file (before anything loads)."""
+    if model.adapter is not None and not Path(model.adapter).expanduser().is_file():
+        raise AdapterError(f"model.adapter {model.adapter} does not exist")
+
+
+def load_starting_model(model: ModelSection) -> LoadedModel:
+    """The weights a training stage starts from: the model, plus its adapter if any."""
+    check_adapter_path(model)
+    loaded = load_model(model.name, path=model.path, dtype=model.dtype)
+    return with_adapter(loaded, Path(model.adapter).expanduser()) if model.adapter else loaded

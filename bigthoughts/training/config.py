@@ -36,10 +36,13 @@ def _finite(name: str, value: float) -> None:
 
 @dataclass(frozen=True, kw_only=True)
 class ModelSection:
-    """The policy's starting weights: a registry ``name`` and/or a checkpoint ``path``."""
+    """The policy's starting weights: a registry ``name`` and/or a checkpoint ``path``,
+    optionally with a LoRA ``adapter`` folded in (e.g. the ``adapter.safetensors`` of an
+    SFT export). For GRPO the adapted model is also the reference of the KL term."""
 
     name: str = "gemma3-270m"
     path: str | None = None
+    adapter: str | None = None
     dtype: str = "float32"
 
     def __post_init__(self) -> None:
