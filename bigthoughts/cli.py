@@ -6,6 +6,7 @@
     bigthoughts report runs/single runs/vote --out runs/report
     bigthoughts train --config configs/gemma3-270m-cpu.yaml --max-steps 2
     bigthoughts download --dest ~/.cache/bigthoughts/gsm8k
+    bigthoughts serve --port 8000        # OpenAI-compatible HTTP, consensus via extra_body
 
 User mistakes (a bad path, an unknown model, a malformed config) end with a one-line
 ``error: ...`` message and exit status 2, never a traceback.
@@ -187,6 +188,34 @@ def cmd_download(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    import socket
+
+    from bigthoughts.generate import Sampler
+    from bigthoughts.serve.app import create_app, run_server
+    from bigthoughts.serve.handlers import ServeConfig
+    from bigthoughts.serve.schema import Limits
+
+    try:
+        with socket.socket() as sock:  # fail before the model loads, in one line
+            sock.bind((args.host, args.port))
+    except OSError as exc:
+        raise UserError(f"cannot listen on {args.host}:{args.port}: {exc.strerror}") from None
+    if min(args.max_batch_rows, args.queue_size) < 1 or args.batch_wait_ms < 0:
+        raise UserError("--max-batch-rows and --queue-size must be >= 1, --batch-wait-ms >= 0")
+    lm = _load(args)
+    context = 32768 if lm.spec.family == "gemma3" else 8192  # Gemma 3 270M/1B: 32K tokens
+    config = ServeConfig(
+        model_id=lm.spec.name, prompt_style=lm.spec.prompt_style,
+        limits=Limits(max_n=min(16, args.max_batch_rows), context_length=context),
+        max_batch_rows=args.max_batch_rows, queue_size=args.queue_size,
+        batch_wait_s=args.batch_wait_ms / 1000)
+    app = create_app(Sampler(lm.model, lm.tokenizer), config)
+    print(f"serving {config.model_id} on http://{args.host}:{args.port}/v1", file=sys.stderr)
+    run_server(app, host=args.host, port=args.port)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from bigthoughts import __version__
 
@@ -255,6 +284,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="folder for the PNG (default: the run dir)")
     p.add_argument("--window", type=int, default=10, help="moving-average window")
     p.set_defaults(func=cmd_train_report)
+
+    p = sub.add_parser("serve", help="OpenAI-compatible HTTP server (votes via extra_body)")
+    _add_model_args(p)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--max-batch-rows", type=int, default=32,
+                   help="most rows (prompts x samples) decoded in one engine call")
+    p.add_argument("--queue-size", type=int, default=64,
+                   help="most requests waiting for the engine; beyond: 503 + Retry-After")
+    p.add_argument("--batch-wait-ms", type=float, default=20.0,
+                   help="how long a free engine waits for concurrent requests to join")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("download", help="download GSM8K (checksummed) into the cache")
     p.add_argument("--dest", default=None)
