@@ -144,6 +144,9 @@ class Batcher:
         with self._cond:
             if self._stopping:
                 raise Cancelled("server shutting down")
+            if job.cancelled.is_set():  # the client left before its job was queued
+                self.stats.dropped += 1
+                raise Cancelled("client disconnected")
             if len(self._pending) >= self.queue_size:
                 raise QueueFull(f"{len(self._pending)} requests are queued")
             self._pending.append(job)

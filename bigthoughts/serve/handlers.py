@@ -29,7 +29,7 @@ from typing import Any
 from bigthoughts.answers import extract_answer
 from bigthoughts.config import VoteConfig
 from bigthoughts.data import ANSWER_STOP, FEWSHOT_STOP, build_prompt
-from bigthoughts.serve.batcher import Batcher, Cancelled, GenerationSettings, Job
+from bigthoughts.serve.batcher import Batcher, GenerationSettings, Job
 from bigthoughts.serve.schema import APIError, CompletionRequest, Limits
 from bigthoughts.solve import CHAT_STOP, PROMPT_STYLES, Solution, Solver
 from bigthoughts.voting import ladder
@@ -125,8 +125,6 @@ class RequestEngine:
 
     def generate(self, prompts, *, temperatures, num_samples: int = 1, max_new_tokens: int,
                  stop=(), stop_inclusive=(), seed: int = 0, top_k=None, top_p=None):
-        if self.cancelled.is_set():
-            raise Cancelled("client disconnected")
         rows = len(prompts) * num_samples
         temps = [float(temperatures)] * rows if isinstance(temperatures, int | float) \
             else list(temperatures)

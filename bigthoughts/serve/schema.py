@@ -116,14 +116,15 @@ def _type_error(param: str, expected: str, value: Any) -> APIError:
                          f"{json.dumps(value)[:80]}", param=param, code="invalid_type")
 
 
-def _get_int(data: dict, name: str, default: int | None, lo: int, hi: int) -> int | None:
-    value = data.get(name)
+def _get_int(data: dict, name: str, default: int | None, lo: int, hi: int,
+             *, param: str | None = None) -> int | None:
+    value, param = data.get(name), param or name
     if value is None:
         return default
     if isinstance(value, bool) or not isinstance(value, int):
-        raise _type_error(name, "an integer", value)
+        raise _type_error(param, "an integer", value)
     if not lo <= value <= hi:
-        raise APIError(400, f"{name} must be between {lo} and {hi}, got {value}", param=name,
+        raise APIError(400, f"{param} must be between {lo} and {hi}, got {value}", param=param,
                        code="out_of_range")
     return value
 
@@ -170,7 +171,7 @@ def _vote(data: dict, limits: Limits) -> Vote | None:
         return None
     if not isinstance(value, dict):
         raise _type_error("vote", "an object like {\"k\": 5, \"strategy\": \"majority\"}", value)
-    k = _get_int(value, "k", 5, 1, limits.max_n)
+    k = _get_int(value, "k", 5, 1, limits.max_n, param="vote.k")
     strategy = value.get("strategy", "majority")
     if not isinstance(strategy, str):
         raise _type_error("vote.strategy", "a string", strategy)
