@@ -85,38 +85,34 @@ def _install_error_handlers(app: FastAPI) -> None:
                                         type_="server_error", code="internal_error"))
 
 
-def create_app(engine, config: ServeConfig | None = None) -> FastAPI:
-    """The OpenAI-compatible app over ``engine`` (anything with the Sampler's ``generate``)."""
-    config = config or ServeConfig()
-    batcher = Batcher(engine, max_batch_rows=config.max_batch_rows,
-                      queue_size=config.queue_size, batch_wait_s=config.batch_wait_s)
-    in_flight = config.queue_size + config.max_batch_rows
-    executor = ThreadPoolExecutor(max_workers=in_flight, thread_name_prefix="request")
-    admission = _Admission(in_flight)
-    calculator_ok = accepts_calculator(engine)
-    tokenizer = getattr(engine, "tokenizer", None)
+class _Service:
+    """The app's state and request path: batcher, request threads, admission."""
 
-    @contextlib.asynccontextmanager
-    async def lifespan(_app: FastAPI):
-        batcher.start()
-        yield
-        batcher.stop()
-        executor.shutdown(wait=False, cancel_futures=True)
+    def __init__(self, engine, config: ServeConfig):
+        self.config = config
+        self.batcher = Batcher(engine, max_batch_rows=config.max_batch_rows,
+                               queue_size=config.queue_size, batch_wait_s=config.batch_wait_s)
+        in_flight = config.queue_size + config.max_batch_rows
+        self.executor = ThreadPoolExecutor(max_workers=in_flight, thread_name_prefix="request")
+        self.admission = _Admission(in_flight)
+        self.calculator_ok = accepts_calculator(engine)
+        self.tokenizer = getattr(engine, "tokenizer", None)
 
-    app = FastAPI(title="bigthoughts", lifespan=lifespan)
-    app.state.batcher, app.state.config = batcher, config
-    _install_error_handlers(app)
+    def close(self) -> None:
+        self.batcher.stop()
+        self.executor.shutdown(wait=False, cancel_futures=True)
 
-    async def run_plan(request: Request, plan: Plan):
-        job_engine = RequestEngine(batcher, calculator=plan.req.calculator)
-        with admission.slot():
+    async def run_plan(self, request: Request, plan: Plan):
+        """Runs the plan in a request thread; cancels its jobs if the client leaves."""
+        job_engine = RequestEngine(self.batcher, calculator=plan.req.calculator)
+        with self.admission.slot():
             loop = asyncio.get_running_loop()
-            task = loop.run_in_executor(executor, plan.run, job_engine)
+            task = loop.run_in_executor(self.executor, plan.run, job_engine)
             while True:
                 done, _ = await asyncio.wait({task}, timeout=DISCONNECT_POLL_S)
                 if done:
                     break
-                if await request.is_disconnected():
+                if not job_engine.cancelled.is_set() and await request.is_disconnected():
                     job_engine.cancel()
             try:
                 return task.result()
@@ -130,44 +126,62 @@ def create_app(engine, config: ServeConfig | None = None) -> FastAPI:
                 raise APIError(500, f"generation failed: {type(exc).__name__}: {exc}",
                                type_="server_error", code="generation_error") from None
 
-    async def complete(request: Request, *, chat: bool):
+    async def complete(self, request: Request, *, chat: bool) -> Response:
+        limits = self.config.limits
         length = request.headers.get("content-length", "")
-        if length.isdigit() and int(length) > config.limits.max_request_bytes:
+        if length.isdigit() and int(length) > limits.max_request_bytes:
             raise APIError(413, f"request body is {length} bytes; the limit is "
-                                f"{config.limits.max_request_bytes}", code="request_too_large")
-        req = parse_request(read_json(await request.body(), config.limits), chat=chat,
-                            limits=config.limits)
-        if req.calculator and not calculator_ok:
+                                f"{limits.max_request_bytes}", code="request_too_large")
+        req = parse_request(read_json(await request.body(), limits), chat=chat, limits=limits)
+        if req.calculator and not self.calculator_ok:
             raise APIError(400, "the calculator is unavailable with this engine",
                            param="calculator", code="calculator_unavailable")
-        result = await run_plan(request, Plan(req, config, tokenizer))
+        result = await self.run_plan(request, Plan(req, self.config, self.tokenizer))
         if result is None:  # the client left; nobody reads this
             return Response(status_code=499)
         if req.stream:
-            return StreamingResponse(stream_events(req, result, config.model_id),
+            return StreamingResponse(stream_events(req, result, self.config.model_id),
                                      media_type="text/event-stream")
-        return JSONResponse(completion_body(req, result, config.model_id))
+        return JSONResponse(completion_body(req, result, self.config.model_id))
+
+    def health(self) -> dict:
+        s = self.batcher.stats
+        return {"status": "ok", "model": self.config.model_id, "queued": self.batcher.queued,
+                "in_flight": self.admission.active, "engine_calls": s.engine_calls,
+                "jobs": s.jobs, "rows": s.rows, "dropped": s.dropped,
+                "largest_batch": s.largest_batch}
+
+
+def create_app(engine, config: ServeConfig | None = None) -> FastAPI:
+    """The OpenAI-compatible app over ``engine`` (anything with the Sampler's ``generate``)."""
+    service = _Service(engine, config or ServeConfig())
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        service.batcher.start()
+        yield
+        service.close()
+
+    app = FastAPI(title="bigthoughts", lifespan=lifespan)
+    app.state.service = service
+    _install_error_handlers(app)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
-        return await complete(request, chat=True)
+        return await service.complete(request, chat=True)
 
     @app.post("/v1/completions")
     async def completions(request: Request):
-        return await complete(request, chat=False)
+        return await service.complete(request, chat=False)
 
     @app.get("/v1/models")
     async def models():
-        return {"object": "list", "data": [{"id": config.model_id, "object": "model",
+        return {"object": "list", "data": [{"id": service.config.model_id, "object": "model",
                                             "created": 0, "owned_by": "bigthoughts"}]}
 
     @app.get("/health")
     async def health():
-        s = batcher.stats
-        return {"status": "ok", "model": config.model_id, "queued": batcher.queued,
-                "in_flight": admission.active, "engine_calls": s.engine_calls,
-                "jobs": s.jobs, "rows": s.rows, "dropped": s.dropped,
-                "largest_batch": s.largest_batch}
+        return service.health()
 
     return app
 
