@@ -1,7 +1,7 @@
 """Load test of `bigthoughts serve`: concurrent clients against one-at-a-time requests.
 
     .venv/bin/python benchmarks/serve_load.py [--clients 1,4,16] [--requests 4] \\
-        [--max-tokens 32] [--vote 0] [--json out.json]
+        [--max-tokens 32] [--shots 2] [--vote 0] [--json out.json]
 
 Starts the server in this process on a free 127.0.0.1 port (the embedded Gemma 3
 270M, or ``--model``), then for each N in ``--clients`` runs N client threads that
@@ -99,7 +99,7 @@ def measure(base_url: str, raw, qs: list[str], label: str, clients: int, per_cli
 
 
 def print_table(rows: list[dict], ratio: float, busiest: str, args) -> None:
-    print(f"\nmax_tokens={args.max_tokens}, greedy, "
+    print(f"\nmax_tokens={args.max_tokens}, shots={args.shots}, greedy, "
           f"{'vote k=' + str(args.vote) if args.vote else 'single pass'}, "
           f"{args.requests} requests per client\n")
     print("| scenario | requests | answered | errors | req/s | p50 s | p95 s | engine calls |")
@@ -116,6 +116,8 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=4, help="requests per client")
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--vote", type=int, default=0, help="k for a vote per request (0: none)")
+    parser.add_argument("--shots", type=int, default=2,
+                        help="worked examples in the base-model prompt (0: zero-shot)")
     parser.add_argument("--model", default=None)
     parser.add_argument("--json", default=None, help="also write the numbers here")
     args = parser.parse_args()
@@ -133,6 +135,7 @@ def main() -> None:
     lm = load_model(args.model)
     qs = questions(max(counts) * args.requests)
     config = ServeConfig(model_id=lm.spec.name, prompt_style=lm.spec.prompt_style,
+                         shots=args.shots,
                          max_batch_rows=max(32, max(counts) * max(1, args.vote)))
     app = create_app(Sampler(lm.model, lm.tokenizer), config)
     with serving(app, host="127.0.0.1") as base_url, \

@@ -203,10 +203,12 @@ def cmd_serve(args) -> int:
         raise UserError(f"cannot listen on {args.host}:{args.port}: {exc.strerror}") from None
     if min(args.max_batch_rows, args.queue_size) < 1 or args.batch_wait_ms < 0:
         raise UserError("--max-batch-rows and --queue-size must be >= 1, --batch-wait-ms >= 0")
+    if not 0 <= args.shots <= 3:
+        raise UserError(f"--shots must be between 0 and 3, got {args.shots}")
     lm = _load(args)
     context = 32768 if lm.spec.family == "gemma3" else 8192  # Gemma 3 270M/1B: 32K tokens
     config = ServeConfig(
-        model_id=lm.spec.name, prompt_style=lm.spec.prompt_style,
+        model_id=lm.spec.name, prompt_style=lm.spec.prompt_style, shots=args.shots,
         limits=Limits(max_n=min(16, args.max_batch_rows), context_length=context),
         max_batch_rows=args.max_batch_rows, queue_size=args.queue_size,
         batch_wait_s=args.batch_wait_ms / 1000)
@@ -295,6 +297,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="most requests waiting for the engine; beyond: 503 + Retry-After")
     p.add_argument("--batch-wait-ms", type=float, default=20.0,
                    help="how long a free engine waits for concurrent requests to join")
+    p.add_argument("--shots", type=int, default=2,
+                   help="worked examples in base-model prompts (0: zero-shot)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("download", help="download GSM8K (checksummed) into the cache")

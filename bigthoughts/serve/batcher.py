@@ -2,8 +2,9 @@
 
 One worker thread owns the engine (JAX is driven from a single thread). Request
 handlers submit :class:`Job` s to a bounded queue and wait on a future. Whenever the
-engine is free the worker waits ``batch_wait_s`` for stragglers, then takes the
-oldest job plus every queued job with the same :class:`GenerationSettings` (stop
+engine is free the worker waits while requests keep arriving (each within
+``batch_wait_s`` of the previous one, at most ``MAX_GATHER_ROUNDS`` waits), then takes
+the oldest job plus every queued job with the same :class:`GenerationSettings` (stop
 strings, max tokens, seed, sampling filters, calculator) while the rows fit
 ``max_batch_rows``, and runs them as ONE ``engine.generate`` call. Requests that
 arrive while a batch decodes wait for the next batch.
@@ -31,6 +32,8 @@ from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
+
+MAX_GATHER_ROUNDS = 50  # at most this many batch_wait_s waits before a batch starts
 
 
 class QueueFull(Exception):
@@ -170,12 +173,28 @@ class Batcher:
                     self._cond.wait()
                 if self._stopping:
                     return
-                full = sum(j.rows for j in self._pending) >= self.max_batch_rows
-            if self.batch_wait_s and not full:
-                time.sleep(self.batch_wait_s)  # let requests sent together arrive together
+                self._gather()
             batch = self._take_batch()
             if batch:
                 self._execute(batch)
+
+    def _gather(self) -> None:
+        """Waits (lock held) while requests keep arriving, ``batch_wait_s`` apart at most.
+
+        A burst sent together joins one batch; bounded by ``MAX_GATHER_ROUNDS`` waits.
+        """
+        for _ in range(MAX_GATHER_ROUNDS if self.batch_wait_s else 0):
+            seen = len(self._pending)
+            if sum(j.rows for j in self._pending) >= self.max_batch_rows:
+                return
+            deadline = time.monotonic() + self.batch_wait_s
+            while len(self._pending) == seen and not self._stopping:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return
+                self._cond.wait(timeout=left)
+            if self._stopping:
+                return
 
     def _take_batch(self) -> list[Job]:
         with self._cond:
