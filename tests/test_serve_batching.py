@@ -156,3 +156,18 @@ def test_batcher_keeps_shared_prefill_when_k_agrees_and_drops_cancelled_jobs():
     assert engine.calls[0]["prompts"] == ["a", "b"] and engine.calls[0]["num_samples"] == 2
     assert len(engine.calls) == 1 and batcher.stats.dropped == 1
     assert gone.future.exception() is not None
+
+
+def test_batcher_gathers_a_burst_of_arrivals_into_one_call():
+    engine = ScriptedEngine(["x"])
+    batcher = Batcher(engine, max_batch_rows=8, queue_size=8, batch_wait_s=2.0)
+    batcher.start()
+    jobs = []
+    for prompt in ("a", "b", "c"):  # 0.05 s apart: well inside the 2 s gather window
+        jobs.append(batcher.submit([prompt], temperatures=[0.0], num_samples=1,
+                                   settings=SETTINGS))
+        threading.Event().wait(0.05)
+    for job in jobs:
+        job.future.result(timeout=60)
+    batcher.stop()
+    assert [c["prompts"] for c in engine.calls] == [["a", "b", "c"]]

@@ -120,3 +120,18 @@ def test_parse_request_defaults_and_aliases():
     req = parse_request({"prompt": ["a", "b"], "n": 2, "stop": "x"}, chat=False,
                         limits=Limits(max_n=4))
     assert req.prompts == ("a", "b") and req.stop == ("x",) and not req.chat
+
+
+def test_chunked_body_without_length_over_the_limit_is_413(server):
+    _, raw, _ = server
+
+    def body():  # no Content-Length: the server counts while it reads
+        yield b'{"messages": [{"role": "user", "content": "'
+        for _ in range(TINY_LIMITS.max_request_bytes // 1024 + 2):
+            yield b"x" * 1024
+        yield b'"}]}'
+
+    r = raw.post("/v1/chat/completions", content=body(),
+                 headers={"content-type": "application/json"})
+    assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
+    assert "content-length" not in r.request.headers

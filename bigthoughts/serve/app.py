@@ -49,6 +49,25 @@ def _overloaded(message: str) -> APIError:
                     code="overloaded", headers={"Retry-After": str(RETRY_AFTER_S)})
 
 
+def _too_large(size: int | str, limit: int) -> APIError:
+    return APIError(413, f"request body is {size} bytes or more; the limit is {limit}",
+                    code="request_too_large")
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The body, refused (413) as soon as it passes ``limit`` bytes, declared or not."""
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > limit:
+        raise _too_large(length, limit)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(size, limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 class _Admission:
     """Counts requests in flight; refuses beyond ``limit`` (no unbounded pile-up)."""
 
@@ -128,11 +147,8 @@ class _Service:
 
     async def complete(self, request: Request, *, chat: bool) -> Response:
         limits = self.config.limits
-        length = request.headers.get("content-length", "")
-        if length.isdigit() and int(length) > limits.max_request_bytes:
-            raise APIError(413, f"request body is {length} bytes; the limit is "
-                                f"{limits.max_request_bytes}", code="request_too_large")
-        req = parse_request(read_json(await request.body(), limits), chat=chat, limits=limits)
+        body = await _read_body(request, limits.max_request_bytes)
+        req = parse_request(read_json(body, limits), chat=chat, limits=limits)
         if req.calculator and not self.calculator_ok:
             raise APIError(400, "the calculator is unavailable with this engine",
                            param="calculator", code="calculator_unavailable")
