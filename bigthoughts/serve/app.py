@@ -31,7 +31,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException
 
-from bigthoughts.serve.batcher import Batcher, Cancelled, QueueFull
+from bigthoughts.serve.batcher import Batcher, Cancelled, Engine, QueueFull
 from bigthoughts.serve.handlers import Plan, RequestEngine, ServeConfig, accepts_calculator
 from bigthoughts.serve.respond import completion_body, stream_events
 from bigthoughts.serve.schema import APIError, parse_request, read_json
@@ -107,7 +107,7 @@ def _install_error_handlers(app: FastAPI) -> None:
 class _Service:
     """The app's state and request path: batcher, request threads, admission."""
 
-    def __init__(self, engine, config: ServeConfig):
+    def __init__(self, engine: Engine, config: ServeConfig):
         self.config = config
         self.batcher = Batcher(engine, max_batch_rows=config.max_batch_rows,
                                queue_size=config.queue_size, batch_wait_s=config.batch_wait_s)
@@ -168,7 +168,7 @@ class _Service:
                 "largest_batch": s.largest_batch}
 
 
-def create_app(engine, config: ServeConfig | None = None) -> FastAPI:
+def create_app(engine: Engine, config: ServeConfig | None = None) -> FastAPI:
     """The OpenAI-compatible app over ``engine`` (anything with the Sampler's ``generate``)."""
     service = _Service(engine, config or ServeConfig())
 

@@ -31,9 +31,22 @@ from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 MAX_GATHER_ROUNDS = 50  # at most this many batch_wait_s waits before a batch starts
+
+
+class Engine(Protocol):
+    """What the server needs of an engine (``bigthoughts.generate.Sampler`` is one).
+
+    ``generate`` returns prompt-major rows of ``bigthoughts.generate.Generation``;
+    engines that take ``calculator=True`` get it only for requests that ask for it.
+    """
+
+    def generate(self, prompts: list[str], *, temperatures: float | list[float],
+                 num_samples: int, max_new_tokens: int, stop: list[str],
+                 stop_inclusive: list[str], seed: int, top_k: int | None,
+                 top_p: float | None) -> list: ...
 
 
 class QueueFull(Exception):
@@ -96,7 +109,7 @@ class BatchStats:
 class Batcher:
     """Owns the engine; see the module docstring."""
 
-    def __init__(self, engine, *, max_batch_rows: int = 32, queue_size: int = 64,
+    def __init__(self, engine: Engine, *, max_batch_rows: int = 32, queue_size: int = 64,
                  batch_wait_s: float = 0.02):
         if max_batch_rows < 1 or queue_size < 1 or batch_wait_s < 0:
             raise ValueError("max_batch_rows and queue_size must be >= 1, batch_wait_s >= 0")

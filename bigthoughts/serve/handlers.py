@@ -29,11 +29,13 @@ from typing import Any
 from bigthoughts.answers import extract_answer
 from bigthoughts.config import VoteConfig
 from bigthoughts.data import ANSWER_STOP, FEWSHOT_STOP, build_prompt
+from bigthoughts.models.tokenizer import CHAT_MARKERS
 from bigthoughts.serve.batcher import Batcher, GenerationSettings, Job
 from bigthoughts.serve.schema import APIError, CompletionRequest, Limits
-from bigthoughts.solve import CHAT_STOP, PROMPT_STYLES, Solution, Solver
+from bigthoughts.solve import Solution, Solver
 from bigthoughts.voting import ladder
 
+CHAT_STOP = CHAT_MARKERS[1]  # "<end_of_turn>": the model's turn is over
 SEED_MASK = 0x7FFFFFFF  # the sampler's PRNG takes a non-negative 32-bit seed
 
 
@@ -55,9 +57,7 @@ class ServeConfig:
     batch_wait_s: float = 0.02
 
     def __post_init__(self) -> None:
-        if self.prompt_style not in PROMPT_STYLES:
-            raise ValueError(f"prompt_style must be one of {PROMPT_STYLES}, "
-                             f"got {self.prompt_style!r}")
+        build_prompt("?", self.prompt_style, shots=self.shots)  # ValueError: bad style/shots
         if self.max_batch_rows < self.limits.max_n:
             raise ValueError(f"max_batch_rows ({self.max_batch_rows}) must be >= "
                              f"limits.max_n ({self.limits.max_n}): one request must fit a batch")

@@ -70,6 +70,12 @@ class Vote:
     k: int = 5
     strategy: str = "majority"
 
+    def __post_init__(self) -> None:
+        if self.k < 1:
+            raise ValueError(f"k must be >= 1, got {self.k}")
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"unknown vote strategy {self.strategy!r}")
+
 
 @dataclass(frozen=True, kw_only=True)
 class CompletionRequest:
