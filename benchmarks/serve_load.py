@@ -135,7 +135,7 @@ def main() -> None:
     lm = load_model(args.model)
     qs = questions(max(counts) * args.requests)
     config = ServeConfig(model_id=lm.spec.name, prompt_style=lm.spec.prompt_style,
-                         shots=args.shots,
+                         shots=args.shots, pad_batches=True,
                          max_batch_rows=max(32, max(counts) * max(1, args.vote)))
     app = create_app(Sampler(lm.model, lm.tokenizer), config)
     with serving(app, host="127.0.0.1") as base_url, \

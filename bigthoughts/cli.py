@@ -211,7 +211,7 @@ def cmd_serve(args) -> int:
         model_id=lm.spec.name, prompt_style=lm.spec.prompt_style, shots=args.shots,
         limits=Limits(max_n=min(16, args.max_batch_rows), context_length=context),
         max_batch_rows=args.max_batch_rows, queue_size=args.queue_size,
-        batch_wait_s=args.batch_wait_ms / 1000)
+        batch_wait_s=args.batch_wait_ms / 1000, pad_batches=True)  # JAX: fewer shapes
     app = create_app(Sampler(lm.model, lm.tokenizer), config)
     print(f"serving {config.model_id} on http://{args.host}:{args.port}/v1", file=sys.stderr)
     run_server(app, host=args.host, port=args.port)
@@ -295,7 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="most rows (prompts x samples) decoded in one engine call")
     p.add_argument("--queue-size", type=int, default=64,
                    help="most requests waiting for the engine; beyond: 503 + Retry-After")
-    p.add_argument("--batch-wait-ms", type=float, default=20.0,
+    p.add_argument("--batch-wait-ms", type=float, default=50.0,
                    help="how long a free engine waits for concurrent requests to join")
     p.add_argument("--shots", type=int, default=2,
                    help="worked examples in base-model prompts (0: zero-shot)")

@@ -171,3 +171,22 @@ def test_batcher_gathers_a_burst_of_arrivals_into_one_call():
         job.future.result(timeout=60)
     batcher.stop()
     assert [c["prompts"] for c in engine.calls] == [["a", "b", "c"]]
+
+
+def test_padding_rounds_prompts_up_to_a_power_of_two_within_the_row_cap():
+    engine = ScriptedEngine(["a", "b", "c", "d", "e", "f", "g", "h"])
+    batcher = Batcher(engine, max_batch_rows=6, queue_size=8, pad_to_pow2=True)
+    three = [batcher.submit([p], temperatures=[0.5], num_samples=1, settings=SETTINGS)
+             for p in ("p", "q", "r")]
+    batcher.start()
+    outs = [j.future.result(timeout=30) for j in three]
+    k2 = [batcher.submit([p], temperatures=[0.1, 0.9], num_samples=2, settings=SETTINGS)
+          for p in ("s", "t", "u")]
+    [j.future.result(timeout=30) for j in k2]
+    batcher.stop()
+    # 3 prompts -> 4 (the last repeated, its rows dropped); 3 prompts x 2 = 6 rows: the cap
+    assert engine.calls[0]["prompts"] == ["p", "q", "r", "r"]
+    assert engine.calls[0]["temperatures"] == [0.5] * 4
+    assert [[g.text for g in o] for o in outs] == [["a"], ["b"], ["c"]]
+    assert engine.calls[1]["prompts"] == ["s", "t", "u"]
+    assert batcher.stats.rows == 3 + 6

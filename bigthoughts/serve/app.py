@@ -110,7 +110,8 @@ class _Service:
     def __init__(self, engine: Engine, config: ServeConfig):
         self.config = config
         self.batcher = Batcher(engine, max_batch_rows=config.max_batch_rows,
-                               queue_size=config.queue_size, batch_wait_s=config.batch_wait_s)
+                               queue_size=config.queue_size, batch_wait_s=config.batch_wait_s,
+                               pad_to_pow2=config.pad_batches)
         in_flight = config.queue_size + config.max_batch_rows
         self.executor = ThreadPoolExecutor(max_workers=in_flight, thread_name_prefix="request")
         self.admission = _Admission(in_flight)

@@ -18,6 +18,11 @@ that has not started is removed and never generated. Once its batch has started,
 engine call runs to its end (``generate`` is one blocking call with no per-row
 cancel); the finished rows of a vanished client are discarded.
 
+``pad_to_pow2`` (for JAX engines, which compile one program per batch shape) repeats
+the last prompt until the prompt count is a power of two (or the row cap), so a
+server compiles at most ~log2(max_batch_rows) + 1 batch shapes per prompt length
+instead of one per batch size; the dummy rows' outputs are dropped.
+
 Seeds: the sampler keys each row by its row index in the call, so a sampled request
 is reproducible from its seed when it runs in a batch of its own (greedy rows,
 temperature 0, never depend on batching).
@@ -110,13 +115,14 @@ class Batcher:
     """Owns the engine; see the module docstring."""
 
     def __init__(self, engine: Engine, *, max_batch_rows: int = 32, queue_size: int = 64,
-                 batch_wait_s: float = 0.02):
+                 batch_wait_s: float = 0.05, pad_to_pow2: bool = False):
         if max_batch_rows < 1 or queue_size < 1 or batch_wait_s < 0:
             raise ValueError("max_batch_rows and queue_size must be >= 1, batch_wait_s >= 0")
         self.engine = engine
         self.max_batch_rows = max_batch_rows
         self.queue_size = queue_size
         self.batch_wait_s = batch_wait_s
+        self.pad_to_pow2 = pad_to_pow2
         self.stats = BatchStats()
         self._pending: deque[Job] = deque()
         self._cond = threading.Condition()
@@ -227,6 +233,13 @@ class Batcher:
             self._pending = deque(j for j in live if j not in batch)
             return batch
 
+    def _padding(self, prompts: int, num_samples: int) -> int:
+        """Dummy prompts that round ``prompts`` up to a power of two (within the row cap)."""
+        if not self.pad_to_pow2:
+            return 0
+        target = min(1 << (prompts - 1).bit_length(), self.max_batch_rows // num_samples)
+        return max(0, target - prompts)
+
     def _execute(self, batch: list[Job]) -> None:
         if len({j.num_samples for j in batch}) == 1:
             prompts = [p for j in batch for p in j.prompts]
@@ -235,10 +248,12 @@ class Batcher:
             prompts = [p for j in batch for p in j.prompts for _ in range(j.num_samples)]
             num_samples = 1
         temps = [t for j in batch for t in j.temperatures]
+        pad = self._padding(len(prompts), num_samples)
         try:
-            gens = self.engine.generate(prompts, temperatures=temps, num_samples=num_samples,
-                                        **batch[0].settings.engine_kwargs())
-            if len(gens) != len(temps):
+            gens = self.engine.generate(
+                prompts + prompts[-1:] * pad, temperatures=temps + temps[-num_samples:] * pad,
+                num_samples=num_samples, **batch[0].settings.engine_kwargs())
+            if len(gens) != len(temps) + pad * num_samples:
                 raise RuntimeError(f"engine returned {len(gens)} rows for {len(temps)}")
         except Exception as exc:  # noqa: BLE001 - every job learns; the worker lives on
             for job in batch:

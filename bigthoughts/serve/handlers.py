@@ -45,7 +45,9 @@ class ServeConfig:
 
     ``max_batch_rows`` bounds the rows (prompts x samples) of one engine call;
     ``queue_size`` bounds the jobs waiting for the engine (more: 503);
-    ``batch_wait_s`` is how long a free engine waits for concurrent arrivals.
+    ``batch_wait_s`` is how long a free engine waits for concurrent arrivals;
+    ``pad_batches`` rounds a batch's prompt count up to a power of two (JAX engines:
+    fewer shapes to compile).
     """
 
     model_id: str = "gemma3-270m"
@@ -54,7 +56,8 @@ class ServeConfig:
     limits: Limits = field(default_factory=Limits)
     max_batch_rows: int = 32
     queue_size: int = 64
-    batch_wait_s: float = 0.02
+    batch_wait_s: float = 0.05
+    pad_batches: bool = False
 
     def __post_init__(self) -> None:
         build_prompt("?", self.prompt_style, shots=self.shots)  # ValueError: bad style/shots
