@@ -6,13 +6,17 @@
 Starts the server in this process on a free 127.0.0.1 port (the embedded Gemma 3
 270M, or ``--model``), then for each N in ``--clients`` runs N client threads that
 each send ``--requests`` chat completions (bounded: N x requests in all), each a
-different GSM8K test question, greedy, ``--max-tokens`` new tokens at most. The
-largest N's questions are then sent again one at a time by a single client, and the
-throughput ratio (concurrent / sequential requests per second) is printed.
+different GSM8K test question, greedy, ``--max-tokens`` new tokens at most.
 
-Each scenario runs once untimed first with one request per client (JAX compiles per
-batch shape), so the timed numbers are steady state; a batch of a size not seen in
-the warm-up still compiles inside the timed run. All traffic goes to 127.0.0.1.
+The largest N is compared with one-at-a-time requests in ``--requests`` interleaved
+rounds: round r sends question r of every client concurrently (N clients, one
+request each), then the same N questions one at a time from one client. Summed over
+the rounds both modes answer the same N x requests questions, and a change in the
+machine's load (shared CPUs) hits both; the throughput ratio (concurrent /
+sequential requests per second) is printed.
+
+Every scenario runs once untimed first (JAX compiles per batch shape; the server
+pads batches to powers of two, so few shapes exist). All traffic goes to 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -39,63 +43,85 @@ def percentile(values: list[float], q: float) -> float:
     return ranked[min(len(ranked) - 1, max(0, math.ceil(q / 100 * len(ranked)) - 1))]
 
 
-def run_clients(base_url: str, qs: list[str], clients: int, per_client: int, args) -> dict:
-    """``clients`` threads, each sending ``per_client`` requests; returns the measurements."""
+def run_clients(base_url: str, plan: list[list[str]], args) -> dict:
+    """One thread per client; client c sends ``plan[c]`` in order. Raw measurements."""
     import openai
 
     latencies: list[float] = []
     errors: list[str] = []
-    answered = [0]
     lock = threading.Lock()
     body = {"vote": {"k": args.vote}} if args.vote else {}
 
-    def client(c: int) -> None:
+    def client(mine: list[str]) -> None:
         api = openai.OpenAI(base_url=base_url, api_key="x", max_retries=0, timeout=1800)
-        for r in range(per_client):
-            question = qs[(c * per_client + r) % len(qs)]
+        for question in mine:
             start = time.perf_counter()
             try:
                 out = api.chat.completions.create(
                     model="bench", messages=[{"role": "user", "content": question}],
                     temperature=0, max_tokens=args.max_tokens, extra_body=body)
-                ok = out.choices[0].message.content is not None
+                assert out.choices[0].message.content is not None
             except Exception as exc:  # noqa: BLE001 - counted and reported
                 with lock:
                     errors.append(f"{type(exc).__name__}: {exc}"[:200])
                 continue
             with lock:
                 latencies.append(time.perf_counter() - start)
-                answered[0] += ok
 
     start = time.perf_counter()
-    threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
+    threads = [threading.Thread(target=client, args=(mine,)) for mine in plan]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    seconds = time.perf_counter() - start
-    return {"clients": clients, "requests": clients * per_client, "answered": answered[0],
-            "errors": len(errors), "error_samples": errors[:3], "seconds": seconds,
-            "rps": answered[0] / seconds, "p50_s": percentile(latencies, 50),
-            "p95_s": percentile(latencies, 95),
-            "mean_s": statistics.fmean(latencies) if latencies else float("nan")}
+    return {"requests": sum(len(m) for m in plan), "latencies": latencies, "errors": errors,
+            "seconds": time.perf_counter() - start}
 
 
-def health_delta(raw, before: dict) -> dict:
-    now = raw.get("/health").json()
-    return {"engine_calls": now["engine_calls"] - before["engine_calls"],
-            "largest_batch": now["largest_batch"]}
-
-
-def measure(base_url: str, raw, qs: list[str], label: str, clients: int, per_client: int,
-            args) -> dict:
-    run_clients(base_url, qs, clients, 1, args)  # warm-up: compile this batch shape
-    before = raw.get("/health").json()
-    row = run_clients(base_url, qs, clients, per_client, args)
-    row.update(health_delta(raw, before), label=label)
+def summarize(label: str, clients: int, parts: list[dict], engine_calls: int) -> dict:
+    """One table row from one or more :func:`run_clients` results."""
+    lat = [x for p in parts for x in p["latencies"]]
+    errors = [e for p in parts for e in p["errors"]]
+    seconds = sum(p["seconds"] for p in parts)
+    row = {"label": label, "clients": clients, "requests": sum(p["requests"] for p in parts),
+           "answered": len(lat), "errors": len(errors), "error_samples": errors[:3],
+           "seconds": seconds, "rps": len(lat) / seconds, "p50_s": percentile(lat, 50),
+           "p95_s": percentile(lat, 95), "mean_s": statistics.fmean(lat) if lat else math.nan,
+           "engine_calls": engine_calls}
     print(f"  {label}: {row['answered']}/{row['requests']} answered, {row['errors']} errors, "
-          f"{row['rps']:.3f} req/s, {row['engine_calls']} engine calls", file=sys.stderr)
+          f"{row['rps']:.3f} req/s, {engine_calls} engine calls", file=sys.stderr)
     return row
+
+
+def engine_calls(raw) -> int:
+    return raw.get("/health").json()["engine_calls"]
+
+
+def scenario(base_url: str, raw, qs: list[str], clients: int, args) -> dict:
+    """``clients`` free-running clients, ``args.requests`` each (after a warm-up round)."""
+    plan = [[qs[c * args.requests + r] for r in range(args.requests)] for c in range(clients)]
+    run_clients(base_url, [mine[:1] for mine in plan], args)  # warm-up: compile the shapes
+    before = engine_calls(raw)
+    part = run_clients(base_url, plan, args)
+    return summarize(f"{clients} clients", clients, [part], engine_calls(raw) - before)
+
+
+def compare(base_url: str, raw, qs: list[str], clients: int, args) -> list[dict]:
+    """The same ``clients x requests`` questions concurrently and one at a time,
+    interleaved in ``requests`` rounds so that a change in machine load hits both."""
+    run_clients(base_url, [[qs[c * args.requests]] for c in range(clients)], args)  # warm-up
+    run_clients(base_url, [[qs[0]]], args)
+    together, alone, calls = [], [], [0, 0]
+    for r in range(args.requests):
+        batch = [qs[c * args.requests + r] for c in range(clients)]
+        before = engine_calls(raw)
+        together.append(run_clients(base_url, [[q] for q in batch], args))
+        middle = engine_calls(raw)
+        alone.append(run_clients(base_url, [batch], args))
+        calls[0] += middle - before
+        calls[1] += engine_calls(raw) - middle
+    return [summarize(f"{clients} clients (interleaved)", clients, together, calls[0]),
+            summarize("sequential (interleaved)", 1, alone, calls[1])]
 
 
 def print_table(rows: list[dict], ratio: float, busiest: str, args) -> None:
@@ -140,13 +166,10 @@ def main() -> None:
     app = create_app(Sampler(lm.model, lm.tokenizer), config)
     with serving(app, host="127.0.0.1") as base_url, \
             httpx.Client(base_url=base_url.removesuffix("/v1"), timeout=60) as raw:
-        rows = [measure(base_url, raw, qs, f"{n} clients", n, args.requests, args)
-                for n in counts]
-        total = max(counts) * args.requests
-        rows.append(measure(base_url, raw, qs, "sequential", 1, total, args))
-    busiest = next(r for r in rows if r["clients"] == max(counts))
-    ratio = busiest["rps"] / rows[-1]["rps"] if rows[-1]["rps"] else float("nan")
-    print_table(rows, ratio, busiest["label"], args)
+        rows = [scenario(base_url, raw, qs, n, args) for n in counts if n != max(counts)]
+        rows += compare(base_url, raw, qs, max(counts), args)
+    ratio = rows[-2]["rps"] / rows[-1]["rps"] if rows[-1]["rps"] else math.nan
+    print_table(rows, ratio, rows[-2]["label"], args)
     if args.json:
         Path(args.json).write_text(json.dumps({"rows": rows, "ratio": ratio,
                                                "args": vars(args)}, indent=2))
