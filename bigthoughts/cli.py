@@ -7,6 +7,7 @@
     bigthoughts train --config configs/gemma3-270m-cpu.yaml --max-steps 2
     bigthoughts sft --config configs/gemma3-270m-sft.yaml --time-budget 1h
     bigthoughts download --dest ~/.cache/bigthoughts/gsm8k
+    bigthoughts serve --port 8000        # OpenAI-compatible HTTP, consensus via extra_body
 
 User mistakes (a bad path, an unknown model, a malformed config) end with a one-line
 ``error: ...`` message and exit status 2, never a traceback.
@@ -63,8 +64,6 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--adapter", default=None,
                    help="a LoRA adapter (.safetensors from `bigthoughts sft`/`train`) to fold "
                         "into the model's weights")
-    p.add_argument("--calculator", action="store_true",
-                   help="answer <<expr= calculator calls inside the decode (GSM8K's notes)")
 
 
 def _utf8(what: str, text: str) -> str:
@@ -290,6 +289,36 @@ def cmd_download(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    import socket
+
+    from bigthoughts.generate import Sampler
+    from bigthoughts.serve.app import create_app, run_server
+    from bigthoughts.serve.handlers import ServeConfig
+    from bigthoughts.serve.schema import Limits
+
+    try:
+        with socket.socket() as sock:  # fail before the model loads, in one line
+            sock.bind((args.host, args.port))
+    except OSError as exc:
+        raise UserError(f"cannot listen on {args.host}:{args.port}: {exc.strerror}") from None
+    if min(args.max_batch_rows, args.queue_size) < 1 or args.batch_wait_ms < 0:
+        raise UserError("--max-batch-rows and --queue-size must be >= 1, --batch-wait-ms >= 0")
+    if not 0 <= args.shots <= 3:
+        raise UserError(f"--shots must be between 0 and 3, got {args.shots}")
+    lm = _load(args)
+    context = lm.spec.max_context
+    config = ServeConfig(
+        model_id=lm.spec.name, prompt_style=lm.spec.prompt_style, shots=args.shots,
+        limits=Limits(max_n=min(16, args.max_batch_rows), context_length=context),
+        max_batch_rows=args.max_batch_rows, queue_size=args.queue_size,
+        batch_wait_s=args.batch_wait_ms / 1000, pad_batches=True)  # JAX: fewer shapes
+    app = create_app(Sampler(lm.model, lm.tokenizer), config)
+    print(f"serving {config.model_id} on http://{args.host}:{args.port}/v1", file=sys.stderr)
+    run_server(app, host=args.host, port=args.port)
+    return 0
+
+
 def _vote_args(p: argparse.ArgumentParser, votes: int) -> None:
     from bigthoughts.data import PROMPT_STYLES
     from bigthoughts.voting import MAX_VOTES, STRATEGIES
@@ -304,6 +333,11 @@ def _vote_args(p: argparse.ArgumentParser, votes: int) -> None:
     p.add_argument("--seed", type=int, default=0)
 
 
+def _calculator_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--calculator", action="store_true",
+                   help="answer <<expr= calculator calls inside the decode (GSM8K's notes)")
+
+
 def _add_inference_commands(sub) -> None:
     p = sub.add_parser("ask", help="answer one question by consensus vote")
     p.add_argument("question")
@@ -311,6 +345,7 @@ def _add_inference_commands(sub) -> None:
     _vote_args(p, 5)
     p.add_argument("--traces", action="store_true", help="print every trace")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    _calculator_arg(p)
     p.set_defaults(func=cmd_ask)
 
     p = sub.add_parser("generate", help="sample a continuation of a raw prompt")
@@ -323,6 +358,7 @@ def _add_inference_commands(sub) -> None:
     p.add_argument("--top-p", type=float, default=None)
     p.add_argument("--stop", action="append", help="stop string (repeatable)")
     p.add_argument("--seed", type=int, default=0)
+    _calculator_arg(p)
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("eval", help="evaluate on GSM8K; resumable")
@@ -335,6 +371,7 @@ def _add_inference_commands(sub) -> None:
     p.add_argument("--out", required=True, help="run directory (results.jsonl, summary.json)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _vote_args(p, 5)
+    _calculator_arg(p)
     p.set_defaults(func=cmd_eval)
 
 
@@ -362,6 +399,20 @@ def _add_other_commands(sub) -> None:
     p.add_argument("--out", default=None, help="folder for the PNG (default: the run dir)")
     p.add_argument("--window", type=int, default=10, help="moving-average window")
     p.set_defaults(func=cmd_train_report)
+
+    p = sub.add_parser("serve", help="OpenAI-compatible HTTP server (votes via extra_body)")
+    _add_model_args(p)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--max-batch-rows", type=int, default=32,
+                   help="most rows (prompts x samples) decoded in one engine call")
+    p.add_argument("--queue-size", type=int, default=64,
+                   help="most requests waiting for the engine; beyond: 503 + Retry-After")
+    p.add_argument("--batch-wait-ms", type=float, default=50.0,
+                   help="how long a free engine waits for concurrent requests to join")
+    p.add_argument("--shots", type=int, default=2,
+                   help="worked examples in base-model prompts (0: zero-shot)")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("download", help="download GSM8K (checksummed) into the cache")
     p.add_argument("--dest", default=None)
