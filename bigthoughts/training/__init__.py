@@ -27,7 +27,7 @@ from bigthoughts.training.config import TrainConfig, load_train_config
 from bigthoughts.training.grpo_trainer import GRPOTrainer
 from bigthoughts.training.loop import OutOfMemory, StageResult, is_out_of_memory, run_stage
 from bigthoughts.training.progress import Progress
-from bigthoughts.training.relay import EXIT_RELAY, Deadline, parse_duration
+from bigthoughts.training.relay import EXIT_RELAY, Deadline
 from bigthoughts.training.rundir import check_run_dir, prepare_run_dir
 
 __all__ = ["EXIT_RELAY", "GRPOTrainer", "OutOfMemory", "StageResult", "TrainConfig",
@@ -36,8 +36,6 @@ __all__ = ["EXIT_RELAY", "GRPOTrainer", "OutOfMemory", "StageResult", "TrainConf
 
 def _deadline(time_budget: str | float | None) -> Deadline:
     try:
-        if isinstance(time_budget, str):
-            parse_duration(time_budget)
         return Deadline.from_budget(time_budget)
     except ValueError as err:
         raise ConfigError(f"--time-budget: {err}") from err
