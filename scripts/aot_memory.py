@@ -11,8 +11,9 @@ per-device memory analysis next to the accelerator's memory.
     python scripts/aot_memory.py configs/gemma3-1b-it-gpu.yaml --devices 1 --hbm-gb 80
 
 ``--devices N`` runs on N fake CPU devices (``XLA_FLAGS``), so it needs no
-accelerator; the numbers are the CPU backend's buffer assignment for the same
-program, an estimate of what the TPU/GPU compiler will assign. Not included: the
+accelerator (without it, the machine's own devices compile it); the CPU numbers
+are the CPU backend's buffer assignment for the same program, an estimate of what
+the TPU/GPU compiler will assign. Not included: the
 rollout (sampler KV cache) and the reference log-prob pass, which run as separate
 programs between updates and free their buffers.
 """
@@ -140,16 +141,18 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("config")
     p.add_argument("overrides", nargs="*", help="config overrides like grpo.max_new_tokens=256")
-    p.add_argument("--devices", type=int, default=1, help="fake CPU devices")
+    p.add_argument("--devices", type=int, default=None,
+                   help="compile for N fake CPU devices (default: the machine's own devices)")
     p.add_argument("--prompt-len", type=int, default=256,
                    help="padded prompt tokens (a chat prompt with the system prompt: ~200)")
     p.add_argument("--hbm-gb", type=float, required=True, help="memory of one accelerator")
     args = p.parse_args(argv)
     if "jax" in sys.modules:
         raise SystemExit("error: run in a fresh process (XLA_FLAGS must be set before jax)")
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                               + f" --xla_force_host_platform_device_count={args.devices}")
-    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    if args.devices is not None:
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                                   + f" --xla_force_host_platform_device_count={args.devices}")
+        os.environ["JAX_PLATFORMS"] = "cpu"
     import warnings
 
     warnings.filterwarnings("ignore", category=DeprecationWarning)

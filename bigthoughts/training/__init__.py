@@ -28,7 +28,7 @@ from bigthoughts.training.config import TrainConfig, load_train_config
 from bigthoughts.training.grpo_trainer import GRPOTrainer
 from bigthoughts.training.loop import OutOfMemory, StageResult, is_out_of_memory, run_stage
 from bigthoughts.training.progress import Progress
-from bigthoughts.training.relay import EXIT_RELAY, Deadline, parse_duration
+from bigthoughts.training.relay import EXIT_RELAY, Deadline
 from bigthoughts.training.rundir import check_run_dir, prepare_run_dir
 from bigthoughts.training.sft import SFTStage, prepare_data
 from bigthoughts.training.sft_config import SFTConfig, load_sft_config
@@ -39,8 +39,6 @@ __all__ = ["EXIT_RELAY", "GRPOTrainer", "OutOfMemory", "SFTConfig", "StageResult
 
 def _deadline(time_budget: str | float | None) -> Deadline:
     try:
-        if isinstance(time_budget, str):
-            parse_duration(time_budget)
         return Deadline.from_budget(time_budget)
     except ValueError as err:
         raise ConfigError(f"--time-budget: {err}") from err
