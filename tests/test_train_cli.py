@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 import bigthoughts.training as training
+import bigthoughts.training.adapter as adapter
 from bigthoughts.cli import main
 from tests.train_toy import toy_loaded
 
@@ -36,7 +37,7 @@ def setup(tmp_path, monkeypatch):
         (data / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     recipe = tmp_path / "tiny.yaml"
     recipe.write_text(RECIPE)
-    monkeypatch.setattr(training, "load_model", lambda *a, **k: toy_loaded())
+    monkeypatch.setattr(adapter, "load_model", lambda *a, **k: toy_loaded())
     return recipe, data, tmp_path / "run"
 
 
