@@ -53,7 +53,7 @@ from flax import nnx
 
 from bigthoughts.models import forward
 
-FinishReason = Literal["stop", "eos", "length"]
+FinishReason = Literal["stop", "eos", "length", "cancelled"]
 PROMPT_BUCKET = 64
 
 
@@ -168,6 +168,7 @@ class _Options:
     top_k: int | None
     top_p: float | None
     calculator: Calculator | None
+    cancelled: Callable[[int], bool] | None = None
 
 
 @dataclass
@@ -264,6 +265,7 @@ class Sampler:
         top_p: float | None = None,
         stop_at_eos: bool = True,
         calculator: bool | Calculator = False,
+        cancelled: Callable[[int], bool] | None = None,
     ) -> list[Generation]:
         """Samples ``num_samples`` continuations per prompt (prompt-major order).
 
@@ -272,6 +274,9 @@ class Sampler:
         the text; ``stop_inclusive`` strings (e.g. ``"</answer>"``) end it and are kept.
         ``stop_at_eos=False`` keeps sampling past EOS (fixed-length benchmarks).
         ``calculator``: see the module docstring (``True`` or a function).
+        ``cancelled(row)`` is asked between chunks for each running row (e.g. a server
+        whose client hung up): a row it answers True for ends there, finish reason
+        ``"cancelled"``, and stops costing work.
         """
         if not prompts:
             return []
@@ -286,7 +291,8 @@ class Sampler:
         requested = _row_temperatures(temperatures, len(prompts) * num_samples)
         opts = _Options(max_new_tokens=max_new_tokens, stop=tuple(stop),
                         stop_inclusive=tuple(stop_inclusive), stop_at_eos=stop_at_eos,
-                        top_k=top_k, top_p=top_p, calculator=resolve_calculator(calculator))
+                        top_k=top_k, top_p=top_p, calculator=resolve_calculator(calculator),
+                        cancelled=cancelled)
         encoded = [self.tokenizer.encode(p, add_bos=True) for p in prompts]
         rows = [_Row(prompt_len=len(encoded[r // num_samples])) for r in range(len(requested))]
         if opts.calculator is not None:
@@ -328,6 +334,8 @@ class Sampler:
             produced += self.chunk
             if rewinds:
                 self._rewind(batch, rewinds)
+            if opts.cancelled is not None:
+                self._cancel(rows, batch, opts)
             if self.compact:
                 batch = _compact(batch)
 
@@ -392,6 +400,15 @@ class Sampler:
         dropped = row.truncate(n)
         row.pending = self.tokenizer.encode(head + result + ">>")
         return dropped
+
+    def _cancel(self, rows, batch: _Batch, opts: _Options) -> None:
+        """Ends the running rows that ``opts.cancelled`` names (kept as they stand)."""
+        for b, r in enumerate(batch.active):
+            row = rows[r]
+            if row.result is None and opts.cancelled(int(r)):
+                text, n, _ = self._finish(row.tokens, opts, force=True)
+                row.result = (text, n, "cancelled")
+                batch.done[b] = True
 
     def _rewind(self, batch: _Batch, rewinds) -> None:
         """Masks out dropped cache slots and rewinds positions (rows given calculator

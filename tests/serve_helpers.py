@@ -11,6 +11,7 @@ import openai
 
 from bigthoughts.generate import Generation
 from bigthoughts.serve.app import create_app, serving
+from bigthoughts.serve.batcher import takes_keyword
 from bigthoughts.serve.handlers import ServeConfig
 from bigthoughts.serve.schema import Limits
 from tests.tiny import byte_tokenizer
@@ -43,6 +44,8 @@ class GatedEngine:
         assert self.gate.wait(timeout=120), "the test never opened the gate"
         if any("FAIL" in p for p in prompts):
             raise RuntimeError("engine exploded")
+        if not takes_keyword(self.inner.generate, "cancelled"):
+            kwargs.pop("cancelled", None)
         return self.inner.generate(prompts, **kwargs)
 
 

@@ -186,3 +186,23 @@ def test_calculator_rows_sampled_with_others(tiny):
                             max_new_tokens=10, seed=4, calculator=calc)
     assert all(o.text.startswith("5>>") for o in outs)
     assert all(o.num_tokens <= 10 for o in outs)
+
+
+def test_cancelled_rows_end_early_and_leave_the_others_unchanged(tiny):
+    _, _, sampler = tiny
+    prompts = ["one", "two", "three"]
+    plain = sampler.generate(prompts, temperatures=0.7, max_new_tokens=20, seed=2,
+                             stop_at_eos=False)
+    asked = []
+
+    def cancelled(row):
+        asked.append(row)
+        return row == 1
+
+    outs = sampler.generate(prompts, temperatures=0.7, max_new_tokens=20, seed=2,
+                            stop_at_eos=False, cancelled=cancelled)
+    assert outs[1].finish_reason == "cancelled"
+    assert outs[1].num_tokens == sampler.chunk  # ended after its first chunk
+    assert outs[1].token_ids == plain[1].token_ids[: sampler.chunk]
+    assert [outs[i].token_ids for i in (0, 2)] == [plain[i].token_ids for i in (0, 2)]
+    assert 1 in asked and asked.count(1) == 1  # a cancelled row is not asked again

@@ -8,7 +8,7 @@ import pytest
 
 from bigthoughts.data import ANSWER_STOP, FEWSHOT_STOP, build_prompt
 from bigthoughts.generate import Sampler
-from bigthoughts.serve.batcher import Batcher, GenerationSettings, QueueFull
+from bigthoughts.serve.batcher import Batcher, GenerationSettings, QueueFull, takes_keyword
 from tests.serve_helpers import GatedEngine, ScriptedEngine, running, tiny_config, wait_for
 from tests.tiny import tiny_model
 
@@ -190,3 +190,35 @@ def test_padding_rounds_prompts_up_to_a_power_of_two_within_the_row_cap():
     assert [[g.text for g in o] for o in outs] == [["a"], ["b"], ["c"]]
     assert engine.calls[1]["prompts"] == ["s", "t", "u"]
     assert batcher.stats.rows == 3 + 6
+
+
+class AskingEngine:
+    """Holds its call at a gate, then asks ``cancelled`` about every row it was given."""
+
+    def __init__(self):
+        self.entered, self.gate, self.answers = threading.Event(), threading.Event(), []
+
+    def generate(self, prompts, *, temperatures, num_samples, cancelled=None, **kwargs):
+        self.entered.set()
+        assert self.gate.wait(timeout=60)
+        rows = len(prompts) * num_samples
+        self.answers = [cancelled(r) for r in range(rows)]
+        return [ScriptedEngine(["x"]).generate([p], temperatures=[0.0], num_samples=1, stop=[],
+                                               stop_inclusive=[], seed=0, max_new_tokens=4)[0]
+                for p in prompts for _ in range(num_samples)]
+
+
+def test_a_client_leaving_mid_generation_cancels_only_its_rows():
+    engine = AskingEngine()
+    batcher = Batcher(engine, max_batch_rows=8, queue_size=8, batch_wait_s=0.5)
+    leaving = batcher.submit(["a"], temperatures=[0.2, 0.6], num_samples=2, settings=SETTINGS)
+    staying = batcher.submit(["b"], temperatures=[0.2, 0.6], num_samples=2, settings=SETTINGS)
+    batcher.start()
+    assert engine.entered.wait(timeout=30)
+    batcher.cancel(leaving)  # the batch has started: only the engine can drop its rows
+    engine.gate.set()
+    assert len(staying.future.result(timeout=30)) == 2
+    batcher.stop()
+    assert engine.answers == [True, True, False, False]
+    assert takes_keyword(engine.generate, "cancelled")
+    assert not takes_keyword(ScriptedEngine(["x"]).generate, "cancelled")

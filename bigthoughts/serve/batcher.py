@@ -14,9 +14,11 @@ prefill (``num_samples=k``); a batch mixing k's is flattened to one row per samp
 
 Full queue: :meth:`Batcher.submit` raises :class:`QueueFull` (the server answers 503
 with Retry-After); nothing piles up unbounded. A cancelled job (its client hung up)
-that has not started is removed and never generated. Once its batch has started, the
-engine call runs to its end (``generate`` is one blocking call with no per-row
-cancel); the finished rows of a vanished client are discarded.
+that has not started is removed and never generated. Once its batch has started, an
+engine whose ``generate`` takes ``cancelled`` (the JAX sampler) is told which rows
+belong to a vanished client: they end at the next chunk boundary and stop costing
+work while the other rows go on; an engine without it runs the call to its end and
+the vanished client's rows are discarded.
 
 ``pad_to_pow2`` (for JAX engines, which compile one program per batch shape) repeats
 the last prompt until the prompt count is a power of two (or the row cap), so a
@@ -30,6 +32,7 @@ temperature 0, never depend on batching).
 
 from __future__ import annotations
 
+import inspect
 import threading
 import time
 from collections import deque
@@ -39,6 +42,16 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 MAX_GATHER_ROUNDS = 50  # at most this many batch_wait_s waits before a batch starts
+
+
+def takes_keyword(fn, name: str) -> bool:
+    """Whether ``fn`` accepts the keyword argument ``name`` (or any keyword)."""
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD
+                                 for p in params.values())
 
 
 class Engine(Protocol):
@@ -249,10 +262,14 @@ class Batcher:
             num_samples = 1
         temps = [t for j in batch for t in j.temperatures]
         pad = self._padding(len(prompts), num_samples)
+        owners = [job for job in batch for _ in range(job.rows)]  # output row -> its job
+        extra: dict[str, Any] = {}
+        if takes_keyword(self.engine.generate, "cancelled"):  # free a vanished client's rows
+            extra["cancelled"] = lambda row: row < len(owners) and owners[row].cancelled.is_set()
         try:
             gens = self.engine.generate(
                 prompts + prompts[-1:] * pad, temperatures=temps + temps[-num_samples:] * pad,
-                num_samples=num_samples, **batch[0].settings.engine_kwargs())
+                num_samples=num_samples, **batch[0].settings.engine_kwargs(), **extra)
             if len(gens) != len(temps) + pad * num_samples:
                 raise RuntimeError(f"engine returned {len(gens)} rows for {len(temps)}")
         except Exception as exc:  # noqa: BLE001 - every job learns; the worker lives on

@@ -20,7 +20,6 @@ vote (the ladder and the prompt style's stops do).
 
 from __future__ import annotations
 
-import inspect
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -30,7 +29,7 @@ from bigthoughts.answers import extract_answer
 from bigthoughts.config import VoteConfig
 from bigthoughts.data import ANSWER_STOP, FEWSHOT_STOP, build_prompt
 from bigthoughts.models.tokenizer import CHAT_MARKERS
-from bigthoughts.serve.batcher import Batcher, GenerationSettings, Job
+from bigthoughts.serve.batcher import Batcher, GenerationSettings, Job, takes_keyword
 from bigthoughts.serve.schema import APIError, CompletionRequest, Limits
 from bigthoughts.solve import Solution, Solver
 from bigthoughts.voting import ladder
@@ -80,12 +79,7 @@ class Result:
 
 def accepts_calculator(engine) -> bool:
     """Whether ``engine.generate`` takes the ``calculator`` keyword."""
-    try:
-        params = inspect.signature(engine.generate).parameters
-    except (TypeError, ValueError):
-        return False
-    return "calculator" in params or any(
-        p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    return takes_keyword(engine.generate, "calculator")
 
 
 def gemma_chat_template(messages: Sequence[tuple[str, str]]) -> str:
