@@ -1,6 +1,7 @@
 """Supervised warm start: data, batching, the loss against a NumPy reference, learning
 and exact resume on a tiny random Gemma, adapters."""
 
+import io
 import json
 
 import jax
@@ -133,11 +134,11 @@ def toy_sft(out, *, max_steps, horizon=None, full=False):
 
 def run(stage, steps):
     from bigthoughts.training.loop import run_stage
-    from bigthoughts.training.progress import Silent
+    from bigthoughts.training.progress import Progress
     from bigthoughts.training.relay import Deadline
 
     return run_stage(stage, limit=steps, save_every=2, eval_every=0, deadline=Deadline(None),
-                     progress=Silent())
+                     progress=Progress(io.StringIO()))
 
 
 def test_sft_learns_the_completions_and_validation_loss_falls(tmp_path):
@@ -198,3 +199,19 @@ def test_adapter_round_trip_reproduces_the_trained_model(tmp_path):
     (tmp_path / "bad.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(AdapterError, match="not a readable"):
         read_adapter(tmp_path / "bad.safetensors")
+
+
+def test_full_finetune_updates_the_base_weights(tmp_path):
+    from flax import nnx
+
+    stage = toy_sft(tmp_path / "full", max_steps=6, full=True)
+    before = {k: np.asarray(v.value) for k, v in nnx.to_flat_state(stage.params)}
+    assert not any("lora" in ".".join(map(str, k)) for k in before)  # no adapter at all
+    result = run(stage, 6)
+    after = {k: np.asarray(v.value) for k, v in nnx.to_flat_state(stage.params)}
+    changed = [k for k in before if not np.array_equal(before[k], after[k])]
+    assert len(changed) == len(before)  # every weight is trained
+    assert result.history[-1]["loss"] < result.history[0]["loss"]
+    stage.export(tmp_path / "full-export")
+    assert (tmp_path / "full-export" / "params.safetensors").is_file()
+    assert not (tmp_path / "full-export" / "adapter.safetensors").exists()
