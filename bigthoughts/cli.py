@@ -69,6 +69,24 @@ def _load(args):
     return load_model(model, dtype=args.dtype)
 
 
+def _add_engine_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--engine", default="auto", choices=["auto", "jax", "llama.cpp"],
+                   help="inference engine; auto: llama.cpp on a CPU when the llamacpp extra "
+                        "is installed and the model is a GGUF file, else jax")
+    p.add_argument("--lora", default=None,
+                   help="a GGUF LoRA adapter (`bigthoughts export --gguf-lora`; llama.cpp)")
+    p.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: all)")
+
+
+def _engine(args):
+    """(engine, LoadedModel) for --engine/--model/--checkpoint."""
+    from bigthoughts.inference.engine import make_engine
+
+    chosen = make_engine(args.engine, model=args.checkpoint or args.model, lora=args.lora,
+                         threads=args.threads, load_jax=lambda: _load(args))
+    return chosen.engine, chosen.loaded
+
+
 def _vote_config(args):
     from bigthoughts.config import VoteConfig
     from bigthoughts.voting import DEFAULT_LADDER, ladder
@@ -79,14 +97,13 @@ def _vote_config(args):
 
 
 def cmd_ask(args) -> int:
-    from bigthoughts.generate import Sampler
     from bigthoughts.solve import Solver
 
     if not args.question.strip():
         raise UserError("the question is empty")
-    lm = _load(args)
+    engine, lm = _engine(args)
     style = args.style or lm.spec.prompt_style
-    solver = Solver(Sampler(lm.model, lm.tokenizer), style=style, shots=args.shots,
+    solver = Solver(engine, style=style, shots=args.shots,
                     vote=_vote_config(args), seed=args.seed)
     start = time.perf_counter()
     [sol] = solver.solve([args.question])
@@ -114,10 +131,7 @@ def cmd_ask(args) -> int:
 
 
 def cmd_generate(args) -> int:
-    from bigthoughts.generate import Sampler
-
-    lm = _load(args)
-    sampler = Sampler(lm.model, lm.tokenizer)
+    sampler, _ = _engine(args)
     start = time.perf_counter()
     outs = sampler.generate([args.prompt], temperatures=args.temperature,
                             num_samples=args.num_samples, max_new_tokens=args.max_new_tokens,
@@ -142,8 +156,9 @@ def cmd_eval(args) -> int:
                         max_new_tokens=args.max_new_tokens, style=args.style, shots=args.shots,
                         seed=args.seed)
     examples = load_gsm8k(args.split, args.data, limit=args.limit)
-    lm = _load(args)
-    summary = run_eval(lm, examples, config, Path(args.out), progress=not args.quiet)
+    engine, lm = _engine(args)
+    summary = run_eval(lm, examples, config, Path(args.out), progress=not args.quiet,
+                       sampler=engine)
     print(json.dumps({k: summary[k] for k in ("accuracy", "accuracy_ci95", "format_strict",
                                               "format_lenient", "seconds_per_question")
                       if k in summary}, indent=2))
@@ -207,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ask", help="answer one question by consensus vote")
     p.add_argument("question")
     _add_model_args(p)
+    _add_engine_args(p)
     vote_args(p, 5)
     p.add_argument("--traces", action="store_true", help="print every trace")
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -215,6 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("generate", help="sample a continuation of a raw prompt")
     p.add_argument("prompt")
     _add_model_args(p)
+    _add_engine_args(p)
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--num-samples", type=int, default=1)
     p.add_argument("--max-new-tokens", type=int, default=64)
@@ -226,6 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="evaluate on GSM8K; resumable")
     _add_model_args(p)
+    _add_engine_args(p)
     p.add_argument("--mode", default="single", choices=["zero-shot", "single", "vote"])
     p.add_argument("--split", default="test", choices=["test", "train"])
     p.add_argument("--limit", type=int, default=None)

@@ -116,11 +116,11 @@ def make_engine(
 ) -> ChosenEngine:
     """Builds the engine ``kind`` for ``model`` (default: the embedded Gemma 3 270M).
 
+    ``model``: a registry name, a ``.gguf`` file or a checkpoint directory (JAX only).
     ``lora``: a GGUF LoRA adapter (llama.cpp only). ``load_jax`` loads the model for
-    the JAX engine (default ``load_model(model)``), e.g. from an exported checkpoint;
-    passing it means the weights are not a GGUF file, so "auto" picks JAX.
+    the JAX engine (default ``load_model(model)``), e.g. with another dtype.
     """
-    source = None if load_jax is not None else gguf_source(model)
+    source = gguf_source(model)
     chosen = resolve_kind(kind, gguf=source is not None)
     if chosen == "llama.cpp":
         if source is None:

@@ -194,6 +194,18 @@ class LlamaCppEngine:
         ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_dist(seed))
         return chain
 
+    def prompt_logits(self, text: str) -> np.ndarray:
+        """The model's next-token logits after ``text`` (BOS added), float32 [vocab]."""
+        tokens = self.tokenize(text, add_bos=True)
+        self._context(len(tokens) + 1, 1)
+        batch = self._ll.llama_batch_init(_BATCH, 0, 1)
+        try:
+            for start in range(0, len(tokens), _BATCH):
+                self._decode(batch, [(0, start, tokens[start:start + _BATCH])])
+            return np.array(self._logits(1)[0])
+        finally:
+            self._ll.llama_batch_free(batch)
+
     # --- generation -----------------------------------------------------------------
     def generate(
         self,
@@ -208,8 +220,13 @@ class LlamaCppEngine:
         top_k: int | None = None,
         top_p: float | None = None,
         calculator: bool = False,
+        stop_at_eos: bool = True,
     ) -> list[Generation]:
-        """``num_samples`` continuations per prompt, prompt-major (see the module doc)."""
+        """``num_samples`` continuations per prompt, prompt-major (see the module doc).
+
+        ``stop_at_eos=False`` keeps sampling past EOS (fixed-length benchmarks), as in
+        the JAX sampler.
+        """
         if not prompts:
             return []
         k, n_rows = num_samples, len(prompts) * num_samples
@@ -225,7 +242,7 @@ class LlamaCppEngine:
         batch = self._ll.llama_batch_init(max(_BATCH, n_rows * (_MAX_INSERT + 1)), 0, 1)
         chains = [self._chain(t, _row_seed(seed, r), top_k, top_p) for r, t in enumerate(temps)]
         rows = [Row(seq=r, pos=0, temperature=t) for r, t in enumerate(temps)]
-        ends = (stop, stop_inclusive, max_new_tokens, self.eos_id)
+        ends = (stop, stop_inclusive, max_new_tokens, self.eos_id if stop_at_eos else -1)
         try:
             for p in range(len(prompts)):
                 self._prefill(batch, encoded[p] + inserts[p], rows[p * k:(p + 1) * k],
