@@ -66,7 +66,7 @@ class LlamaCppEngine:
 
     def __init__(self, gguf_path: str | Path, *, lora: str | Path | None = None,
                  lora_scale: float = 1.0, threads: int | None = None, spec=None,
-                 verbose: bool = False):
+                 repack: bool = False, verbose: bool = False):
         ll = _lib()
         self._ll = ll
         self.path, self.spec = Path(gguf_path), spec
@@ -77,6 +77,10 @@ class LlamaCppEngine:
         logging.getLogger("llama-cpp-python").setLevel(logging.DEBUG if verbose else logging.ERROR)
         ll.llama_backend_init()
         params = ll.llama_model_default_params()
+        # llama.cpp's "extra buffer types" (weight repacking, AMX) segfault in
+        # llama_decode on the Q4_K_M 270M on our AVX-512/AMX CPUs (llama-cpp-python
+        # 0.3.36, its own high-level Llama class too); off unless asked for
+        params.use_extra_bufts = repack
         self._model = ll.llama_model_load_from_file(str(self.path).encode(), params)
         if not self._model:
             raise LlamaCppError(f"llama.cpp could not load {self.path}")
