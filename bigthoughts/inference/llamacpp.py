@@ -33,7 +33,6 @@ Example::
 from __future__ import annotations
 
 import ctypes
-import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -73,8 +72,8 @@ class LlamaCppEngine:
         self.threads = threads or os.cpu_count() or 1
         if not self.path.is_file():
             raise LlamaCppError(f"GGUF file not found: {self.path}")
-        # llama-cpp-python routes llama.cpp's log through this logger
-        logging.getLogger("llama-cpp-python").setLevel(logging.DEBUG if verbose else logging.ERROR)
+        if not verbose:
+            _quiet(ll)
         ll.llama_backend_init()
         params = ll.llama_model_default_params()
         # llama.cpp's "extra buffer types" (weight repacking, AMX) segfault in
@@ -308,6 +307,15 @@ class LlamaCppEngine:
         return Generation(text=text, token_ids=tuple(row.ids[:n]),
                           logprobs=tuple(row.logprobs[:n]), finish_reason=reason,
                           prompt_tokens=prompt_tokens, temperature=row.temperature)
+
+
+def _quiet(ll) -> None:
+    """Silences llama.cpp's log (its warnings would follow our one-line errors). The
+    ctypes callback is kept on this function: llama.cpp holds it for the process."""
+    callback = getattr(_quiet, "callback", None)
+    if callback is None:
+        callback = _quiet.callback = ll.llama_log_callback(lambda level, text, data: None)
+    ll.llama_log_set(callback, ctypes.c_void_p(0))
 
 
 def _row_seed(seed: int, row: int) -> int:
