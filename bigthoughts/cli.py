@@ -32,9 +32,11 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from bigthoughts.config import ConfigError
     from bigthoughts.data import DataError
     from bigthoughts.models.gguf import GGUFError
+    from bigthoughts.models.gguf_export import GGUFExportError
     from bigthoughts.models.registry import ModelLoadError
 
-    return (UserError, ConfigError, DataError, GGUFError, ModelLoadError, FileNotFoundError)
+    return (UserError, ConfigError, DataError, GGUFError, GGUFExportError, ModelLoadError,
+            FileNotFoundError)
 
 
 def enable_compilation_cache() -> None:
@@ -194,6 +196,24 @@ def cmd_train_report(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    """An exported checkpoint (merged weights) -> one GGUF file for llama.cpp / Ollama."""
+    from bigthoughts.export import load_exported
+    from bigthoughts.models.build import flat_params
+    from bigthoughts.models.gguf import open_gguf
+    from bigthoughts.models.gguf_export import write_model_gguf
+    from bigthoughts.models.registry import embedded_gguf_path
+
+    lm = load_exported(args.checkpoint)
+    if lm.spec.family != "gemma3":
+        raise UserError(f"GGUF export supports Gemma 3 models, not {lm.spec.family}")
+    base = open_gguf(args.tokenizer_from or embedded_gguf_path())
+    out = write_model_gguf(args.gguf, flat_params(lm.model), lm.model.config, base=base,
+                           ftype=args.gguf_type)
+    print(f"wrote {out} ({out.stat().st_size / 2**20:.0f} MiB, {args.gguf_type})")
+    return 0
+
+
 def cmd_download(args) -> int:
     from bigthoughts.data import download
 
@@ -273,6 +293,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="folder for the PNG (default: the run dir)")
     p.add_argument("--window", type=int, default=10, help="moving-average window")
     p.set_defaults(func=cmd_train_report)
+
+    p = sub.add_parser("export", help="write an exported checkpoint as a GGUF file")
+    p.add_argument("--checkpoint", required=True, help="a directory written by `train` (export/)")
+    p.add_argument("--gguf", required=True, help="output .gguf file")
+    p.add_argument("--gguf-type", default="f16", choices=["f16", "q8_0", "f32"])
+    p.add_argument("--tokenizer-from", default=None,
+                   help="GGUF whose tokenizer/metadata to copy (default: the embedded 270M)")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("download", help="download GSM8K (checksummed) into the cache")
     p.add_argument("--dest", default=None)

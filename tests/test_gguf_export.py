@@ -139,3 +139,30 @@ def test_lora_params_reads_only_lora_leaves(tmp_path):
     model, _, _, _ = tiny_model_and_gguf(tmp_path)
     got = lora_params(with_lora(model))
     assert got and all(str(k[-1]).endswith(("_lora_a", "_lora_b")) for k in got)
+
+
+def test_cli_export_writes_a_gguf_of_an_exported_checkpoint(tmp_path, capsys):
+    from bigthoughts.cli import main
+    from bigthoughts.export import export_checkpoint
+    from bigthoughts.models.registry import ModelSpec
+
+    model, tok, _, _ = tiny_model_and_gguf(tmp_path)
+    params = flat_params(model)
+    spec = ModelSpec(name="tiny", family="gemma3", instruction_tuned=False)
+    export_checkpoint(tmp_path / "ckpt", params, family="gemma3", config=model.config, spec=spec,
+                      tokenizer=tok)
+    out = tmp_path / "tiny.gguf"
+    argv = ["export", "--checkpoint", str(tmp_path / "ckpt"), "--gguf", str(out),
+            "--gguf-type", "f32", "--tokenizer-from", str(tmp_path / "tokenizer.gguf")]
+    assert main(argv) == 0
+    reader = open_gguf(out)
+    back = params_from_gguf(reader, *tunix_config_from_gguf(reader))
+    for key, value in params.items():
+        np.testing.assert_allclose(back[key], value, atol=1e-6, err_msg=str(key))
+    # the embedded 270M's vocabulary is not the tiny one: one-line error, nothing written
+    bad = tmp_path / "bad.gguf"
+    assert main(["export", "--checkpoint", str(tmp_path / "ckpt"), "--gguf", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "vocabulary" in err and not bad.exists(), err
+    assert main(["export", "--checkpoint", str(tmp_path / "none"), "--gguf", str(bad)]) == 2
+    assert not list(tmp_path.glob("*.tmp"))

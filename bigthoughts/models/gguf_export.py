@@ -30,6 +30,7 @@ Example::
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -115,7 +116,7 @@ def write_lora_adapter(path: str | Path, lora: dict[PathKey, np.ndarray] | objec
     tensors = lora_tensors(lora if isinstance(lora, dict) else lora_params(lora))
     arch = architecture(base)
     path = Path(path)
-    writer = gguf.GGUFWriter(str(path), arch)
+    writer = gguf.GGUFWriter(str(_tmp(path)), arch)
     writer.add_type(gguf.GGUFType.ADAPTER)
     writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
     writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, float(alpha))
@@ -124,15 +125,24 @@ def write_lora_adapter(path: str | Path, lora: dict[PathKey, np.ndarray] | objec
         writer.add_name(f"{name} LoRA")
     for key, value in tensors.items():
         writer.add_tensor(key, value)
-    _finish(writer)
+    _finish(writer, _tmp(path), path)
     return path
 
 
-def _finish(writer) -> None:
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+def _finish(writer, tmp: Path, path: Path) -> None:
+    """Writes the file under ``tmp`` and renames it into place (no half-written file)."""
+    try:
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _tmp(path: Path) -> Path:
+    return path.with_name(path.name + ".tmp")
 
 
 def _copy_metadata(writer, base, skip: set[str]) -> None:
@@ -213,8 +223,12 @@ def write_model_gguf(path: str | Path, params: dict[PathKey, np.ndarray], config
     arch = architecture(base)
     if arch != "gemma3":
         raise GGUFExportError(f"GGUF model export supports gemma3, not {arch}")
+    vocab = base.fields.get("tokenizer.ggml.tokens")
+    if vocab is not None and len(vocab.data) != config.num_embed:
+        raise GGUFExportError(f"the base GGUF's vocabulary has {len(vocab.data)} tokens, the "
+                              f"model {config.num_embed}: not the same tokenizer")
     path = Path(path)
-    writer = gguf.GGUFWriter(str(path), arch)
+    writer = gguf.GGUFWriter(str(_tmp(path)), arch)
     hparams = _hparams(config)
     skip = {"general.architecture", "general.file_type", "general.quantization_version",
             *(f"{arch}.{k}" for k in _HPARAMS)}
@@ -228,5 +242,5 @@ def write_model_gguf(path: str | Path, params: dict[PathKey, np.ndarray], config
     for name, value in gguf_matrices(params, config).items():
         data, raw = _encode(name, value, ftype)
         writer.add_tensor(name, data, raw_dtype=raw)
-    _finish(writer)
+    _finish(writer, _tmp(path), path)
     return path
