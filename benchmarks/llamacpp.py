@@ -10,9 +10,12 @@ tokens to a fixed length, the embedded Q4_K_M GGUF, the same thread count.
 through a unified KV cache and decodes random tokens (no sampling); its time is
 prefill + decode. Ours is one ``generate`` call (tokenize, prefill, per-row samplers at
 the vote's temperatures, log-probs, detokenize, stop checks). JAX is warmed up
-(compiled) first. The sides run alternately, ``--repeats`` times; the best time of
-each is reported. Acceptance (issue 13): ours <= 1.1x batched-bench and <= 0.5x JAX
-for the 5-row vote. Other processes on the machine skew all three: run it quiet.
+(compiled) first. Both llama.cpp sides run without weight repacking (``-nr``;
+``repack=False`` in our engine): on our AVX-512/AMX machine the repack/AMX path dies
+with SIGILL (native) or SIGSEGV (Python). The sides run alternately, ``--repeats``
+times; the best time of each is reported. Acceptance (issue 13): ours <= 1.1x
+batched-bench and <= 0.5x JAX for the 5-row vote. Other processes on the machine
+skew all three: run it quiet.
 """
 
 from __future__ import annotations
@@ -70,8 +73,8 @@ def prompt_of(engine, n_tokens: int) -> str:
 
 def run_batched_bench(exe: Path, gguf: Path, pp: int, tg: int, rows: list[int], threads: int):
     cmd = [str(exe), "-m", str(gguf), "-c", "4096", "-b", "2048", "-ub", "512", "-npp", str(pp),
-           "-ntg", str(tg), "-npl", ",".join(map(str, rows)), "-pps", "-kvu", "-t", str(threads),
-           "-tb", str(threads), "--output-format", "jsonl"]
+           "-ntg", str(tg), "-npl", ",".join(map(str, rows)), "-pps", "-kvu", "-nr",
+           "-t", str(threads), "-tb", str(threads), "--output-format", "jsonl"]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
     lines = [json.loads(x) for x in out.splitlines() if x.startswith("{")]
     return {int(r["pl"]): float(r["t"]) for r in lines}

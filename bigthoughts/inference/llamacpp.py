@@ -45,6 +45,7 @@ from bigthoughts.inference.rows import Row, calculator_text, check_request
 _CTX_MULTIPLE = 256
 _BATCH = 512  # micro-batch (n_ubatch) and prompt chunk
 _MAX_INSERT = 48  # calculator tokens a row may insert at once
+_PREFIX = 200  # characters of the prompt that a calculator annotation may start in
 
 
 class LlamaCppError(RuntimeError):
@@ -244,7 +245,8 @@ class LlamaCppEngine:
         self._context(n_ctx, n_rows)
         batch = self._ll.llama_batch_init(max(_BATCH, n_rows * (_MAX_INSERT + 1)), 0, 1)
         chains = [self._chain(t, _row_seed(seed, r), top_k, top_p) for r, t in enumerate(temps)]
-        rows = [Row(seq=r, pos=0, temperature=t) for r, t in enumerate(temps)]
+        rows = [Row(seq=r, pos=0, temperature=t, prefix=prompts[r // k][-_PREFIX:])
+                for r, t in enumerate(temps)]
         ends = (stop, stop_inclusive, max_new_tokens, self.eos_id if stop_at_eos else -1)
         try:
             for p in range(len(prompts)):
@@ -296,7 +298,7 @@ class LlamaCppEngine:
         row.pending = [tok]
         if row.check(*ends) is not None or calculate is None:
             return
-        for extra in self._insertion(row.text(), calculate):
+        for extra in self._insertion(row.prefix + row.text(), calculate):
             row.add(extra, self.piece(extra), 0.0)
             row.pending.append(extra)
         row.check(*ends)

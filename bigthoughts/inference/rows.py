@@ -60,6 +60,7 @@ class Row:
     data: bytearray = field(default_factory=bytearray)
     ends: list[int] = field(default_factory=list)  # byte length after each token
     pending: list[int] = field(default_factory=list)  # tokens to feed on the next step
+    prefix: str = ""  # the prompt's tail: an annotation may open in the prompt
     result: tuple[str, int, FinishReason] | None = None
 
     def add(self, token: int, piece: bytes, logprob: float) -> None:
