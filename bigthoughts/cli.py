@@ -35,13 +35,15 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from bigthoughts.data import DataError
     from bigthoughts.models.build import ParameterMismatch
     from bigthoughts.models.gguf import GGUFError
+    from bigthoughts.models.gguf_export import GGUFExportError
     from bigthoughts.models.limits import GenerationLimitError
     from bigthoughts.models.spec import ModelLoadError
     from bigthoughts.training.adapter import AdapterError
     from bigthoughts.training.loop import OutOfMemory
 
-    return (UserError, ConfigError, DataError, GGUFError, ModelLoadError, ParameterMismatch,
-            GenerationLimitError, FileNotFoundError, OutOfMemory, AdapterError)
+    return (UserError, ConfigError, DataError, GGUFError, GGUFExportError, ModelLoadError,
+            ParameterMismatch, GenerationLimitError, FileNotFoundError, OutOfMemory,
+            AdapterError)
 
 
 def enable_compilation_cache() -> None:
@@ -130,10 +132,30 @@ def _load(args):
     return lm
 
 
+def _add_engine_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--engine", default="auto", choices=["auto", "jax", "llama.cpp"],
+                   help="inference engine (auto: jax; llama.cpp needs the llamacpp extra and "
+                        "a GGUF model)")
+    p.add_argument("--lora", default=None,
+                   help="a GGUF LoRA adapter for the llama.cpp engine")
+    p.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: all)")
+
+
+def _engine(args):
+    """(engine, LoadedModel) for --engine/--model/--checkpoint/--adapter."""
+    from bigthoughts.inference.engine import make_engine
+
+    if args.adapter and args.engine == "llama.cpp":
+        raise UserError("--adapter (safetensors) is for the jax engine; llama.cpp takes a GGUF "
+                        "adapter with --lora")
+    chosen = make_engine(args.engine, model=args.checkpoint or args.model, lora=args.lora,
+                         threads=args.threads, load_jax=lambda: _load(args))
+    return chosen.engine, chosen.loaded
+
+
 def cmd_ask(args) -> int:
     from bigthoughts.config import VoteConfig
     from bigthoughts.data import prompt_format
-    from bigthoughts.generate import Sampler
     from bigthoughts.models.limits import check_loaded
     from bigthoughts.solve import Solver
 
@@ -147,11 +169,10 @@ def cmd_ask(args) -> int:
                   shots=args.shots)
     _preflight(args, spec, [fmt.prompt(question)], rows=vote.votes,
                max_new_tokens=vote.max_new_tokens)
-    lm = _load(args)
+    engine, lm = _engine(args)
     fmt = prompt_format(args.style or lm.spec.prompt_style, args.shots)
     check_loaded(lm, [fmt.prompt(question)], rows=vote.votes, max_new_tokens=vote.max_new_tokens)
-    solver = Solver(Sampler(lm.model, lm.tokenizer), format=fmt, vote=vote, seed=args.seed,
-                    calculator=args.calculator)
+    solver = Solver(engine, format=fmt, vote=vote, seed=args.seed, calculator=args.calculator)
     start = time.perf_counter()
     [sol] = solver.solve([question])
     _print_solution(args, sol, time.perf_counter() - start)
@@ -198,15 +219,13 @@ def _check_generate_args(args) -> None:
 
 
 def cmd_generate(args) -> int:
-    from bigthoughts.generate import Sampler
     from bigthoughts.models.limits import check_loaded
 
     _check_generate_args(args)
     _preflight(args, _spec_before_load(args), [args.prompt], rows=args.num_samples,
                max_new_tokens=args.max_new_tokens)
-    lm = _load(args)
+    sampler, lm = _engine(args)
     check_loaded(lm, [args.prompt], rows=args.num_samples, max_new_tokens=args.max_new_tokens)
-    sampler = Sampler(lm.model, lm.tokenizer)
     start = time.perf_counter()
     outs = sampler.generate([args.prompt], temperatures=args.temperature,
                             num_samples=args.num_samples, max_new_tokens=args.max_new_tokens,
@@ -236,8 +255,9 @@ def cmd_eval(args) -> int:
     _preflight(args, spec, [fmt.prompt(e.question) for e in examples],
                rows=min(config.batch_size, max(1, len(examples))) * config.samples_per_question,
                max_new_tokens=config.max_new_tokens)
-    lm = _load(args)
-    summary = run_eval(lm, examples, config, Path(args.out), progress=not args.quiet)
+    engine, lm = _engine(args)
+    summary = run_eval(lm, examples, config, Path(args.out), progress=not args.quiet,
+                       sampler=engine)
     print(json.dumps({k: summary[k] for k in ("accuracy", "accuracy_ci95", "format_strict",
                                               "format_lenient", "seconds_per_question")
                       if k in summary}, indent=2))
@@ -278,6 +298,24 @@ def cmd_train_report(args) -> int:
     from bigthoughts.train_report import plot_training
 
     print(f"wrote {plot_training(Path(args.run), Path(args.out or args.run), window=args.window)}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    """An exported checkpoint (merged weights) -> one GGUF file for llama.cpp / Ollama."""
+    from bigthoughts.export import load_exported
+    from bigthoughts.models.build import flat_params
+    from bigthoughts.models.gguf import open_gguf
+    from bigthoughts.models.gguf_export import write_model_gguf
+    from bigthoughts.models.registry import embedded_gguf_path
+
+    lm = load_exported(args.checkpoint)
+    if lm.spec.family != "gemma3":
+        raise UserError(f"GGUF export supports Gemma 3 models, not {lm.spec.family}")
+    base = open_gguf(args.tokenizer_from or embedded_gguf_path())
+    out = write_model_gguf(args.gguf, flat_params(lm.model), lm.model.config, base=base,
+                           ftype=args.gguf_type)
+    print(f"wrote {out} ({out.stat().st_size / 2**20:.0f} MiB, {args.gguf_type})")
     return 0
 
 
@@ -342,6 +380,7 @@ def _add_inference_commands(sub) -> None:
     p = sub.add_parser("ask", help="answer one question by consensus vote")
     p.add_argument("question")
     _add_model_args(p)
+    _add_engine_args(p)
     _vote_args(p, 5)
     p.add_argument("--traces", action="store_true", help="print every trace")
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -351,6 +390,7 @@ def _add_inference_commands(sub) -> None:
     p = sub.add_parser("generate", help="sample a continuation of a raw prompt")
     p.add_argument("prompt")
     _add_model_args(p)
+    _add_engine_args(p)
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--num-samples", type=int, default=1)
     p.add_argument("--max-new-tokens", type=int, default=64)
@@ -363,6 +403,7 @@ def _add_inference_commands(sub) -> None:
 
     p = sub.add_parser("eval", help="evaluate on GSM8K; resumable")
     _add_model_args(p)
+    _add_engine_args(p)
     p.add_argument("--mode", default="single", choices=["zero-shot", "single", "vote"])
     p.add_argument("--split", default="test", choices=["test", "train"])
     p.add_argument("--limit", type=int, default=None)
@@ -413,6 +454,14 @@ def _add_other_commands(sub) -> None:
     p.add_argument("--shots", type=int, default=2,
                    help="worked examples in base-model prompts (0: zero-shot)")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("export", help="write an exported checkpoint as a GGUF file")
+    p.add_argument("--checkpoint", required=True, help="a directory written by `train` (export/)")
+    p.add_argument("--gguf", required=True, help="output .gguf file")
+    p.add_argument("--gguf-type", default="f16", choices=["f16", "q8_0", "f32"])
+    p.add_argument("--tokenizer-from", default=None,
+                   help="GGUF whose tokenizer/metadata to copy (default: the embedded 270M)")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("download", help="download GSM8K (checksummed) into the cache")
     p.add_argument("--dest", default=None)

@@ -4,6 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m venv .venv
-.venv/bin/pip install -q --disable-pip-version-check -c requirements.lock -e '.[dev,serve]'
+.venv/bin/pip install -q --disable-pip-version-check -c requirements.lock -e '.[dev,serve,llamacpp]'
 .venv/bin/ruff check bigthoughts tests scripts benchmarks
 .venv/bin/python -m pytest -q -p no:cacheprovider "$@"

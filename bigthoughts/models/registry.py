@@ -70,7 +70,7 @@ def embedded_gguf_path() -> Path:
     return pkg.assemble(pkg.default_output_path(cache_dir() / "gguf"))
 
 
-def _embedded_package() -> str:
+def embedded_package() -> str:
     import importlib.metadata
 
     return f"{EMBEDDED_PACKAGE}=={importlib.metadata.version(EMBEDDED_PACKAGE)}"
@@ -103,7 +103,7 @@ def _load_gguf(path: Path, spec: ModelSpec | None, dtype, use_cache: bool) -> Lo
                          instruction_tuned="-it" in path.name.lower() or "instruct" in name.lower(),
                          context_length=int(context) if context else None)
     model = build_model(family, config, params, dtype=dtype)
-    package = _embedded_package() if spec.embedded else None
+    package = embedded_package() if spec.embedded else None
     source = portable_source(path, digest=digest, package=package)
     return LoadedModel(model=model, tokenizer=tokenizer, spec=spec, source=source)
 

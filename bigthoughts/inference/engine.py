@@ -1,0 +1,147 @@
+"""The inference engine contract, and ``make_engine`` that picks an implementation.
+
+An engine is anything with the JAX sampler's ``generate`` method: rows are
+prompt-major (``num_samples`` per prompt), ``temperatures`` is one value or one per
+row, ``stop`` strings end a row and are cut off, ``stop_inclusive`` ones are kept,
+EOS ends a row, and ``calculator=True`` inserts GSM8K calculator results
+(``<<48/2=`` -> ``24>>``). The vote (``Solver``), evaluation and the server call only
+this, so a new engine is one file.
+
+Two implementations:
+
+* ``"jax"``: ``bigthoughts.generate.Sampler`` on the Tunix model (training rollouts,
+  TPU/GPU, any checkpoint we can load);
+* ``"llama.cpp"``: ``bigthoughts.inference.llamacpp.LlamaCppEngine`` on a GGUF file
+  (CPU inference; needs the ``llamacpp`` extra).
+
+``"auto"`` picks JAX for now: on the 2-core CPUs we measure on, our llama.cpp engine
+is slower than the JAX sampler (see ``resolve_kind``); ``--engine llama.cpp`` selects
+it for any GGUF model (the embedded default or a ``.gguf`` path).
+
+Example::
+
+    chosen = make_engine("auto")
+    solver = Solver(chosen.engine, style=chosen.loaded.spec.prompt_style)
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Protocol
+
+from bigthoughts.generate import Generation
+from bigthoughts.models.registry import LoadedModel, ModelLoadError, embedded_package
+from bigthoughts.models.spec import portable_source
+
+EngineKind = Literal["auto", "jax", "llama.cpp"]
+ENGINE_KINDS: tuple[str, ...] = ("auto", "jax", "llama.cpp")
+
+
+class Engine(Protocol):
+    """What the vote, evaluation and the server need from an inference engine."""
+
+    def generate(
+        self,
+        prompts: Sequence[str],
+        *,
+        temperatures: float | Sequence[float] = 0.0,
+        num_samples: int = 1,
+        max_new_tokens: int = 256,
+        stop: Sequence[str] = (),
+        stop_inclusive: Sequence[str] = (),
+        seed: int = 0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        calculator: bool = False,
+    ) -> list[Generation]: ...
+
+
+@dataclass(frozen=True)
+class ChosenEngine:
+    """An engine and the model it serves.
+
+    ``loaded.model`` is None for llama.cpp (it holds the weights itself); ``loaded``
+    still carries the spec (prompt style) and a source naming the engine.
+    """
+
+    engine: Engine
+    kind: Literal["jax", "llama.cpp"]
+    loaded: LoadedModel
+
+
+def llamacpp_available() -> bool:
+    return importlib.util.find_spec("llama_cpp") is not None
+
+
+def gguf_source(model: str | Path | None):
+    """``(path, spec)`` of the GGUF file that ``model`` names, or None when it is not
+    one (a checkpoint directory, a registry model that is not embedded)."""
+    from bigthoughts.models.registry import DEFAULT_MODEL, REGISTRY, ModelSpec, embedded_gguf_path
+
+    name = DEFAULT_MODEL if model is None else str(model)
+    spec = REGISTRY.get(name)
+    if spec is not None:
+        return (embedded_gguf_path(), spec) if spec.embedded else None
+    path = Path(name)
+    if path.is_file() and path.suffix == ".gguf":
+        it = "-it" in path.name.lower() or "instruct" in path.name.lower()
+        return path, ModelSpec(name=path.stem, family="gemma3", instruction_tuned=it)
+    return None
+
+
+def resolve_kind(kind: str, *, gguf: bool, jax_backend: str | None = None) -> str:
+    """The concrete engine for ``kind`` ("auto" decided here)."""
+    if kind not in ENGINE_KINDS:
+        raise ModelLoadError(f"unknown engine {kind!r}; choose one of {', '.join(ENGINE_KINDS)}")
+    if kind != "auto":
+        return kind
+    # Measured on this project's 2-core CPUs (benchmarks/llamacpp.py), our llama.cpp engine
+    # is still slower than the JAX sampler (llama.cpp's weight repacking crashes there and
+    # is off), so "auto" keeps JAX until it pays; llama.cpp stays one flag away.
+    del gguf, jax_backend
+    return "jax"
+
+
+def make_engine(
+    kind: str = "auto",
+    *,
+    model: str | Path | None = None,
+    lora: str | Path | None = None,
+    threads: int | None = None,
+    load_jax: Callable[[], LoadedModel] | None = None,
+) -> ChosenEngine:
+    """Builds the engine ``kind`` for ``model`` (default: the embedded Gemma 3 270M).
+
+    ``model``: a registry name, a ``.gguf`` file or a checkpoint directory (JAX only).
+    ``lora``: a GGUF LoRA adapter (llama.cpp only). ``load_jax`` loads the model for
+    the JAX engine (default ``load_model(model)``), e.g. with another dtype.
+    """
+    source = gguf_source(model)
+    chosen = resolve_kind(kind, gguf=source is not None)
+    if chosen == "llama.cpp":
+        if source is None:
+            raise ModelLoadError(
+                "the llama.cpp engine needs a GGUF model (the embedded default or a .gguf "
+                "path); convert a checkpoint with `bigthoughts export --gguf`")
+        from bigthoughts.inference.llamacpp import LlamaCppEngine, LlamaCppError
+
+        path, spec = source
+        try:
+            engine = LlamaCppEngine(path, lora=lora, threads=threads, spec=spec)
+        except LlamaCppError as exc:
+            raise ModelLoadError(str(exc)) from exc
+        package = embedded_package() if spec.embedded else None
+        loaded = LoadedModel(model=None, tokenizer=None, spec=spec,
+                             source=f"llama.cpp:{portable_source(path, package=package)}")
+        return ChosenEngine(engine=engine, kind="llama.cpp", loaded=loaded)
+    if lora is not None:
+        raise ModelLoadError("a GGUF LoRA adapter needs the llama.cpp engine (--engine llama.cpp)")
+    from bigthoughts.generate import Sampler
+    from bigthoughts.models.registry import load_model
+
+    loaded = load_jax() if load_jax is not None else load_model(model)
+    return ChosenEngine(engine=Sampler(loaded.model, loaded.tokenizer), kind="jax",
+                        loaded=loaded)

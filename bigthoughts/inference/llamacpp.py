@@ -1,0 +1,336 @@
+"""A CPU inference engine on llama.cpp's batched low-level API (llama-cpp-python).
+
+Same contract as ``bigthoughts.generate.Sampler.generate`` (see ``inference.engine``),
+on the GGUF file itself (the embedded Q4_K_M by default), optionally with a GGUF
+LoRA adapter written by ``bigthoughts.models.gguf_export``.
+
+How one call runs:
+
+* each prompt is tokenized by llama.cpp (BOS added, ``<start_of_turn>`` parsed as a
+  special token), prefilled ONCE as sequence ``p*k``, and its KV cache is copied to
+  the k sequences of its rows with ``llama_memory_seq_cp`` (a unified KV cache, so the
+  copy shares the cells: nothing is recomputed or duplicated);
+* every row has its own sampler chain: greedy at T=0, else ``top_k``/``top_p`` (when
+  given) -> temperature -> a seeded draw (seed derived from ``seed`` and the row);
+* all live rows advance together: ONE ``llama_decode`` per step, one token per row
+  (plus any calculator tokens inserted into that row);
+* the host detokenizes each row (token pieces as bytes), cuts stop strings exactly as
+  the JAX sampler does, ends rows on EOS, and drops finished rows from the batch;
+* reported log-probs are the model's own log-softmax (temperature 1) of each sampled
+  token, from the row's logits; calculator tokens carry log-prob 0.0 (the model did
+  not choose them);
+* ``calculator=True``: when a row's text ends with ``<<EXPR=`` (GSM8K's calculator
+  annotation), ``bigthoughts.steps.calculate(EXPR)`` is evaluated and ``RESULT>>`` is
+  decoded into that row only (nothing when it returns None); also when the prompt
+  itself ends with ``<<EXPR=``.
+
+Example::
+
+    engine = LlamaCppEngine(embedded_gguf_path(), threads=2)
+    [g] = engine.generate(["Question: 2+3?\\nAnswer:"], max_new_tokens=32, stop=["\\n"])
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from bigthoughts.generate import Generation
+from bigthoughts.inference.rows import Row, calculator_text, check_request
+
+_CTX_MULTIPLE = 256
+_BATCH = 512  # micro-batch (n_ubatch) and prompt chunk
+_MAX_INSERT = 48  # calculator tokens a row may insert at once
+_PREFIX = 200  # characters of the prompt that a calculator annotation may start in
+
+
+class LlamaCppError(RuntimeError):
+    """llama.cpp refused a model, an adapter or a batch."""
+
+
+def _lib():
+    try:
+        import llama_cpp
+    except ImportError as exc:
+        raise LlamaCppError("the llama.cpp engine needs the optional extra: "
+                            "pip install 'bigthoughts[llamacpp]'") from exc
+    return llama_cpp
+
+
+class LlamaCppEngine:
+    """Batched generation on llama.cpp (see the module docstring)."""
+
+    def __init__(self, gguf_path: str | Path, *, lora: str | Path | None = None,
+                 lora_scale: float = 1.0, threads: int | None = None, spec=None,
+                 repack: bool = False, verbose: bool = False):
+        ll = _lib()
+        self._ll = ll
+        self.path, self.spec = Path(gguf_path), spec
+        self.threads = threads or os.cpu_count() or 1
+        if not self.path.is_file():
+            raise LlamaCppError(f"GGUF file not found: {self.path}")
+        if not verbose:
+            _quiet(ll)
+        ll.llama_backend_init()
+        params = ll.llama_model_default_params()
+        # llama.cpp's "extra buffer types" (weight repacking, AMX) segfault in
+        # llama_decode on the Q4_K_M 270M on our AVX-512/AMX CPUs (llama-cpp-python
+        # 0.3.36, its own high-level Llama class too); off unless asked for
+        params.use_extra_bufts = repack
+        self._model = ll.llama_model_load_from_file(str(self.path).encode(), params)
+        if not self._model:
+            raise LlamaCppError(f"llama.cpp could not load {self.path}")
+        self._vocab = ll.llama_model_get_vocab(self._model)
+        self.n_vocab = int(ll.llama_vocab_n_tokens(self._vocab))
+        self.eos_id = int(ll.llama_vocab_eos(self._vocab))
+        self._adapter = None
+        self.lora_scale = lora_scale
+        if lora is not None:
+            if not Path(lora).is_file():
+                raise LlamaCppError(f"LoRA adapter not found: {lora}")
+            self._adapter = ll.llama_adapter_lora_init(self._model, str(lora).encode())
+            if not self._adapter:
+                raise LlamaCppError(f"llama.cpp could not load the LoRA adapter {lora}")
+        self._ctx = None
+        self._ctx_size = self._ctx_seqs = 0
+        self._piece_cache: dict[int, bytes] = {}
+
+    # --- llama.cpp plumbing ---------------------------------------------------------
+    def _context(self, n_ctx: int, n_seq: int):
+        """A context with room for ``n_ctx`` cells and ``n_seq`` sequences (reused)."""
+        ll = self._ll
+        if self._ctx is not None and n_ctx <= self._ctx_size and n_seq <= self._ctx_seqs:
+            ll.llama_memory_clear(ll.llama_get_memory(self._ctx), True)
+            return self._ctx
+        self.close_context()
+        n_ctx = -(-n_ctx // _CTX_MULTIPLE) * _CTX_MULTIPLE
+        params = ll.llama_context_default_params()
+        params.n_ctx, params.n_seq_max = n_ctx, max(1, n_seq)
+        params.n_batch = params.n_ubatch = 512
+        params.n_threads = params.n_threads_batch = self.threads
+        params.kv_unified = True  # a copied prompt shares its cells between sequences
+        params.no_perf = True
+        ctx = ll.llama_init_from_model(self._model, params)
+        if not ctx:
+            raise LlamaCppError(f"llama.cpp could not create a context of {n_ctx} tokens")
+        if self._adapter is not None:
+            adapters = (ll.llama_adapter_lora_p_ctypes * 1)(self._adapter)
+            scales = (ctypes.c_float * 1)(self.lora_scale)
+            if ll.llama_set_adapters_lora(ctx, adapters, 1, scales) != 0:
+                raise LlamaCppError("llama.cpp could not apply the LoRA adapter")
+        self._ctx, self._ctx_size, self._ctx_seqs = ctx, n_ctx, max(1, n_seq)
+        return ctx
+
+    def close_context(self) -> None:
+        if self._ctx is not None:
+            self._ll.llama_free(self._ctx)
+            self._ctx = None
+
+    def close(self) -> None:
+        """Frees the context, adapter and model (the engine is unusable after)."""
+        self.close_context()
+        if getattr(self, "_model", None):
+            self._ll.llama_model_free(self._model)
+            self._model = None
+
+    def tokenize(self, text: str, *, add_bos: bool) -> list[int]:
+        ll = self._ll
+        raw = text.encode("utf-8")
+        cap = len(raw) + 8
+        buf = (ll.llama_token * cap)()
+        n = ll.llama_tokenize(self._vocab, raw, len(raw), buf, cap, add_bos, True)
+        if n < 0:
+            raise LlamaCppError(f"could not tokenize a prompt of {len(raw)} bytes")
+        return list(buf[:n])
+
+    def piece(self, token: int) -> bytes:
+        """The token's text as bytes (special tokens spelled out, EOS empty)."""
+        got = self._piece_cache.get(token)
+        if got is None:
+            if token == self.eos_id:
+                got = b""
+            else:
+                buf = ctypes.create_string_buffer(64)
+                n = self._ll.llama_token_to_piece(self._vocab, token, buf, 64, 0, True)
+                if n < 0:
+                    buf = ctypes.create_string_buffer(-n)
+                    n = self._ll.llama_token_to_piece(self._vocab, token, buf, -n, 0, True)
+                got = buf.raw[:n]
+            self._piece_cache[token] = got
+        return got
+
+    def _decode(self, batch, feeds: list[tuple[int, int, list[int]]]) -> None:
+        """Feeds ``(seq, first position, tokens)`` with logits for each feed's last token."""
+        n = 0
+        for seq, pos, tokens in feeds:
+            for j, tok in enumerate(tokens):
+                batch.token[n], batch.pos[n] = tok, pos + j
+                batch.n_seq_id[n] = 1
+                batch.seq_id[n][0] = seq
+                batch.logits[n] = j == len(tokens) - 1
+                n += 1
+        batch.n_tokens = n
+        status = self._ll.llama_decode(self._ctx, batch)
+        if status != 0:
+            raise LlamaCppError(f"llama_decode failed with status {status}")
+
+    def _logits(self, n_outputs: int) -> np.ndarray:
+        ptr = self._ll.llama_get_logits(self._ctx)
+        return np.ctypeslib.as_array(ptr, shape=(n_outputs, self.n_vocab))
+
+    def _chain(self, temperature: float, seed: int, top_k: int | None, top_p: float | None):
+        ll = self._ll
+        params = ll.llama_sampler_chain_default_params()
+        params.no_perf = True
+        chain = ll.llama_sampler_chain_init(params)
+        if temperature <= 0:
+            ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_greedy())
+            return chain
+        if top_k is not None:
+            ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_top_k(top_k))
+        if top_p is not None:
+            ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_top_p(top_p, 1))
+        ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_temp(temperature))
+        ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_dist(seed))
+        return chain
+
+    def prompt_logits(self, text: str) -> np.ndarray:
+        """The model's next-token logits after ``text`` (BOS added), float32 [vocab]."""
+        tokens = self.tokenize(text, add_bos=True)
+        self._context(len(tokens) + 1, 1)
+        batch = self._ll.llama_batch_init(_BATCH, 0, 1)
+        try:
+            for start in range(0, len(tokens), _BATCH):
+                self._decode(batch, [(0, start, tokens[start:start + _BATCH])])
+            return np.array(self._logits(1)[0])
+        finally:
+            self._ll.llama_batch_free(batch)
+
+    # --- generation -----------------------------------------------------------------
+    def generate(
+        self,
+        prompts: Sequence[str],
+        *,
+        temperatures: float | Sequence[float] = 0.0,
+        num_samples: int = 1,
+        max_new_tokens: int = 256,
+        stop: Sequence[str] = (),
+        stop_inclusive: Sequence[str] = (),
+        seed: int = 0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        calculator: bool = False,
+        stop_at_eos: bool = True,
+    ) -> list[Generation]:
+        """``num_samples`` continuations per prompt, prompt-major (see the module doc).
+
+        ``stop_at_eos=False`` keeps sampling past EOS (fixed-length benchmarks), as in
+        the JAX sampler.
+        """
+        if not prompts:
+            return []
+        k, n_rows = num_samples, len(prompts) * num_samples
+        temps = check_request(n_rows, temperatures, num_samples, max_new_tokens, top_k, top_p)
+        if top_p is not None and top_k is None:
+            top_k = 256  # as the JAX sampler: the nucleus among the 256 most likely
+        calculate = _calculate() if calculator else None
+        encoded = [self.tokenize(p, add_bos=True) for p in prompts]
+        inserts = [self._insertion(p, calculate) for p in prompts]
+        n_ctx = sum(len(e) + len(i) for e, i in zip(encoded, inserts, strict=True)) \
+            + n_rows * (max_new_tokens + _MAX_INSERT + 1)
+        self._context(n_ctx, n_rows)
+        batch = self._ll.llama_batch_init(max(_BATCH, n_rows * (_MAX_INSERT + 1)), 0, 1)
+        chains = [self._chain(t, _row_seed(seed, r), top_k, top_p) for r, t in enumerate(temps)]
+        rows = [Row(seq=r, pos=0, temperature=t, prefix=prompts[r // k][-_PREFIX:])
+                for r, t in enumerate(temps)]
+        ends = (stop, stop_inclusive, max_new_tokens, self.eos_id if stop_at_eos else -1)
+        try:
+            for p in range(len(prompts)):
+                self._prefill(batch, encoded[p] + inserts[p], rows[p * k:(p + 1) * k],
+                              inserts[p], chains[p * k:(p + 1) * k], ends, calculate)
+            live = [r for r in rows if r.result is None]
+            while live:
+                self._decode(batch, [(r.seq, r.pos, r.pending) for r in live])
+                logits = self._logits(len(live))
+                lse = _logsumexp(logits)
+                index = -1
+                for i, row in enumerate(live):
+                    index += len(row.pending)
+                    row.pos += len(row.pending)
+                    self._take(row, chains[row.seq], index, logits[i], lse[i], ends, calculate)
+                live = [r for r in live if r.result is None]
+        finally:
+            self._ll.llama_batch_free(batch)
+            for chain in chains:
+                self._ll.llama_sampler_free(chain)
+        return [self._generation(r, len(encoded[r.seq // k])) for r in rows]
+
+    def _insertion(self, text: str, calculate) -> list[int]:
+        found = calculator_text(text, calculate) if calculate is not None else None
+        return self.tokenize(found, add_bos=False)[:_MAX_INSERT] if found else []
+
+    def _prefill(self, batch, tokens, rows, inserted, chains, ends, calculate) -> None:
+        """Prefills one prompt as its first row's sequence, copies it to the others and
+        draws every row's first token from the prompt's last logits."""
+        seq0 = rows[0].seq
+        for start in range(0, len(tokens), _BATCH):
+            self._decode(batch, [(seq0, start, tokens[start:start + _BATCH])])
+        mem = self._ll.llama_get_memory(self._ctx)
+        for row in rows[1:]:
+            self._ll.llama_memory_seq_cp(mem, seq0, row.seq, -1, -1)
+        logits = self._logits(1)
+        lse = _logsumexp(logits)
+        for row, chain in zip(rows, chains, strict=True):
+            row.pos = len(tokens)
+            for tok in inserted:  # the prompt ended inside a calculator annotation
+                row.add(tok, self.piece(tok), 0.0)
+            if row.check(*ends) is None:
+                self._take(row, chain, -1, logits[0], lse[0], ends, calculate)
+
+    def _take(self, row: Row, chain, index: int, logits, lse, ends, calculate) -> None:
+        """Samples the row's next token from batch output ``index`` and books it."""
+        tok = int(self._ll.llama_sampler_sample(chain, self._ctx, index))
+        row.add(tok, self.piece(tok), float(logits[tok] - lse))
+        row.pending = [tok]
+        if row.check(*ends) is not None or calculate is None:
+            return
+        for extra in self._insertion(row.prefix + row.text(), calculate):
+            row.add(extra, self.piece(extra), 0.0)
+            row.pending.append(extra)
+        row.check(*ends)
+
+    def _generation(self, row: Row, prompt_tokens: int) -> Generation:
+        assert row.result is not None  # every row ends: at the latest by its length
+        text, n, reason = row.result
+        return Generation(text=text, token_ids=tuple(row.ids[:n]),
+                          logprobs=tuple(row.logprobs[:n]), finish_reason=reason,
+                          prompt_tokens=prompt_tokens, temperature=row.temperature)
+
+
+def _quiet(ll) -> None:
+    """Silences llama.cpp's log (its warnings would follow our one-line errors). The
+    ctypes callback is kept on this function: llama.cpp holds it for the process."""
+    callback = getattr(_quiet, "callback", None)
+    if callback is None:
+        callback = _quiet.callback = ll.llama_log_callback(lambda level, text, data: None)
+    ll.llama_log_set(callback, ctypes.c_void_p(0))
+
+
+def _row_seed(seed: int, row: int) -> int:
+    """A 32-bit seed per row (never llama.cpp's "random" 0xFFFFFFFF)."""
+    return (seed * 1_000_003 + row * 7919 + 1) % 0xFFFFFFFF
+
+
+def _logsumexp(logits: np.ndarray) -> np.ndarray:
+    top = logits.max(axis=-1)
+    return top + np.log(np.exp(logits - top[:, None]).sum(axis=-1))
+
+
+def _calculate():
+    from bigthoughts.steps import calculate
+
+    return calculate

@@ -1,0 +1,98 @@
+"""Host-side bookkeeping of one generated row: text, stop strings, EOS, calculator.
+
+Engine-independent and pure (no model), so its semantics are unit-tested directly.
+They mirror ``bigthoughts.generate.Sampler``: ``stop`` strings end a row and are cut
+off, ``stop_inclusive`` strings end it and are kept, the earliest match wins, the
+row keeps the fewest tokens whose text covers the matched string; EOS ends a row
+(kept in ``token_ids``, not in the text); ``max_new_tokens`` ends it as "length".
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from bigthoughts.generate import FinishReason
+
+CALC_OPEN = re.compile(r"<<([^<>=]*)=$")
+
+
+def check_request(rows: int, temperatures: float | Sequence[float], num_samples: int,
+                  max_new_tokens: int, top_k: int | None, top_p: float | None) -> list[float]:
+    """Validates a generate() request as the JAX sampler does; returns per-row temperatures."""
+    if num_samples < 1 or max_new_tokens < 1:
+        raise ValueError("num_samples and max_new_tokens must be >= 1")
+    if top_k is not None and top_k < 1:
+        raise ValueError("top_k must be >= 1")
+    if top_p is not None and not 0.0 < top_p <= 1.0:
+        raise ValueError("top_p must be in (0, 1]")
+    temps = [float(temperatures)] * rows if np.ndim(temperatures) == 0 \
+        else [float(t) for t in temperatures]
+    if len(temps) != rows:
+        raise ValueError(f"need 1 or {rows} temperatures, got {len(temps)}")
+    if any(t < 0 for t in temps):
+        raise ValueError("temperatures must be >= 0")
+    return temps
+
+
+def calculator_text(text: str, calculate: Callable[[str], str | None]) -> str | None:
+    """``"RESULT>>"`` when ``text`` ends with an open ``<<EXPR=`` annotation whose
+    expression ``calculate`` can evaluate; else None."""
+    match = CALC_OPEN.search(text)
+    if match is None:
+        return None
+    result = calculate(match.group(1))
+    return None if result is None else f"{result}>>"
+
+
+@dataclass
+class Row:
+    """One output row: its tokens, their log-probs and text bytes, and its end."""
+
+    seq: int  # the engine's sequence id
+    pos: int  # position of the next token fed to the model
+    temperature: float
+    ids: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    data: bytearray = field(default_factory=bytearray)
+    ends: list[int] = field(default_factory=list)  # byte length after each token
+    pending: list[int] = field(default_factory=list)  # tokens to feed on the next step
+    prefix: str = ""  # the prompt's tail: an annotation may open in the prompt
+    result: tuple[str, int, FinishReason] | None = None
+
+    def add(self, token: int, piece: bytes, logprob: float) -> None:
+        self.ids.append(int(token))
+        self.logprobs.append(float(logprob))
+        self.data += piece
+        self.ends.append(len(self.data))
+
+    def text(self, n_tokens: int | None = None) -> str:
+        n = len(self.ids) if n_tokens is None else n_tokens
+        return bytes(self.data[: self.ends[n - 1] if n else 0]).decode("utf-8", "ignore")
+
+    def check(self, stop: Sequence[str], stop_inclusive: Sequence[str], max_new: int,
+              eos_id: int, *, force: bool = False) -> tuple[str, int, FinishReason] | None:
+        """Sets and returns ``(text, tokens kept, reason)`` once the row is finished."""
+        limit = min(len(self.ids), max_new)
+        hit_eos = eos_id in self.ids[:limit]
+        if hit_eos:
+            limit = self.ids.index(eos_id) + 1
+        text = self.text(limit)
+        best = None  # (start, end of kept text, end of the stop string)
+        for strings, keep in ((stop, False), (stop_inclusive, True)):
+            for s in strings:
+                at = text.find(s)
+                if at >= 0 and (best is None or at < best[0]):
+                    best = (at, at + len(s) if keep else at, at + len(s))
+        if best is not None:
+            need = len(text[: best[2]].encode("utf-8"))
+            kept = int(np.searchsorted(np.asarray(self.ends[:limit]), need)) + 1
+            self.result = (text[: best[1]], min(kept, limit), "stop")
+        elif hit_eos:
+            self.result = (text, limit, "eos")
+        elif force or len(self.ids) >= max_new:
+            self.result = (text, limit, "length")
+        return self.result

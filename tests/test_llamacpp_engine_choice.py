@@ -1,0 +1,47 @@
+"""Which engine ``--engine``/``make_engine`` picks, and its one-line user errors."""
+
+import pytest
+
+from bigthoughts.cli import main
+from bigthoughts.inference.engine import gguf_source, resolve_kind
+from bigthoughts.models.registry import ModelLoadError
+
+
+def test_resolve_kind():
+    # auto keeps JAX while our llama.cpp engine measures slower on these CPUs
+    assert resolve_kind("auto", gguf=True, jax_backend="cpu") == "jax"
+    assert resolve_kind("auto", gguf=True, jax_backend="gpu") == "jax"
+    assert resolve_kind("auto", gguf=False, jax_backend="cpu") == "jax"
+    assert resolve_kind("jax", gguf=True, jax_backend="cpu") == "jax"
+    assert resolve_kind("llama.cpp", gguf=False, jax_backend="tpu") == "llama.cpp"
+    with pytest.raises(ModelLoadError, match="unknown engine"):
+        resolve_kind("vllm", gguf=True)
+
+
+def test_gguf_source(tmp_path):
+    path, spec = gguf_source(None)  # the embedded default
+    assert path.suffix == ".gguf" and spec.name == "gemma3-270m" and not spec.instruction_tuned
+    assert gguf_source("gemma2-2b-it") is None  # a registry model that needs a checkpoint
+    assert gguf_source(str(tmp_path)) is None  # a checkpoint directory
+    f = tmp_path / "my-model-it.gguf"
+    f.write_bytes(b"")
+    path, spec = gguf_source(str(f))
+    assert path == f and spec.instruction_tuned
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["ask", "2+2?", "--engine", "llama.cpp", "--checkpoint", "."], "needs a GGUF model"),
+    (["generate", "x", "--engine", "jax", "--lora", "a.gguf"], "needs the llama.cpp engine"),
+])
+def test_engine_mistakes_are_one_line_errors(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and "Traceback" not in err, err
+
+
+def test_missing_adapter_is_a_one_line_error(capsys, tmp_path):
+    pytest.importorskip("llama_cpp")
+    argv = ["generate", "x", "--engine", "llama.cpp", "--lora", str(tmp_path / "no.gguf")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "LoRA adapter not found" in err, err

@@ -1,0 +1,163 @@
+"""The llama.cpp engine and our GGUF exports on the real Gemma 3 270M, against our
+JAX forward of the same weights (the dequantised Q4_K_M, checked against HF in
+test_models_real.py). llama.cpp quantises activations for its Q4_K/Q8_0 dot
+products, so agreement is "within quantisation tolerance", measured below."""
+
+import sys
+import types
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+pytest.importorskip("llama_cpp")
+pytestmark = pytest.mark.real
+
+from bigthoughts.data import build_prompt  # noqa: E402
+from bigthoughts.generate import Sampler  # noqa: E402
+from bigthoughts.inference.llamacpp import LlamaCppEngine  # noqa: E402
+from bigthoughts.models.registry import embedded_gguf_path  # noqa: E402
+
+PROMPTS = [
+    "Question: Tom has 3 apples and buys 4 more. How many apples does he have?\nAnswer:",
+    "The capital of France is",
+    build_prompt("A farmer has 12 cows and buys 30 more. How many cows?", "fewshot", shots=1),
+]
+TOP = 10
+
+
+@pytest.fixture(scope="module")
+def base_engine():
+    engine = LlamaCppEngine(embedded_gguf_path(), threads=2)
+    yield engine
+    engine.close()
+
+
+def jax_last_logits(model, tokenizer, prompt):
+    return jax_logits_of_ids(model, tokenizer.encode(prompt, add_bos=True))
+
+
+def jax_logits_of_ids(model, ids):
+    from bigthoughts.models import forward
+
+    n = len(ids)
+    hidden, _ = forward.hidden_states(model, jnp.asarray([ids]), jnp.arange(n)[None], None,
+                                      jnp.tril(jnp.ones((1, n, n), dtype=bool)))
+    return np.asarray(forward.logits(model, hidden[:, -1:]))[0, 0].astype(np.float64)
+
+
+def assert_top_logits_agree(ours, theirs, *, tol):
+    """Same top-1, the top-k sets mostly shared, and the top-k logits within ``tol``."""
+    top = np.argsort(-ours)[:TOP]
+    assert int(np.argmax(theirs)) == int(top[0])
+    assert len(set(top) & set(np.argsort(-theirs)[:TOP])) >= TOP - 2
+    assert np.abs(ours[top] - theirs[top]).max() < tol
+
+
+def greedy_agree(engine, sampler, model, tokenizer, n_tokens=24, tie=0.5):
+    """Greedy continuations of PROMPTS by both engines. Returns the number of leading
+    tokens they share per prompt; where they part, llama.cpp's pick must be a near tie
+    for our JAX forward (within ``tie`` of its best logit): quantisation noise."""
+    a = engine.generate(PROMPTS, temperatures=0.0, max_new_tokens=n_tokens)
+    b = sampler.generate(PROMPTS, temperatures=0.0, max_new_tokens=n_tokens)
+    shared = []
+    for prompt, x, y in zip(PROMPTS, a, b, strict=True):
+        n = 0
+        while n < min(x.num_tokens, y.num_tokens) and x.token_ids[n] == y.token_ids[n]:
+            n += 1
+        shared.append(n)
+        if n < min(x.num_tokens, y.num_tokens):
+            ids = tokenizer.encode(prompt, add_bos=True) + list(x.token_ids[:n])
+            logits = jax_logits_of_ids(model, ids)
+            assert logits.max() - logits[x.token_ids[n]] < tie, (prompt, n)
+    return shared, a, b
+
+
+def test_q4_k_m_engine_agrees_with_our_jax_forward(real_model, base_engine):
+    tok = real_model.tokenizer
+    for prompt in PROMPTS:
+        assert base_engine.tokenize(prompt, add_bos=True) == tok.encode(prompt, add_bos=True)
+        assert_top_logits_agree(jax_last_logits(real_model.model, tok, prompt),
+                                base_engine.prompt_logits(prompt), tol=1.0)
+    shared, a, b = greedy_agree(base_engine, Sampler(real_model.model, tok), real_model.model,
+                                tok)
+    assert min(shared) >= 8, shared
+    for x, y in zip(a, b, strict=True):  # log-probs of the shared greedy tokens
+        n = min(8, x.num_tokens)
+        np.testing.assert_allclose(x.logprobs[:n], y.logprobs[:n], atol=0.25)
+
+
+@pytest.fixture(scope="module")
+def lora_case(real_model, tmp_path_factory):
+    """The 270M with a random nonzero rank-8 LoRA on every target, exported both ways."""
+    from bigthoughts.export import merge_lora
+    from bigthoughts.models.gguf import open_gguf
+    from bigthoughts.models.gguf_export import write_lora_adapter, write_model_gguf
+    from tests.test_gguf_export import with_lora
+
+    tmp = tmp_path_factory.mktemp("lora")
+    model = with_lora(real_model.model, rank=8, alpha=16.0, scale=0.02)
+    base = open_gguf(embedded_gguf_path())
+    adapter = write_lora_adapter(tmp / "adapter.gguf", model, alpha=16.0, base=base)
+    merged = write_model_gguf(tmp / "merged-q8_0.gguf", merge_lora(model, alpha=16.0, rank=8),
+                              model.config, base=base, ftype="q8_0")
+    return model, adapter, merged
+
+
+def test_lora_adapter_on_the_unchanged_q4_k_m_base(real_model, lora_case):
+    model, adapter, _ = lora_case
+    tok = real_model.tokenizer
+    engine = LlamaCppEngine(embedded_gguf_path(), lora=adapter, threads=2)
+    try:
+        moved = 0.0
+        for prompt in PROMPTS:
+            ours = jax_last_logits(model, tok, prompt)
+            moved = max(moved, np.abs(ours - jax_last_logits(real_model.model, tok, prompt)).max())
+            assert_top_logits_agree(ours, engine.prompt_logits(prompt), tol=1.0)
+        assert moved > 2.0  # the LoRA really changes the model, beyond the tolerance
+        shared, _, _ = greedy_agree(engine, Sampler(model, tok), model, tok)
+        assert min(shared) >= 1 and sorted(shared)[1] >= 8, shared
+    finally:
+        engine.close()
+
+
+def test_merged_q8_0_gguf(real_model, lora_case):
+    model, _, merged = lora_case
+    tok = real_model.tokenizer
+    engine = LlamaCppEngine(merged, threads=2)
+    try:
+        for prompt in PROMPTS:
+            assert_top_logits_agree(jax_last_logits(model, tok, prompt),
+                                    engine.prompt_logits(prompt), tol=1.0)
+        shared, _, _ = greedy_agree(engine, Sampler(model, tok), model, tok)
+        # measured [3, 24, 3]: two prompts part at a near tie (checked in greedy_agree)
+        assert min(shared) >= 1 and max(shared) >= 8, shared
+    finally:
+        engine.close()
+
+
+def test_calculator_fills_in_gsm8k_annotations(base_engine, monkeypatch):
+    """Mid-generation insertion: every annotation the model opens gets the stand-in's
+    result, and rows without the calculator differ only where it acted."""
+    calls = []
+
+    def calculate(expr):
+        calls.append(expr)
+        return "99"  # a value the model would not write itself
+
+    module = types.ModuleType("bigthoughts.steps")
+    module.calculate = calculate
+    monkeypatch.setitem(sys.modules, "bigthoughts.steps", module)
+    prompt = ("Question: Natalia sold 48 clips in April and half as many in May. How many "
+              "in total?\nAnswer: In May she sold 48/2 = <<48/2=24>>24 clips. In total "
+              "<<48+24=72>>72.\n\nQuestion: Weng earns $12 an hour and works 5 hours. How much "
+              "does she earn?\nAnswer: She earns 12*5 = <<")
+    [out] = base_engine.generate([prompt], temperatures=0.0, max_new_tokens=24, calculator=True,
+                                 stop=["\nQuestion:"])
+    assert calls, out.text
+    assert out.text.count("=99>>") == len(calls)
+    [plain] = base_engine.generate([prompt], temperatures=0.0, max_new_tokens=24)
+    cut = out.text.index("=99>>") + 1
+    assert plain.text[:cut] == out.text[:cut]  # identical up to the inserted result
+    assert jax.device_count() >= 1

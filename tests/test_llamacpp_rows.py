@@ -1,0 +1,76 @@
+"""Host-side row bookkeeping shared by the llama.cpp engine: stops, EOS, length,
+calculator. Expected values are worked out by hand from the token pieces."""
+
+import pytest
+
+from bigthoughts.inference.rows import Row, calculator_text, check_request
+
+EOS = 1
+
+
+def row_of(pieces: list[str], eos_at: int | None = None) -> Row:
+    row = Row(seq=0, pos=0, temperature=0.0)
+    for i, p in enumerate(pieces):
+        token = EOS if i == eos_at else 100 + i
+        row.add(token, b"" if token == EOS else p.encode(), -0.5)
+    return row
+
+
+def test_stop_is_cut_and_keeps_the_tokens_covering_it():
+    row = row_of(["The", " answer", " is 4", ".\nQu", "estion:", " more"])
+    text, kept, reason = row.check(["\nQuestion:"], [], 99, EOS)
+    assert (text, kept, reason) == ("The answer is 4.", 5, "stop")
+
+
+def test_inclusive_stop_is_kept_and_earliest_stop_wins():
+    row = row_of(["<answer>", "7", "</answer>", "\n", "</answer>"])
+    assert row.check(["\n"], ["</answer>"], 99, EOS) == ("<answer>7</answer>", 3, "stop")
+    row = row_of(["a", "\n", "</answer>"])
+    assert row.check(["\n"], ["</answer>"], 99, EOS) == ("a", 2, "stop")
+
+
+def test_eos_ends_the_row_kept_in_tokens_not_in_text():
+    row = row_of(["x", "y", "", "z"], eos_at=2)
+    assert row.check([], [], 99, EOS) == ("xy", 3, "eos")
+
+
+def test_length_and_unfinished():
+    row = row_of(["a", "b"])
+    assert row.check([], [], 3, EOS) is None and row.result is None
+    row.add(7, b"c", 0.0)
+    assert row.check([], [], 3, EOS) == ("abc", 3, "length")
+    longer = row_of(["a", "b", "c", "d"])  # a calculator insertion may overshoot
+    assert longer.check([], [], 2, EOS) == ("ab", 2, "length")
+
+
+def test_multibyte_text_split_across_tokens():
+    row = Row(seq=0, pos=0, temperature=0.0)
+    euro = "€".encode()
+    row.add(5, euro[:1], 0.0)
+    assert row.text() == ""  # an incomplete character is not shown yet
+    row.add(6, euro[1:], 0.0)
+    row.add(7, b" = 3|", 0.0)
+    assert row.check(["|"], [], 99, EOS) == ("€ = 3", 3, "stop")
+
+
+def test_calculator_text():
+    def calc(expr):
+        return {"48/2": "24", "3*4": "12"}.get(expr)
+
+    assert calculator_text("so <<48/2=", calc) == "24>>"
+    assert calculator_text("so <<3*4=", calc) == "12>>"
+    assert calculator_text("so <<1/0=", calc) is None  # the calculator declines
+    assert calculator_text("so <<48/2=24>>24", calc) is None  # already closed
+    assert calculator_text("a = 3", calc) is None
+
+
+def test_check_request():
+    assert check_request(4, 0.7, 2, 8, None, None) == [0.7] * 4
+    assert check_request(2, [0.0, 1.0], 1, 8, 5, 0.9) == [0.0, 1.0]
+    for args, msg in [((2, [0.1], 1, 8, None, None), "need 1 or 2"),
+                      ((1, -1.0, 1, 8, None, None), ">= 0"),
+                      ((1, 0.0, 0, 8, None, None), ">= 1"),
+                      ((1, 0.0, 1, 8, 0, None), "top_k"),
+                      ((1, 0.0, 1, 8, None, 1.5), "top_p")]:
+        with pytest.raises(ValueError, match=msg):
+            check_request(*args)
