@@ -280,15 +280,10 @@ class Sampler:
         """
         if not prompts:
             return []
-        if num_samples < 1 or max_new_tokens < 1:
-            raise ValueError("num_samples and max_new_tokens must be >= 1")
-        if top_k is not None and top_k < 1:
-            raise ValueError("top_k must be >= 1")
-        if top_p is not None and not 0.0 < top_p <= 1.0:
-            raise ValueError("top_p must be in (0, 1]")
+        requested = check_request(len(prompts) * num_samples, temperatures, num_samples,
+                                  max_new_tokens, top_k, top_p)
         if top_p is not None and top_k is None:
             top_k = 256  # the nucleus is taken among the 256 most likely tokens
-        requested = _row_temperatures(temperatures, len(prompts) * num_samples)
         opts = _Options(max_new_tokens=max_new_tokens, stop=tuple(stop),
                         stop_inclusive=tuple(stop_inclusive), stop_at_eos=stop_at_eos,
                         top_k=top_k, top_p=top_p, calculator=resolve_calculator(calculator),
@@ -304,7 +299,7 @@ class Sampler:
     def _decode_rows(self, encoded, rows, temps, num_samples, seed, opts: _Options) -> None:
         """Prefills each prompt once, then decodes chunk by chunk until every row ends."""
         p_len = _round_up(max(len(e) for e in encoded), PROMPT_BUCKET)
-        tokens, valid = _left_pad(encoded, p_len, self.tokenizer.pad_id())
+        tokens, valid = left_pad(encoded, p_len, self.tokenizer.pad_id())
         slack = max(4 * self.chunk, opts.max_new_tokens // 2) if opts.calculator else 0
         capacity = _round_up(opts.max_new_tokens + slack, self.chunk)
         logits, cache, pos = self._prefill(self.state, jnp.asarray(tokens), jnp.asarray(valid),
@@ -479,8 +474,16 @@ class Sampler:
         return hi
 
 
-def _row_temperatures(temperatures, rows: int) -> list[float]:
-    """One temperature per output row, reported as given (not as float32)."""
+def check_request(rows: int, temperatures: float | Sequence[float], num_samples: int,
+                  max_new_tokens: int, top_k: int | None, top_p: float | None) -> list[float]:
+    """Validates a ``generate`` request (any engine); returns one temperature per output
+    row, as given (not as float32)."""
+    if num_samples < 1 or max_new_tokens < 1:
+        raise ValueError("num_samples and max_new_tokens must be >= 1")
+    if top_k is not None and top_k < 1:
+        raise ValueError("top_k must be >= 1")
+    if top_p is not None and not 0.0 < top_p <= 1.0:
+        raise ValueError("top_p must be in (0, 1]")
     requested = [float(temperatures)] * rows if np.ndim(temperatures) == 0 \
         else [float(t) for t in temperatures]
     if len(requested) != rows:
@@ -490,10 +493,12 @@ def _row_temperatures(temperatures, rows: int) -> list[float]:
     return requested
 
 
-def _left_pad(encoded: list[list[int]], length: int, pad: int):
-    tokens = np.full((len(encoded), length), pad, dtype=np.int32)
-    valid = np.zeros((len(encoded), length), dtype=bool)
-    for i, ids in enumerate(encoded):
+def left_pad(rows: Sequence[Sequence[int]], length: int, pad: int
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """Rows right-aligned in ``length`` slots: (tokens int32, valid bool)."""
+    tokens = np.full((len(rows), length), pad, dtype=np.int32)
+    valid = np.zeros((len(rows), length), dtype=bool)
+    for i, ids in enumerate(rows):
         tokens[i, length - len(ids):] = ids
         valid[i, length - len(ids):] = True
     return tokens, valid

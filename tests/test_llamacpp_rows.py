@@ -3,7 +3,8 @@ calculator. Expected values are worked out by hand from the token pieces."""
 
 import pytest
 
-from bigthoughts.inference.rows import Row, calculator_text, check_request
+from bigthoughts.generate import check_request
+from bigthoughts.inference.rows import Row, calculator_text
 
 EOS = 1
 

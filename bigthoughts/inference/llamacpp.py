@@ -39,8 +39,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bigthoughts.generate import Generation
-from bigthoughts.inference.rows import Row, calculator_text, check_request
+from bigthoughts.generate import Generation, check_request
+from bigthoughts.inference.rows import Row, calculator_text
 
 _CTX_MULTIPLE = 256
 _BATCH = 512  # micro-batch (n_ubatch) and prompt chunk

@@ -20,24 +20,6 @@ from bigthoughts.generate import FinishReason
 CALC_OPEN = re.compile(r"<<([^<>=]*)=$")
 
 
-def check_request(rows: int, temperatures: float | Sequence[float], num_samples: int,
-                  max_new_tokens: int, top_k: int | None, top_p: float | None) -> list[float]:
-    """Validates a generate() request as the JAX sampler does; returns per-row temperatures."""
-    if num_samples < 1 or max_new_tokens < 1:
-        raise ValueError("num_samples and max_new_tokens must be >= 1")
-    if top_k is not None and top_k < 1:
-        raise ValueError("top_k must be >= 1")
-    if top_p is not None and not 0.0 < top_p <= 1.0:
-        raise ValueError("top_p must be in (0, 1]")
-    temps = [float(temperatures)] * rows if np.ndim(temperatures) == 0 \
-        else [float(t) for t in temperatures]
-    if len(temps) != rows:
-        raise ValueError(f"need 1 or {rows} temperatures, got {len(temps)}")
-    if any(t < 0 for t in temps):
-        raise ValueError("temperatures must be >= 0")
-    return temps
-
-
 def calculator_text(text: str, calculate: Callable[[str], str | None]) -> str | None:
     """``"RESULT>>"`` when ``text`` ends with an open ``<<EXPR=`` annotation whose
     expression ``calculate`` can evaluate; else None."""

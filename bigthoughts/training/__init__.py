@@ -56,6 +56,21 @@ def _data(config: TrainConfig, examples: Sequence[Example] | None
     return train_set, held
 
 
+def _checked_start(config: TrainConfig | SFTConfig, max_steps: int | None,
+                   time_budget: str | float | None, out_dir: str | Path | None
+                   ) -> tuple[int, Path, Deadline]:
+    """(step limit, run directory, deadline) once the limit, the budget, the run
+    directory and the adapter path are known to be usable; nothing is written."""
+    limit = config.max_steps if max_steps is None else max_steps
+    if limit < 0:
+        raise ConfigError(f"--max-steps must be >= 0, got {limit}")
+    out = Path(out_dir or config.out_dir)
+    deadline = _deadline(time_budget)
+    check_run_dir(out, to_dict(config))
+    check_adapter_path(config.model)
+    return limit, out, deadline
+
+
 def train(config: TrainConfig, *, max_steps: int | None = None,
           time_budget: str | float | None = None, out_dir: str | Path | None = None,
           examples: Sequence[Example] | None = None, loaded: LoadedModel | None = None,
@@ -66,13 +81,7 @@ def train(config: TrainConfig, *, max_steps: int | None = None,
     in ``out_dir``) is checked before the model loads and before anything is written.
     ``examples``/``loaded``/``reward_fns`` let tests inject a toy task and a tiny model.
     """
-    limit = config.max_steps if max_steps is None else max_steps
-    if limit < 0:
-        raise ConfigError(f"--max-steps must be >= 0, got {limit}")
-    out = Path(out_dir or config.out_dir)
-    deadline = _deadline(time_budget)
-    check_run_dir(out, to_dict(config))
-    check_adapter_path(config.model)
+    limit, out, deadline = _checked_start(config, max_steps, time_budget, out_dir)
     train_set, held = _data(config, examples)
     fns = reward_fns or make_reward_fns(config.rewards.weights,
                                         min_words=config.rewards.min_reasoning_words)
@@ -98,13 +107,7 @@ def sft(config: SFTConfig, *, max_steps: int | None = None,
         examples: Sequence[Example] | None = None, loaded: LoadedModel | None = None,
         progress: Progress | None = None) -> StageResult:
     """Runs (or resumes) a supervised warm start; same relay and checks as :func:`train`."""
-    limit = config.max_steps if max_steps is None else max_steps
-    if limit < 0:
-        raise ConfigError(f"--max-steps must be >= 0, got {limit}")
-    out = Path(out_dir or config.out_dir)
-    deadline = _deadline(time_budget)
-    check_run_dir(out, to_dict(config))
-    check_adapter_path(config.model)
+    limit, out, deadline = _checked_start(config, max_steps, time_budget, out_dir)
     if examples is None:
         examples = load_gsm8k("train", config.data.path, limit=config.data.limit)
     lm = loaded or load_starting_model(config.model)

@@ -22,7 +22,7 @@ import numpy as np
 from bigthoughts import grpo as grpo_loss
 from bigthoughts.answers import answers_equal, extract_answer
 from bigthoughts.data import Example, PromptFormat
-from bigthoughts.generate import Generation, Sampler
+from bigthoughts.generate import Generation, Sampler, left_pad
 from bigthoughts.grpo import RolloutBatch
 from bigthoughts.rewards import is_exact_format
 from bigthoughts.training.config import GRPOSection
@@ -64,12 +64,7 @@ def pad_left(rows: Sequence[Sequence[int]], multiple: int, pad: int
              ) -> tuple[np.ndarray, np.ndarray]:
     """Rows left-padded to a common length, a multiple of ``multiple``: (tokens, valid)."""
     length = max(multiple, -(-max(len(r) for r in rows) // multiple) * multiple)
-    tokens = np.full((len(rows), length), pad, dtype=np.int32)
-    valid = np.zeros((len(rows), length), dtype=bool)
-    for i, r in enumerate(rows):
-        tokens[i, length - len(r):] = r
-        valid[i, length - len(r):] = True
-    return tokens, valid
+    return left_pad(rows, length, pad)
 
 
 RewardFn = Callable[..., Sequence[float]]
