@@ -66,6 +66,9 @@ def plot_training(run_dir: Path, out_dir: Path, *, window: int = 10) -> Path:
     kind, panels = _panels(rows)
     fig = Figure(figsize=(12, 8), dpi=120)
     for ax, (title, keys, ylim) in zip(fig.subplots(2, 2).flat, panels, strict=True):
+        if not any(isinstance(r.get(k), int | float) for r in rows for k in keys):
+            ax.text(0.5, 0.5, "not recorded in this run", ha="center", va="center",
+                    transform=ax.transAxes, color="gray")
         for key in keys:
             have = [r for r in rows if isinstance(r.get(key), int | float)]
             if not have:
@@ -81,7 +84,8 @@ def plot_training(run_dir: Path, out_dir: Path, *, window: int = 10) -> Path:
         if ylim:
             ax.set_ylim(*ylim)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="best")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8, loc="best")
     n_steps = sum(1 for r in rows if "reward_mean" in r or "loss" in r)
     fig.suptitle(f"{kind}: {Path(run_dir).name} ({n_steps} steps)")
     fig.tight_layout()
