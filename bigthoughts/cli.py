@@ -142,7 +142,8 @@ def _add_engine_args(p: argparse.ArgumentParser) -> None:
 
 
 def _engine(args):
-    """(engine, LoadedModel) for --engine/--model/--checkpoint/--adapter."""
+    """The ``ChosenEngine`` (engine, kind, LoadedModel) for --engine/--model/--checkpoint/
+    --adapter."""
     from bigthoughts.inference.engine import make_engine
 
     if args.adapter and args.engine == "llama.cpp":
@@ -150,7 +151,7 @@ def _engine(args):
                         "adapter with --lora")
     chosen = make_engine(args.engine, model=args.checkpoint or args.model, lora=args.lora,
                          threads=args.threads, load_jax=lambda: _load(args))
-    return chosen.engine, chosen.loaded
+    return chosen
 
 
 def cmd_ask(args) -> int:
@@ -169,7 +170,8 @@ def cmd_ask(args) -> int:
                   shots=args.shots)
     _preflight(args, spec, [fmt.prompt(question)], rows=vote.votes,
                max_new_tokens=vote.max_new_tokens)
-    engine, lm = _engine(args)
+    chosen = _engine(args)
+    engine, lm = chosen.engine, chosen.loaded
     fmt = prompt_format(args.style or lm.spec.prompt_style, args.shots)
     check_loaded(lm, [fmt.prompt(question)], rows=vote.votes, max_new_tokens=vote.max_new_tokens)
     solver = Solver(engine, format=fmt, vote=vote, seed=args.seed, calculator=args.calculator)
@@ -224,7 +226,8 @@ def cmd_generate(args) -> int:
     _check_generate_args(args)
     _preflight(args, _spec_before_load(args), [args.prompt], rows=args.num_samples,
                max_new_tokens=args.max_new_tokens)
-    sampler, lm = _engine(args)
+    chosen = _engine(args)
+    sampler, lm = chosen.engine, chosen.loaded
     check_loaded(lm, [args.prompt], rows=args.num_samples, max_new_tokens=args.max_new_tokens)
     start = time.perf_counter()
     outs = sampler.generate([args.prompt], temperatures=args.temperature,
@@ -255,7 +258,8 @@ def cmd_eval(args) -> int:
     _preflight(args, spec, [fmt.prompt(e.question) for e in examples],
                rows=min(config.batch_size, max(1, len(examples))) * config.samples_per_question,
                max_new_tokens=config.max_new_tokens)
-    engine, lm = _engine(args)
+    chosen = _engine(args)
+    engine, lm = chosen.engine, chosen.loaded
     summary = run_eval(lm, examples, config, Path(args.out), progress=not args.quiet,
                        sampler=engine)
     print(json.dumps({k: summary[k] for k in ("accuracy", "accuracy_ci95", "format_strict",
@@ -330,7 +334,6 @@ def cmd_download(args) -> int:
 def cmd_serve(args) -> int:
     import socket
 
-    from bigthoughts.generate import Sampler
     from bigthoughts.serve.app import create_app, run_server
     from bigthoughts.serve.handlers import ServeConfig
     from bigthoughts.serve.schema import Limits
@@ -344,14 +347,16 @@ def cmd_serve(args) -> int:
         raise UserError("--max-batch-rows and --queue-size must be >= 1, --batch-wait-ms >= 0")
     if not 0 <= args.shots <= 3:
         raise UserError(f"--shots must be between 0 and 3, got {args.shots}")
-    lm = _load(args)
+    chosen = _engine(args)
+    lm = chosen.loaded
     context = lm.spec.max_context
     config = ServeConfig(
         model_id=lm.spec.name, prompt_style=lm.spec.prompt_style, shots=args.shots,
         limits=Limits(max_n=min(16, args.max_batch_rows), context_length=context),
         max_batch_rows=args.max_batch_rows, queue_size=args.queue_size,
-        batch_wait_s=args.batch_wait_ms / 1000, pad_batches=True)  # JAX: fewer shapes
-    app = create_app(Sampler(lm.model, lm.tokenizer), config)
+        batch_wait_s=args.batch_wait_ms / 1000,
+        pad_batches=chosen.kind == "jax")  # JAX compiles per batch shape: fewer shapes
+    app = create_app(chosen.engine, config)
     print(f"serving {config.model_id} on http://{args.host}:{args.port}/v1", file=sys.stderr)
     run_server(app, host=args.host, port=args.port)
     return 0
@@ -443,6 +448,7 @@ def _add_other_commands(sub) -> None:
 
     p = sub.add_parser("serve", help="OpenAI-compatible HTTP server (votes via extra_body)")
     _add_model_args(p)
+    _add_engine_args(p)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--max-batch-rows", type=int, default=32,
