@@ -169,17 +169,16 @@ class GRPOTrainer:
     def _restore(self) -> Path | None:
         """Loads the latest checkpoint, if any; cuts the logs back to its step either way
         (steps logged after it, or before any checkpoint, will be redone)."""
-        step = self.store.latest()
-        if step is None:
+        found = self.store.restore_latest({"lora": self.lora, "opt": self.opt_state})
+        if found is None:
             self.log.truncate_after(0)
             return None
-        tree, meta = self.store.restore(step, {"lora": self.lora, "opt": self.opt_state})
-        self.lora = jax.tree_util.tree_map(jnp.asarray, tree["lora"])
-        self.opt_state = jax.tree_util.tree_map(jnp.asarray, tree["opt"])
+        tree, meta, path = found
+        self.lora, self.opt_state = tree["lora"], tree["opt"]
         self.step = int(meta["step"])
         self.order.position = int(meta["data_position"])
         self.log.truncate_after(self.step)
-        return self.store.root / f"step_{step:06d}"
+        return path
 
     def evaluate(self) -> dict:
         """Greedy accuracy and format on the held-out questions."""

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 EXIT_RELAY = 75
@@ -140,6 +141,16 @@ class CheckpointStore:
             if a.shape != tuple(np.shape(ref)):
                 raise ValueError(f"checkpoint {d}: array shape {a.shape} != {np.shape(ref)}")
         return jax.tree_util.tree_unflatten(treedef, arrays), meta
+
+    def restore_latest(self, like: Any) -> tuple[Any, dict, Path] | None:
+        """The latest checkpoint loaded into the structure of ``like`` (leaves as jax
+        arrays), its metadata and its directory; None when there is none."""
+        step = self.latest()
+        if step is None:
+            return None
+        tree, meta = self.restore(step, like)
+        return (jax.tree_util.tree_map(jnp.asarray, tree), meta,
+                self.root / f"step_{step:06d}")
 
     def _prune(self) -> None:
         for step in self.steps()[: -self.keep] if self.keep > 0 else []:

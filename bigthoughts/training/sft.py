@@ -169,17 +169,16 @@ class SFTStage:
                          "saved_at": time.time()})
 
     def _restore(self) -> Path | None:
-        step = self.store.latest()
-        if step is None:
+        found = self.store.restore_latest({"params": self.params, "opt": self.opt_state})
+        if found is None:
             self.log.truncate_after(0)
             return None
-        tree, meta = self.store.restore(step, {"params": self.params, "opt": self.opt_state})
-        self.params = jax.tree_util.tree_map(jnp.asarray, tree["params"])
-        self.opt_state = jax.tree_util.tree_map(jnp.asarray, tree["opt"])
+        tree, meta, path = found
+        self.params, self.opt_state = tree["params"], tree["opt"]
         self.step = int(meta["step"])
         self.order.position = int(meta["data_position"])
         self.log.truncate_after(self.step)
-        return self.store.root / f"step_{step:06d}"
+        return path
 
     def close(self) -> None:
         self.log.close()
