@@ -26,7 +26,7 @@ import numpy as np
 from flax import nnx
 
 from bigthoughts.files import atomic_output, atomic_write_bytes, atomic_write_json
-from bigthoughts.models.build import build_model, parse_path_name, path_name
+from bigthoughts.models.build import build_model, parse_path_name, path_name, qkv_matrices
 from bigthoughts.models.spec import (
     LoadedModel,
     ModelLoadError,
@@ -150,14 +150,8 @@ def export_hf_gemma3(out_dir: str | Path, params: dict, config, tokenizer: Token
     for i in range(config.num_layers):
         p = lambda *key: params[("layers", i, *key)]  # noqa: B023, E731
         pre = f"model.layers.{i}."
-        if ("layers", i, "attn", "qkv_einsum", "w") in params:
-            q, kk, v = p("attn", "qkv_einsum", "w")
-        else:
-            q = p("attn", "q_einsum", "w")
-            kk, v = p("attn", "kv_einsum", "w")
-        hf[pre + "self_attn.q_proj.weight"] = q.transpose(0, 2, 1).reshape(n * h, d)
-        hf[pre + "self_attn.k_proj.weight"] = kk.transpose(0, 2, 1).reshape(k * h, d)
-        hf[pre + "self_attn.v_proj.weight"] = v.transpose(0, 2, 1).reshape(k * h, d)
+        (hf[pre + "self_attn.q_proj.weight"], hf[pre + "self_attn.k_proj.weight"],
+         hf[pre + "self_attn.v_proj.weight"]) = qkv_matrices(params, i)
         hf[pre + "self_attn.o_proj.weight"] = p("attn", "attn_vec_einsum", "w").reshape(n * h, d).T
         hf[pre + "self_attn.q_norm.weight"] = p("attn", "_query_norm", "scale")
         hf[pre + "self_attn.k_norm.weight"] = p("attn", "_key_norm", "scale")

@@ -96,3 +96,17 @@ def path_name(path: PathKey) -> str:
 
 def parse_path_name(name: str) -> PathKey:
     return tuple(int(p) if p.isdigit() else p for p in name.split("."))
+
+
+def qkv_matrices(params: Mapping[PathKey, np.ndarray], layer: int
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Layer ``layer``'s query, key and value weights as (heads·head_dim, embed) matrices,
+    the layout of HF and GGUF checkpoints (Tunix keeps (heads, embed, head_dim)); a fused
+    ``qkv_einsum`` is split first."""
+    attn = ("layers", layer, "attn")
+    if (*attn, "qkv_einsum", "w") in params:
+        q, k, v = np.asarray(params[(*attn, "qkv_einsum", "w")])
+    else:
+        q = np.asarray(params[(*attn, "q_einsum", "w")])
+        k, v = np.asarray(params[(*attn, "kv_einsum", "w")])
+    return tuple(w.transpose(0, 2, 1).reshape(-1, w.shape[1]) for w in (q, k, v))

@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bigthoughts.models.build import qkv_matrices
 from bigthoughts.models.gguf import PathKey, architecture, field
 
 FTYPES = ("f32", "f16", "q8_0")
@@ -169,21 +170,15 @@ def _hparams(config) -> dict[str, int]:
 
 def gguf_matrices(params: dict[PathKey, np.ndarray], config) -> dict[str, np.ndarray]:
     """Tunix params -> ``{gguf tensor name: float32 numpy array}`` (the loader reversed)."""
-    n, k, h = config.num_heads, config.num_kv_heads, config.head_dim
+    n, h = config.num_heads, config.head_dim
     out = {"token_embd.weight": params[("embedder", "input_embedding")],
            "output_norm.weight": params[("final_norm", "scale")] + 1.0}
     for i in range(config.num_layers):
         p = lambda *key: np.asarray(params[("layers", i, *key)])  # noqa: B023, E731
         pre = f"blk.{i}."
-        if ("layers", i, "attn", "qkv_einsum", "w") in params:
-            q, kk, v = p("attn", "qkv_einsum", "w")
-        else:
-            q = p("attn", "q_einsum", "w")
-            kk, v = p("attn", "kv_einsum", "w")
         # Tunix (n, D, H) -> GGUF (n*H, D)
-        out[pre + "attn_q.weight"] = q.transpose(0, 2, 1).reshape(n * h, -1)
-        out[pre + "attn_k.weight"] = kk.transpose(0, 2, 1).reshape(k * h, -1)
-        out[pre + "attn_v.weight"] = v.transpose(0, 2, 1).reshape(k * h, -1)
+        (out[pre + "attn_q.weight"], out[pre + "attn_k.weight"],
+         out[pre + "attn_v.weight"]) = qkv_matrices(params, i)
         out[pre + "attn_output.weight"] = p("attn", "attn_vec_einsum", "w").reshape(n * h, -1).T
         out[pre + "attn_q_norm.weight"] = p("attn", "_query_norm", "scale") + 1.0
         out[pre + "attn_k_norm.weight"] = p("attn", "_key_norm", "scale") + 1.0
