@@ -89,3 +89,19 @@ def test_portable_source_never_starts_at_the_root() -> None:
     assert portable_source("/runs/r/train/export", base="/runs/r/eval") == "../train/export"
     assert portable_source("/runs/r/eval/model", base="/runs/r/eval") == "model"
     assert not portable_source(Path.cwd() / "x").startswith("/")
+
+
+def test_embedded_package_is_none_when_the_gguf_came_without_its_package(monkeypatch):
+    """A copy of the embedded GGUF on a machine without the PyPI package (an accelerator
+    sitting) loads under the registry name; the source then names the file, not a package."""
+    import importlib.metadata
+
+    from bigthoughts.models import registry
+
+    assert registry.embedded_package().startswith(registry.EMBEDDED_PACKAGE + "==")
+
+    def missing(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", missing)
+    assert registry.embedded_package() is None

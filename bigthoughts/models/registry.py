@@ -70,10 +70,15 @@ def embedded_gguf_path() -> Path:
     return pkg.assemble(pkg.default_output_path(cache_dir() / "gguf"))
 
 
-def embedded_package() -> str:
+def embedded_package() -> str | None:
+    """``name==version`` of the installed embedded-model package; None when the GGUF came
+    from elsewhere (a copy of the file on a machine without the package)."""
     import importlib.metadata
 
-    return f"{EMBEDDED_PACKAGE}=={importlib.metadata.version(EMBEDDED_PACKAGE)}"
+    try:
+        return f"{EMBEDDED_PACKAGE}=={importlib.metadata.version(EMBEDDED_PACKAGE)}"
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def _load_gguf(path: Path, spec: ModelSpec | None, dtype, use_cache: bool) -> LoadedModel:
