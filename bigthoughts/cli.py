@@ -16,6 +16,7 @@ User mistakes (a bad path, an unknown model, a malformed config) end with a one-
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -146,12 +147,31 @@ def _engine(args):
     --adapter."""
     from bigthoughts.inference.engine import make_engine
 
-    if args.adapter and args.engine == "llama.cpp":
-        raise UserError("--adapter (safetensors) is for the jax engine; llama.cpp takes a GGUF "
-                        "adapter with --lora")
-    chosen = make_engine(args.engine, model=args.checkpoint or args.model, lora=args.lora,
+    lora = args.lora
+    if args.adapter and args.engine == "llama.cpp":  # the same adapter, as a GGUF LoRA
+        lora = _adapter_as_gguf(args)
+    chosen = make_engine(args.engine, model=args.checkpoint or args.model, lora=lora,
                          threads=args.threads, load_jax=lambda: _load(args))
+    if lora is not None and args.adapter:
+        name = Path(args.adapter).name
+        chosen = dataclasses.replace(chosen, loaded=dataclasses.replace(
+            chosen.loaded, source=f"{chosen.loaded.source} + {name}"))
     return chosen
+
+
+def _adapter_as_gguf(args) -> Path:
+    from bigthoughts.inference.engine import gguf_source
+    from bigthoughts.training.adapter import adapter_gguf
+
+    if args.lora:
+        raise UserError("give the adapter once: --adapter (safetensors) or --lora (GGUF)")
+    if not Path(args.adapter).expanduser().is_file():
+        raise UserError(f"adapter file does not exist: {args.adapter}")
+    source = gguf_source(args.checkpoint or args.model)
+    if source is None:
+        raise UserError("the llama.cpp engine needs a GGUF model (the embedded default or a "
+                        ".gguf path)")
+    return adapter_gguf(args.adapter, source[0])
 
 
 def cmd_ask(args) -> int:
@@ -177,15 +197,17 @@ def cmd_ask(args) -> int:
     solver = Solver(engine, format=fmt, vote=vote, seed=args.seed, calculator=args.calculator)
     start = time.perf_counter()
     [sol] = solver.solve([question])
-    _print_solution(args, sol, time.perf_counter() - start)
+    _print_solution(args, sol, time.perf_counter() - start,
+                    model=f"{lm.spec.name} ({lm.source}; {chosen.kind} engine)")
     return 0
 
 
-def _print_solution(args, sol, seconds: float) -> None:
+def _print_solution(args, sol, seconds: float, *, model: str) -> None:
     vote = sol.vote
     if args.json:
         print(json.dumps({
-            "question": args.question, "answer": vote.answer, "agreement": vote.agreement,
+            "question": args.question, "model": model, "answer": vote.answer,
+            "agreement": vote.agreement,
             "counts": vote.counts, "samples_used": vote.votes_used, "seconds": seconds,
             "traces": [{"temperature": g.temperature, "text": g.text, "tokens": g.num_tokens,
                         "logprob": g.logprob, "answer": s.answer}
@@ -201,6 +223,7 @@ def _print_solution(args, sol, seconds: float) -> None:
     print(f"votes: {counts or 'none'} (agreement {vote.agreement:.0%}, "
           f"{vote.votes_used} samples, {args.strategy})")
     print(f"time: {seconds:.2f} s")
+    print(f"model: {model}")
 
 
 def _check_generate_args(args) -> None:

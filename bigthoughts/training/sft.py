@@ -35,7 +35,7 @@ from bigthoughts.generate import Sampler
 from bigthoughts.models import forward
 from bigthoughts.models.spec import LoadedModel
 from bigthoughts.rewards import is_exact_format
-from bigthoughts.training.adapter import save_adapter
+from bigthoughts.training.adapter import adapted, save_adapter
 from bigthoughts.training.relay import CheckpointStore
 from bigthoughts.training.rundir import MetricsLog
 from bigthoughts.training.sft_config import SFTConfig
@@ -46,7 +46,7 @@ from bigthoughts.training.sft_data import (
     split_validation,
     tokenize,
 )
-from bigthoughts.training.state import apply_lora, make_optimizer
+from bigthoughts.training.state import make_optimizer
 
 MEMORY_KNOBS = "batch_size or data.max_length (or set remat_layers=true)"
 
@@ -84,13 +84,14 @@ class SFTStage:
 
     def __init__(self, config: SFTConfig, out: Path, *, train: Sequence[SFTExample],
                  validation: Sequence[SFTExample], held_out: Sequence[Example],
-                 loaded: LoadedModel, log: MetricsLog | None = None):
+                 loaded: LoadedModel, log: MetricsLog | None = None,
+                 lora_init: dict | None = None):
         self.config, self.out = config, Path(out)
         self.train, self.validation, self.held_out = list(train), list(validation), held_out
         self.tokenizer = loaded.tokenizer
         self.format = prompt_format(config.data.style, 0)
-        model = loaded.model if config.full_finetune else apply_lora(loaded.model, config.lora,
-                                                                     config.seed)
+        model = loaded.model if config.full_finetune else adapted(
+            loaded.model, config.lora, config.seed, lora_init, config.model.adapter)
         self.loaded = dataclasses.replace(loaded, model=None)
         kind = nnx.Param if config.full_finetune else nnx.LoRAParam
         self.graphdef, self.params, self.frozen = nnx.split(model, kind, ...)
@@ -186,7 +187,8 @@ class SFTStage:
     def export(self, dest: Path) -> Path:
         """The merged checkpoint in ``dest`` and, for LoRA, ``dest/adapter.safetensors``."""
         model = nnx.merge(self.graphdef, self.params, self.frozen)
-        provenance = {"stage": "sft", "step": self.step, "base": Path(self.loaded.source).name}
+        provenance = {"stage": "sft", "step": self.step, "base": Path(self.loaded.source).name,
+                      "continued": _continued(self.config.model, self.config.full_finetune)}
         if self.config.full_finetune:
             params = {p: np.asarray(v.value) for p, v in
                       nnx.to_flat_state(nnx.state(model, nnx.Param))}
@@ -197,6 +199,13 @@ class SFTStage:
         spec = self.loaded.spec
         return export_checkpoint(dest, params, family=spec.family, config=model.config,
                                  spec=spec, tokenizer=self.tokenizer, provenance=provenance)
+
+
+def _continued(model, full_finetune: bool) -> str | None:
+    """The adapter file whose LoRA the stage continued (its export then includes it)."""
+    if model.adapter is None or full_finetune or model.adapter_mode != "continue":
+        return None
+    return Path(model.adapter).name
 
 
 def prepare_data(config: SFTConfig, tokenizer, examples: Sequence[Example] | None = None
