@@ -153,9 +153,10 @@ def _engine(args):
     chosen = make_engine(args.engine, model=args.checkpoint or args.model, lora=lora,
                          threads=args.threads, load_jax=lambda: _load(args))
     if lora is not None and args.adapter:
-        name = Path(args.adapter).name
+        from bigthoughts.training.adapter import adapter_label
+
         chosen = dataclasses.replace(chosen, loaded=dataclasses.replace(
-            chosen.loaded, source=f"{chosen.loaded.source} + {name}"))
+            chosen.loaded, source=f"{chosen.loaded.source} + {adapter_label(args.adapter)}"))
     return chosen
 
 

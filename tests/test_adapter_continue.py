@@ -149,3 +149,18 @@ def test_continuing_needs_the_adapters_lora_shape(sft_adapter, monkeypatch):
     assert loaded.source == "tiny"  # the base: the LoRA carries the adapter
     loaded, init = load_starting_model(model, None)  # full fine-tuning merges it
     assert init is None and "adapter.safetensors" in loaded.source
+
+
+def test_an_adapter_is_named_by_content_so_evaluations_cannot_mix_two(sft_adapter, tmp_path):
+    """Evaluation run directories fingerprint ``loaded.source``: a retrained adapter saved
+    under the old name must not resume (and silently extend) the old adapter's run."""
+    import shutil
+
+    copy = tmp_path / "adapter.safetensors"
+    shutil.copy(sft_adapter, copy)
+    first = with_adapter(toy_loaded(), copy).source
+    assert first.startswith("tiny + adapter.safetensors#sha256=")
+    data = bytearray(copy.read_bytes())
+    data[-1] ^= 1  # another adapter, same file name (a tensor byte, not the header)
+    copy.write_bytes(bytes(data))
+    assert with_adapter(toy_loaded(), copy).source != first

@@ -181,7 +181,9 @@ def test_ask_on_llamacpp_takes_the_safetensors_adapter(tmp_path, monkeypatch, ca
     assert main([*common, "--adapter", str(adapter)]) == 0
     tuned = capsys.readouterr().out
     assert "<reasoning>" in tuned and "<reasoning>" not in base
-    assert json.loads(tuned)["model"].endswith("+ gemma3-270m-sft.safetensors; llama.cpp engine)")
+    model = json.loads(tuned)["model"]
+    assert "+ gemma3-270m-sft.safetensors#sha256=" in model
+    assert model.endswith("; llama.cpp engine)")
     assert len(list(tmp_path.glob("lora-*.gguf"))) == 1
     assert main([*common, "--adapter", str(adapter), "--lora", "x.gguf"]) == 2
     assert "give the adapter once" in capsys.readouterr().err

@@ -106,7 +106,15 @@ def with_adapter(loaded: LoadedModel, path: str | Path) -> LoadedModel:
     dtype = next(iter(nnx.to_flat_state(nnx.state(loaded.model, nnx.Param))))[1].value.dtype
     merged = build_model(loaded.spec.family, loaded.model.config, params, dtype=dtype)
     return LoadedModel(model=merged, tokenizer=loaded.tokenizer, spec=loaded.spec,
-                       source=f"{loaded.source} + {Path(path).name}")
+                       source=f"{loaded.source} + {adapter_label(path)}")
+
+
+def adapter_label(path: str | Path) -> str:
+    """``NAME#sha256=PREFIX``: names an adapter by content, so a run directory made with
+    one adapter file refuses to resume with another saved under the same name."""
+    from bigthoughts.files import file_sha256
+
+    return f"{Path(path).name}#sha256={file_sha256(Path(path).expanduser())[:16]}"
 
 
 def check_adapter_path(model: ModelSection, lora: LoraSection | None = None) -> None:
