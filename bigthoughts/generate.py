@@ -365,8 +365,9 @@ class Sampler:
             del row.pending[:n_forced]
             if row.pending:
                 continue
-            finish = self._finish(row.tokens, opts)
-            dropped = self._calculate(row, finish, opts) if opts.calculator else None
+            finish, text = self._check(row.tokens, opts)
+            dropped = self._calculate(row, finish[0] if finish else text, opts) \
+                if opts.calculator else None
             if dropped is not None:
                 rewinds.append((b, dropped, row.prompt_len + len(row.tokens)))
             elif finish is not None:
@@ -374,11 +375,10 @@ class Sampler:
                 batch.done[b] = True
         return rewinds
 
-    def _calculate(self, row: _Row, finish, opts: _Options) -> list[int] | None:
-        """Looks for a new ``<<EXPR=`` in the row's text (before any stop); if its
+    def _calculate(self, row: _Row, text: str, opts: _Options) -> list[int] | None:
+        """Looks for a new ``<<EXPR=`` in the row's ``text`` (up to any stop); if its
         value is known, cuts the row right after the ``=``, queues ``RESULT>>`` and
         returns the dropped cache slots. None if there is nothing to insert."""
-        text = finish[0] if finish is not None else self._text(row.tokens)
         while True:
             match = _CALL.search(text, row.scan_from)
             if match is None:
@@ -442,6 +442,11 @@ class Sampler:
 
     def _finish(self, ids, opts: _Options, *, force: bool = False):
         """(text, tokens kept, reason) if the row is finished, else None."""
+        return self._check(ids, opts, force=force)[0]
+
+    def _check(self, ids, opts: _Options, *, force: bool = False):
+        """(``_finish``'s answer, the decoded text it looked at): one decode serves both
+        the stop check and the calculator's scan."""
         eos = self.tokenizer.eos_id()
         limit = min(len(ids), opts.max_new_tokens)
         hit_eos = opts.stop_at_eos and eos in ids[:limit]
@@ -455,12 +460,12 @@ class Sampler:
                 if at >= 0 and (best is None or at < best[0]):
                     best = (at, at + len(s) if keep else at, at + len(s))
         if best is not None:
-            return text[: best[1]], self._tokens_covering(ids[:limit], best[2]), "stop"
+            return (text[: best[1]], self._tokens_covering(ids[:limit], best[2]), "stop"), text
         if hit_eos:
-            return text, limit, "eos"
+            return (text, limit, "eos"), text
         if force or limit >= opts.max_new_tokens:
-            return text, limit, "length"
-        return None
+            return (text, limit, "length"), text
+        return None, text
 
     def _tokens_covering(self, ids, n_chars: int) -> int:
         """The fewest leading tokens whose text reaches ``n_chars`` characters."""
