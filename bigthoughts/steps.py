@@ -1,31 +1,10 @@
-"""The step checker: a safe arithmetic evaluator, the calculator's text, and a finder
-for the computations a reasoning trace claims.
+"""The step checker: a finder for the computations a reasoning trace claims, checked
+by the safe exact evaluator of :mod:`bigthoughts.arithmetic`.
 
-One module serves three users: process rewards (:mod:`bigthoughts.rewards`), the
-evaluation's per-trace step counts, and the calculator inside generation, which
-calls :func:`calculate` on the text between ``<<`` and ``=``.
-
-The evaluator
--------------
-:func:`evaluate_expression` reads numbers and the operators people write, with a
-small recursive-descent parser of its own (no ``eval``, no ``ast``, no names, no
-calls) and exact :class:`~fractions.Fraction` arithmetic:
-
-* numbers: ``48``, ``2.5``, ``.5``, ``1,200`` (commas only in groups of three),
-  currency signs ``$ € £`` (ignored), and a trailing ``%`` which **divides by 100**
-  (``20% * 50`` is 10, ``50%`` is 1/2);
-* ``+``, ``-`` (also ``−``), ``*`` (also ``×``, ``·``, ``⋅``, and ``x``/``X`` between
-  a number and a number or parenthesis, so ``3 x 4`` is 12 while ``x + 1``, ``2x``
-  and ``2x + 3`` are refused), ``/`` (also ``÷``), ``^`` or ``**`` (right-associative, binding
-  tighter than unary minus: ``-2^2`` is -4), unary minus and plus, parentheses.
-  Implicit multiplication (``2(3)``) is refused.
-
-Bounds, each refusing (returning None) in microseconds instead of computing:
-:data:`MAX_CHARS` characters of input, :data:`MAX_DIGITS` digits per number,
-:data:`MAX_DEPTH` nested parentheses or signs, an exponent that is a whole number of
-at most :data:`MAX_EXPONENT` in size, and :data:`MAX_BITS` bits in the numerator or
-denominator of any intermediate result (checked *before* a power is computed), so
-``9**9**9**9``, a 10,000-digit number and 10,000 nested parentheses are all refused.
+It serves process rewards (:mod:`bigthoughts.rewards`) and the evaluation's
+per-trace step counts; the calculator inside generation calls
+:func:`bigthoughts.arithmetic.calculate` (re-exported here) on the text between
+``<<`` and ``=``.
 
 The step finder
 ---------------
@@ -79,206 +58,26 @@ from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from typing import Literal
 
+from bigthoughts.arithmetic import (  # noqa: F401  (re-exported: one import for callers)
+    CALC_DECIMALS,
+    MAX_BITS,
+    MAX_CHARS,
+    MAX_DEPTH,
+    MAX_DIGITS,
+    MAX_EXPONENT,
+    Refused,
+    calculate,
+    evaluate_expression,
+    tokenize,
+)
+
 __all__ = [
     "CALC_DECIMALS", "MAX_BITS", "MAX_CHARS", "MAX_DEPTH", "MAX_DIGITS", "MAX_EXPONENT",
     "MAX_STEPS", "Step", "StepReport", "calculate", "check_steps", "claim_is_right",
     "evaluate_expression", "find_steps",
 ]
 
-MAX_CHARS = 500  # longest expression the evaluator reads
-MAX_DIGITS = 40  # most digits in one number (integer and decimal part together)
-MAX_DEPTH = 50  # deepest nesting of parentheses, signs and powers
-MAX_EXPONENT = 64  # largest |n| in a ** n
-MAX_BITS = 512  # largest numerator or denominator, in bits, of any intermediate result
 MAX_STEPS = 1000  # most steps find_steps reads from one trace
-CALC_DECIMALS = 6  # decimals calculate() rounds a non-terminating or long result to
-
-_TOKEN_NUMBER = re.compile(r"(\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.(\d+))?|\.(\d+)")
-_OPERATORS = {"+": "+", "-": "-", "\u2212": "-", "*": "*", "\u00d7": "*", "\u00b7": "*",
-              "\u22c5": "*", "x": "*", "X": "*", "/": "/", "\u00f7": "/", "^": "^",
-              "(": "(", ")": ")", "%": "%"}
-_MULTIPLIER_X = re.compile(r"\s*[$\u20ac\u00a3]?[\d.(]")  # what may follow x in 3 x 4
-_SKIPPED = frozenset(" \t\r\n$\u20ac\u00a3")
-
-
-class _Refused(Exception):
-    """Internal: the expression is invalid or too big."""
-
-
-# --- evaluator ---------------------------------------------------------------------
-def _number(match: re.Match[str]) -> Fraction:
-    whole = (match.group(1) or "0").replace(",", "")
-    frac = match.group(2) or match.group(3) or ""
-    if len(whole) + len(frac) > MAX_DIGITS:
-        raise _Refused("too many digits")
-    return Fraction(int(whole + frac), 10 ** len(frac))
-
-
-def _tokenize(text: str) -> list[Fraction | str]:
-    """Numbers as written (``%`` is its own token) and one-character operators."""
-    tokens: list[Fraction | str] = []
-    i, n = 0, len(text)
-    while i < n:
-        ch = text[i]
-        if ch in _SKIPPED:
-            i += 1
-        elif ch.isdigit() or (ch == "." and i + 1 < n and text[i + 1].isdigit()):
-            match = _TOKEN_NUMBER.match(text, i)
-            if match is None or match.end() - i > MAX_DIGITS + MAX_DIGITS // 3 + 1:
-                raise _Refused("bad number")
-            tokens.append(_number(match))
-            i = match.end()
-        elif text.startswith("**", i):
-            tokens.append("^")
-            i += 2
-        elif ch in "xX" and not _MULTIPLIER_X.match(text, i + 1):
-            raise _Refused("x not between numbers")
-        elif ch in _OPERATORS:
-            tokens.append(_OPERATORS[ch])
-            i += 1
-        else:
-            raise _Refused(f"unexpected {ch!r}")
-    return tokens
-
-
-def _checked(value: Fraction) -> Fraction:
-    if value.numerator.bit_length() > MAX_BITS or value.denominator.bit_length() > MAX_BITS:
-        raise _Refused("result too large")
-    return value
-
-
-def _power(base: Fraction, exponent: Fraction) -> Fraction:
-    if exponent.denominator != 1 or abs(exponent) > MAX_EXPONENT:
-        raise _Refused("exponent not a small whole number")
-    e = int(exponent)
-    if e < 0 and base == 0:
-        raise _Refused("zero to a negative power")
-    bits = max(base.numerator.bit_length(), base.denominator.bit_length())
-    if bits * abs(e) > MAX_BITS:  # |p**e| < 2**(bits*e): refuse before computing
-        raise _Refused("power too large")
-    return _checked(base**e)
-
-
-@dataclass
-class _Parser:
-    """Recursive descent over tokens::
-
-        expr  := term (("+" | "-") term)*
-        term  := unary (("*" | "/") unary)*
-        unary := ("-" | "+") unary | power
-        power := atom ("^" unary)?
-        atom  := NUMBER "%"? | "(" expr ")"
-    """
-
-    tokens: list[Fraction | str]
-    pos: int = 0
-    depth: int = 0
-
-    def peek(self) -> Fraction | str | None:
-        return self.tokens[self.pos] if self.pos < len(self.tokens) else None
-
-    def take(self) -> Fraction | str | None:
-        token = self.peek()
-        self.pos += 1
-        return token
-
-    def expr(self) -> Fraction:
-        value = self.term()
-        while self.peek() in ("+", "-"):
-            op, right = self.take(), self.term()
-            value = _checked(value + right if op == "+" else value - right)
-        return value
-
-    def term(self) -> Fraction:
-        value = self.unary()
-        while self.peek() in ("*", "/"):
-            op, right = self.take(), self.unary()
-            if op == "/" and right == 0:
-                raise _Refused("division by zero")
-            value = _checked(value * right if op == "*" else value / right)
-        return value
-
-    def unary(self) -> Fraction:
-        self.depth += 1
-        if self.depth > MAX_DEPTH:
-            raise _Refused("nested too deeply")
-        if self.peek() in ("-", "+"):
-            sign = self.take()
-            value = self.unary()
-            value = -value if sign == "-" else value
-        else:
-            value = self.atom()
-            if self.peek() == "^":
-                self.take()
-                value = _power(value, self.unary())
-        self.depth -= 1
-        return value
-
-    def atom(self) -> Fraction:
-        token = self.take()
-        if isinstance(token, Fraction):
-            if self.peek() == "%":
-                self.take()
-                return token / 100
-            return token
-        if token == "(":
-            value = self.expr()
-            if self.take() != ")":
-                raise _Refused("unbalanced parentheses")
-            return value
-        raise _Refused(f"expected a number, got {token!r}")
-
-
-def _evaluate(text: str) -> Fraction:
-    if len(text) > MAX_CHARS:
-        raise _Refused("expression too long")
-    parser = _Parser(_tokenize(text))
-    value = parser.expr()
-    if parser.pos != len(parser.tokens):
-        raise _Refused("trailing tokens")
-    return value
-
-
-def evaluate_expression(text: str) -> Fraction | None:
-    """The exact value of an arithmetic expression, or None when it is invalid or
-    exceeds a bound (see the module docstring). Never raises.
-
-    >>> evaluate_expression("$1,200 + $300"), evaluate_expression("20% * 50")
-    (Fraction(1500, 1), Fraction(10, 1))
-    >>> evaluate_expression("3 x (4 - 1) / 2"), evaluate_expression("x + 1")
-    (Fraction(9, 2), None)
-    """
-    if not isinstance(text, str):
-        return None
-    try:
-        return _evaluate(text)
-    except _Refused:
-        return None
-
-
-def _decimal_text(value: Fraction, places: int) -> str:
-    """``value`` (a multiple of 10**-places) as a decimal with trailing zeros stripped."""
-    scaled = abs(value.numerator * 10**places // value.denominator)
-    digits = str(scaled).rjust(places + 1, "0")
-    text = digits[:-places] + "." + digits[-places:] if places else digits
-    text = text.rstrip("0").rstrip(".") if places else text
-    return ("-" if value < 0 and text.strip("0.") else "") + text
-
-
-def calculate(expr: str) -> str | None:
-    """The text a calculator inserts for ``expr``: ``"84"``, ``"2.5"``, or the value
-    rounded to :data:`CALC_DECIMALS` decimals with trailing zeros stripped
-    (``"3.333333"``); None when the expression is invalid or unsafe. Never raises.
-
-    >>> calculate("48/2"), calculate("5/2"), calculate("2/3"), calculate("2x")
-    ('24', '2.5', '0.666667', None)
-    """
-    value = evaluate_expression(expr)
-    if value is None:
-        return None
-    if value.denominator == 1:
-        return str(value.numerator)
-    return _decimal_text(round(value, CALC_DECIMALS), CALC_DECIMALS)
 
 
 # --- claims ------------------------------------------------------------------------
@@ -383,8 +182,8 @@ _MAX_CANDIDATES = 4
 
 def _operands(expression: str) -> tuple[Fraction, ...]:
     try:
-        return tuple(t for t in _tokenize(expression) if isinstance(t, Fraction))
-    except _Refused:
+        return tuple(t for t in tokenize(expression) if isinstance(t, Fraction))
+    except Refused:
         return ()
 
 

@@ -298,7 +298,9 @@ def test_fuzz_arithmetic_against_fractions(a: int, b: int, op: str) -> None:
 def test_docstring_examples_run() -> None:
     import doctest
 
-    import bigthoughts.steps as module
+    import bigthoughts.arithmetic
+    import bigthoughts.steps
 
-    result = doctest.testmod(module)
-    assert result.attempted > 0 and result.failed == 0
+    for module in (bigthoughts.steps, bigthoughts.arithmetic):
+        result = doctest.testmod(module)
+        assert result.attempted > 0 and result.failed == 0, module.__name__
