@@ -278,3 +278,13 @@ def test_to_dict_round_trips_through_yaml() -> None:
     assert plain["vote"]["temperatures"] == [0.3, 0.9]
     assert plain["pair"] == [1, "a"]
     assert from_dict(Outer, yaml.safe_load(yaml.safe_dump(plain))) == cfg
+
+
+@pytest.mark.parametrize("override", ["keep_checkpoints=0", "eval_every=-1", "eval_examples=0"])
+@pytest.mark.parametrize("stage", ["sft", "train"])
+def test_both_stages_refuse_the_same_run_fields(stage, override):
+    from bigthoughts.training import load_sft_config, load_train_config
+
+    load = load_sft_config if stage == "sft" else load_train_config
+    with pytest.raises(ConfigError, match="keep_checkpoints >= 1, eval_every >= 0"):
+        load(None, [override])

@@ -230,13 +230,18 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.prompts_per_step < 1 or self.max_steps < 0 or self.save_every < 1:
             raise ValueError("need prompts_per_step >= 1, max_steps >= 0, save_every >= 1")
-        if self.keep_checkpoints < 1 or self.eval_every < 0 or self.eval_examples < 1:
-            raise ValueError("need keep_checkpoints >= 1, eval_every >= 0, eval_examples >= 1")
+        check_run_fields(self)
         if self.mesh_fsdp < 1 or self.mesh_tp < 1:
             raise ValueError(f"mesh_fsdp and mesh_tp must be >= 1, got "
                              f"{self.mesh_fsdp}, {self.mesh_tp}")
-        if not self.out_dir:
-            raise ValueError("out_dir must not be empty")
+
+
+def check_run_fields(config) -> None:
+    """The checks every stage's config shares: its checkpoints, evaluation and run dir."""
+    if config.keep_checkpoints < 1 or config.eval_every < 0 or config.eval_examples < 1:
+        raise ValueError("need keep_checkpoints >= 1, eval_every >= 0, eval_examples >= 1")
+    if not config.out_dir:
+        raise ValueError("out_dir must not be empty")
 
 
 def load_train_config(path: str | Path | None, overrides: Sequence[str] = ()) -> TrainConfig:

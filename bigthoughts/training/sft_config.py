@@ -13,7 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bigthoughts.config import load_yaml
-from bigthoughts.training.config import STYLES, LoraSection, ModelSection, OptimSection
+from bigthoughts.training.config import (
+    STYLES,
+    LoraSection,
+    ModelSection,
+    OptimSection,
+    check_run_fields,
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -73,12 +79,9 @@ class SFTConfig:
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.max_steps < 0 or self.save_every < 1:
             raise ValueError("need batch_size >= 1, max_steps >= 0, save_every >= 1")
-        if self.keep_checkpoints < 1 or self.eval_every < 0 or self.eval_examples < 1:
-            raise ValueError("need keep_checkpoints >= 1, eval_every >= 0, eval_examples >= 1")
+        check_run_fields(self)
         if self.eval_max_new_tokens < 1:
             raise ValueError(f"eval_max_new_tokens must be >= 1, got {self.eval_max_new_tokens}")
-        if not self.out_dir:
-            raise ValueError("out_dir must not be empty")
 
 
 def load_sft_config(path: str | Path | None, overrides: Sequence[str] = ()) -> SFTConfig:
