@@ -32,14 +32,16 @@ case "${1:?usage: results_270m.sh sft|grpo|ablation|eval|report}" in
     relay $B train --config configs/gemma3-270m-grpo.yaml --out $RUNS/gemma3-270m-grpo-outcome \
       rewards.weights.step_correctness=0 rewards.weights.lucky_guess=0 --time-budget "$BUDGET" ;;
   eval)  # greedy, zero-shot prompt, all 1,319 test questions unless LIMIT is set
-    common=(--max-new-tokens 256 --batch-size 8 --quiet ${LIMIT:+--limit $LIMIT})
+    common=(--engine jax --max-new-tokens 256 --batch-size 16 --quiet ${LIMIT:+--limit $LIMIT})
     sft=(--adapter adapters/gemma3-270m-sft.safetensors --style zeroshot)
-    $B eval --mode single --style zeroshot "${common[@]}" --out $OUT/base-zeroshot
-    $B eval --mode single --style fewshot --shots 2 "${common[@]}" --out $OUT/base-2shot
-    $B eval --mode single "${sft[@]}" "${common[@]}" --out $OUT/sft-single
-    $B eval --mode single "${sft[@]}" --calculator "${common[@]}" --out $OUT/sft-single-calc
-    $B eval --mode vote --votes 5 "${sft[@]}" --calculator --max-new-tokens 256 --batch-size 4 \
-      --quiet --limit ${VOTE_LIMIT:-500} --out $OUT/sft-vote-calc ;;
+    # a finished run (summary.json) is skipped: some were made elsewhere (a GPU sitting)
+    ev() { local out=$OUT/$1; shift; [ -f "$out/summary.json" ] || $B eval "$@" --out "$out"; }
+    ev base-zeroshot --mode single --style zeroshot "${common[@]}"
+    ev base-2shot --mode single --style fewshot --shots 2 "${common[@]}"
+    ev sft-single-calc --mode single "${sft[@]}" --calculator "${common[@]}"
+    ev sft-single --mode single "${sft[@]}" "${common[@]}"
+    ev sft-vote-calc --mode vote --votes 5 "${sft[@]}" --calculator --engine jax \
+      --max-new-tokens 256 --batch-size 4 --quiet --limit "${VOTE_LIMIT:-500}" ;;
   report)
     $B report $OUT/*/ --out $OUT/report ;;
 esac
