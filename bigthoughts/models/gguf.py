@@ -77,22 +77,44 @@ def architecture(reader) -> str:
     return arch
 
 
+_HEADER_KEYS = ("block_count", "embedding_length", "feed_forward_length",
+                "attention.head_count", "attention.key_length", "attention.head_count_kv",
+                "attention.sliding_window", "rope.freq_base", "final_logit_softcapping",
+                "attn_logit_softcapping", "context_length")
+
+
+def gguf_header(reader) -> dict:
+    """What a model load needs from a GGUF besides its tensors and vocabulary, as plain
+    JSON-able values: parsing a 262k-token vocabulary takes seconds, so the loader caches
+    this next to the converted parameters and a second load never opens the file."""
+    arch = architecture(reader)
+    tokens = reader.fields.get("tokenizer.ggml.tokens")
+    embed = _tensor(reader, "token_embd.weight")
+    return {"architecture": arch, "name": field(reader, "general.name"),
+            "num_embed": int(embed.shape[-1] if tokens is None else len(tokens.data)),
+            **{f"{arch}.{k}": field(reader, f"{arch}.{k}") for k in _HEADER_KEYS}}
+
+
 def tunix_config_from_gguf(reader, *, param_dtype=None):
     """Builds the Tunix ``ModelConfig`` described by the GGUF metadata.
 
     Returns ``(family, config)`` with family "gemma3" or "gemma2".
     """
-    arch = architecture(reader)
+    return tunix_config_from_header(gguf_header(reader), param_dtype=param_dtype)
+
+
+def tunix_config_from_header(header: dict, *, param_dtype=None):
+    """``tunix_config_from_gguf`` for a :func:`gguf_header` (a reader's or a cached one)."""
+    arch = header["architecture"]
 
     def meta(name, default=None):
-        value = field(reader, f"{arch}.{name}", default)
+        value = header.get(f"{arch}.{name}")
+        value = default if value is None else value
         if value is None:
             raise GGUFError(f"GGUF metadata {arch}.{name} is missing")
         return value
 
-    tokens = reader.fields.get("tokenizer.ggml.tokens")
-    embed = _tensor(reader, "token_embd.weight")
-    num_embed = int(embed.shape[-1] if tokens is None else len(tokens.data))
+    num_embed = int(header["num_embed"])
     common = dict(
         num_layers=int(meta("block_count")),
         num_embed=num_embed,
