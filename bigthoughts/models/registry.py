@@ -95,17 +95,21 @@ def _load_gguf(path: Path, spec: ModelSpec | None, dtype, use_cache: bool) -> Lo
     key = digest[:16]
     cached = {kind: cache_dir() / f"{kind}-{key}.{ext}" for kind, ext in
               (("params", "safetensors"), ("tokenizer", "model"), ("header", "json"))}
+
+    def read_params():
+        return {parse_path_name(k): v for k, v in load_file(cached["params"]).items()}
+
     if use_cache and all(p.exists() for p in cached.values()):
         header = json.loads(cached["header"].read_text(encoding="utf-8"))
         family, config = gguf_io.tunix_config_from_header(header, param_dtype=dtype)
-        params = {parse_path_name(k): v for k, v in load_file(cached["params"]).items()}
+        params = read_params()
         tokenizer = Tokenizer.from_file(cached["tokenizer"])
     else:
         reader = gguf_io.open_gguf(path)
         header = gguf_io.gguf_header(reader)
         family, config = gguf_io.tunix_config_from_header(header, param_dtype=dtype)
         if use_cache and cached["params"].exists():  # a cache from before headers existed
-            params = {parse_path_name(k): v for k, v in load_file(cached["params"]).items()}
+            params = read_params()
         else:
             params = gguf_io.params_from_gguf(reader, family, config)
         tokenizer = tokenizer_from_gguf(reader, cache_dir() if use_cache else None, key)

@@ -171,9 +171,11 @@ def adapter_gguf(path: str | Path, base_gguf: str | Path) -> Path:
     from bigthoughts.models.spec import cache_dir
 
     path = Path(path).expanduser()
-    arrays, lora, _ = read_adapter(path)
+    if not path.is_file():
+        raise AdapterError(f"adapter {path} does not exist")
     out = cache_dir() / f"lora-{file_sha256(path)[:16]}.gguf"
-    if not out.exists():
+    if not out.exists():  # read (and validate) the adapter only to convert it
+        arrays, lora, _ = read_adapter(path)
         out.parent.mkdir(parents=True, exist_ok=True)
         write_lora_adapter(out, arrays, alpha=lora.alpha, base=open_gguf(base_gguf))
     return out
