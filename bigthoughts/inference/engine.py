@@ -14,9 +14,10 @@ Two implementations:
 * ``"llama.cpp"``: ``bigthoughts.inference.llamacpp.LlamaCppEngine`` on a GGUF file
   (CPU inference; needs the ``llamacpp`` extra).
 
-``"auto"`` picks JAX for now: on the 2-core CPUs we measure on, our llama.cpp engine
-is slower than the JAX sampler (see ``resolve_kind``); ``--engine llama.cpp`` selects
-it for any GGUF model (the embedded default or a ``.gguf`` path).
+``"auto"`` picks llama.cpp for a GGUF model when JAX would run on the CPU and the
+``llamacpp`` extra is installed (measured in ``benchmarks/llamacpp.py``: about 3x faster
+for the 5-trace vote), and JAX otherwise (accelerators, checkpoints that are not GGUF,
+or no llama-cpp-python).
 
 Example::
 
@@ -33,7 +34,12 @@ from pathlib import Path
 from typing import Literal, Protocol
 
 from bigthoughts.generate import Generation
-from bigthoughts.models.registry import LoadedModel, ModelLoadError, embedded_package
+from bigthoughts.models.registry import (
+    LoadedModel,
+    ModelLoadError,
+    embedded_package,
+    file_digest,
+)
 from bigthoughts.models.spec import portable_source
 
 EngineKind = Literal["auto", "jax", "llama.cpp"]
@@ -92,17 +98,26 @@ def gguf_source(model: str | Path | None):
     return None
 
 
-def resolve_kind(kind: str, *, gguf: bool, jax_backend: str | None = None) -> str:
-    """The concrete engine for ``kind`` ("auto" decided here)."""
+def resolve_kind(kind: str, *, gguf: bool, jax_backend: str | None = None,
+                 llamacpp: bool | None = None) -> str:
+    """The concrete engine for ``kind``; "auto" is decided here.
+
+    "auto" is llama.cpp when the model is a GGUF file, llama-cpp-python is installed
+    (``llamacpp``, default: looked up) and JAX's backend (``jax_backend``, default: asked
+    of JAX) is the CPU; JAX otherwise. On a 2-core CPU our llama.cpp engine runs the
+    5-trace vote in about a third of the JAX sampler's time (``benchmarks/llamacpp.py``).
+    """
     if kind not in ENGINE_KINDS:
         raise ModelLoadError(f"unknown engine {kind!r}; choose one of {', '.join(ENGINE_KINDS)}")
     if kind != "auto":
         return kind
-    # Measured on this project's 2-core CPUs (benchmarks/llamacpp.py), our llama.cpp engine
-    # is still slower than the JAX sampler (llama.cpp's weight repacking crashes there and
-    # is off), so "auto" keeps JAX until it pays; llama.cpp stays one flag away.
-    del gguf, jax_backend
-    return "jax"
+    if not gguf or not (llamacpp_available() if llamacpp is None else llamacpp):
+        return "jax"
+    if jax_backend is None:
+        import jax
+
+        jax_backend = jax.default_backend()
+    return "llama.cpp" if jax_backend == "cpu" else "jax"
 
 
 def make_engine(
@@ -120,7 +135,10 @@ def make_engine(
     the JAX engine (default ``load_model(model)``), e.g. with another dtype.
     """
     source = gguf_source(model)
-    chosen = resolve_kind(kind, gguf=source is not None)
+    if kind == "auto" and lora is not None and source is not None:
+        chosen = "llama.cpp"  # a GGUF LoRA runs only there
+    else:
+        chosen = resolve_kind(kind, gguf=source is not None)
     if chosen == "llama.cpp":
         if source is None:
             raise ModelLoadError(
@@ -134,8 +152,8 @@ def make_engine(
         except LlamaCppError as exc:
             raise ModelLoadError(str(exc)) from exc
         package = embedded_package() if spec.embedded else None
-        loaded = LoadedModel(model=None, tokenizer=None, spec=spec,
-                             source=f"llama.cpp:{portable_source(path, package=package)}")
+        source = portable_source(path, package=package, digest=file_digest(path))
+        loaded = LoadedModel(model=None, tokenizer=None, spec=spec, source=f"llama.cpp:{source}")
         return ChosenEngine(engine=engine, kind="llama.cpp", loaded=loaded)
     if lora is not None:
         raise ModelLoadError("a GGUF LoRA adapter needs the llama.cpp engine (--engine llama.cpp)")

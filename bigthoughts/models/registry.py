@@ -91,7 +91,7 @@ def _load_gguf(path: Path, spec: ModelSpec | None, dtype, use_cache: bool) -> Lo
     from bigthoughts.models import gguf as gguf_io
     from bigthoughts.models.tokenizer import Tokenizer, tokenizer_from_gguf
 
-    digest = _digest(path) if use_cache else file_sha256(path)
+    digest = file_digest(path) if use_cache else file_sha256(path)
     key = digest[:16]
     cached = {kind: cache_dir() / f"{kind}-{key}.{ext}" for kind, ext in
               (("params", "safetensors"), ("tokenizer", "model"), ("header", "json"))}
@@ -131,7 +131,7 @@ def _load_gguf(path: Path, spec: ModelSpec | None, dtype, use_cache: bool) -> Lo
     return LoadedModel(model=model, tokenizer=tokenizer, spec=spec, source=source)
 
 
-def _digest(path: Path) -> str:
+def file_digest(path: Path) -> str:
     """The file's SHA-256, remembered in the cache by (path, size, mtime) so that a
     second load does not hash 250 MB again; a file that changes is hashed anew."""
     index = cache_dir() / "digests.json"
