@@ -32,6 +32,7 @@ from bigthoughts.training.relay import EXIT_RELAY, Deadline
 from bigthoughts.training.rundir import check_run_dir, prepare_run_dir
 from bigthoughts.training.sft import SFTStage, prepare_data
 from bigthoughts.training.sft_config import SFTConfig, load_sft_config
+from bigthoughts.training.state import lean_cpu_scheduler
 
 __all__ = ["EXIT_RELAY", "GRPOTrainer", "OutOfMemory", "SFTConfig", "StageResult",
            "TrainConfig", "load_sft_config", "load_train_config", "sft", "train"]
@@ -86,6 +87,7 @@ def train(config: TrainConfig, *, max_steps: int | None = None,
     in ``out_dir``) is checked before the model loads and before anything is written.
     ``examples``/``loaded``/``reward_fns`` let tests inject a toy task and a tiny model.
     """
+    lean_cpu_scheduler()  # before the model load starts JAX: see training.state
     limit, out, deadline = _checked_start(config, max_steps, time_budget, out_dir)
     train_set, held = _data(config, examples)
     fns = reward_fns or make_reward_fns(config.rewards.weights,
@@ -112,6 +114,7 @@ def sft(config: SFTConfig, *, max_steps: int | None = None,
         examples: Sequence[Example] | None = None, loaded: LoadedModel | None = None,
         progress: Progress | None = None) -> StageResult:
     """Runs (or resumes) a supervised warm start; same relay and checks as :func:`train`."""
+    lean_cpu_scheduler()
     limit, out, deadline = _checked_start(config, max_steps, time_budget, out_dir)
     if examples is None:
         examples = load_gsm8k("train", config.data.path, limit=config.data.limit)

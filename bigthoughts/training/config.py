@@ -140,8 +140,9 @@ class GRPOSection:
     # GSM8K's calculator inside rollouts: the sampler answers <<expr= calls; the tokens it
     # inserts are masked out of the policy loss and the KL (the model did not choose them)
     calculator: bool = False
-    # recompute each layer's activations in the backward pass. Off: measured on the 270M
-    # recipe it cost +16% step time and did not lower peak RSS (benchmarks/grpo_step.py)
+    # recompute each layer's activations in the backward pass. It lowers the CPU peak only
+    # together with the split update and XLA's lean CPU schedule (training.state): 8.4 ->
+    # 5.5 GB on the 270M recipe (benchmarks/grpo_memory.py); the CPU recipes turn it on
     remat_layers: bool = False
 
     def __post_init__(self) -> None:

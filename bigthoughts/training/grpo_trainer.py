@@ -48,15 +48,20 @@ from bigthoughts.training.adapter import adapted, save_adapter
 from bigthoughts.training.config import GRPOSection, TrainConfig
 from bigthoughts.training.relay import CheckpointStore
 from bigthoughts.training.rundir import MetricsLog
-from bigthoughts.training.state import make_mesh, make_optimizer, shard
+from bigthoughts.training.state import (
+    SplitUpdate,
+    make_mesh,
+    make_optimizer,
+    optimizer_step,
+    shard,
+)
 
 MEMORY_KNOBS = ("prompts_per_step, grpo.num_generations or grpo.max_new_tokens "
                 "(or set grpo.remat_layers=true)")
 
 
-def grpo_update(graphdef, tx: optax.GradientTransformation, g: GRPOSection, lora, opt_state,
-                base, batch: grpo.RolloutBatch):
-    """One AdamW update of the LoRA weights on the GRPO loss (jit it; pure)."""
+def grpo_grads(graphdef, g: GRPOSection, lora, base, batch: grpo.RolloutBatch):
+    """``((loss, aux), grads)`` of the GRPO loss w.r.t. the LoRA weights (jit it; pure)."""
 
     def loss_fn(lora_state):
         model = nnx.merge(graphdef, lora_state, base)
@@ -65,10 +70,17 @@ def grpo_update(graphdef, tx: optax.GradientTransformation, g: GRPOSection, lora
                               loss_agg_mode=g.loss_agg_mode, kl_mode=g.kl_mode,
                               temperature=g.resolved_logp_temperature, remat=g.remat_layers)
 
-    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(lora)
-    updates, opt_state = tx.update(grads, opt_state, lora)
-    lora = optax.apply_updates(lora, updates)
-    return lora, opt_state, {"loss": loss, "grad_norm": optax.global_norm(grads), **aux}
+    return jax.value_and_grad(loss_fn, has_aux=True)(lora)
+
+
+def grpo_update(graphdef, tx: optax.GradientTransformation, g: GRPOSection, lora, opt_state,
+                base, batch: grpo.RolloutBatch):
+    """One AdamW update of the LoRA weights on the GRPO loss, as one program (pure). The
+    trainer runs it as two (``SplitUpdate``); this fused form is what the accelerator
+    memory estimates compile (scripts/aot_memory.py)."""
+    (loss, aux), grads = grpo_grads(graphdef, g, lora, base, batch)
+    lora, opt_state, norm = optimizer_step(tx, lora, opt_state, grads)
+    return lora, opt_state, {"loss": loss, "grad_norm": norm, **aux}
 
 
 class GRPOTrainer:
@@ -103,8 +115,8 @@ class GRPOTrainer:
         self.store = CheckpointStore(self.out / "checkpoints", keep=config.keep_checkpoints)
         self.log = log or MetricsLog(self.out)
         self.last_updates: list[dict] = []  # aux of each of the μ updates of the last step
-        self._train_fn = jax.jit(functools.partial(grpo_update, self.graphdef, self.tx,
-                                                   config.grpo), donate_argnums=(0, 1))
+        self._train_fn = SplitUpdate(functools.partial(grpo_grads, self.graphdef, config.grpo),
+                                     self.tx)
         self._logps_fn = jax.jit(self._logps, static_argnames=("group", "lora_on"))
         self.resumed_from = self._restore()
         self._sync_sampler()

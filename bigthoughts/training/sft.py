@@ -25,7 +25,6 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
 
 from bigthoughts.answers import answers_equal, extract_answer
@@ -46,7 +45,7 @@ from bigthoughts.training.sft_data import (
     split_validation,
     tokenize,
 )
-from bigthoughts.training.state import make_optimizer
+from bigthoughts.training.state import SplitUpdate, make_optimizer
 
 MEMORY_KNOBS = "batch_size or data.max_length (or set remat_layers=true)"
 
@@ -64,17 +63,13 @@ def sft_loss(model, tokens, valid, loss_mask, *, remat: bool = False):
     return loss, {"nll_sum": -(logps * loss_mask).sum(), "count": count}
 
 
-def sft_update(graphdef, tx: optax.GradientTransformation, remat: bool, params, opt_state,
-               frozen, tokens, valid, loss_mask):
-    """One AdamW update of the trainable weights on the SFT loss (jit it; pure)."""
+def sft_grads(graphdef, remat: bool, params, frozen, tokens, valid, loss_mask):
+    """``((loss, aux), grads)`` of the SFT loss w.r.t. the trainable weights (jit it; pure)."""
 
     def loss_fn(p):
         return sft_loss(nnx.merge(graphdef, p, frozen), tokens, valid, loss_mask, remat=remat)
 
-    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    params = optax.apply_updates(params, updates)
-    return params, opt_state, {"loss": loss, "grad_norm": optax.global_norm(grads), **aux}
+    return jax.value_and_grad(loss_fn, has_aux=True)(params)
 
 
 class SFTStage:
@@ -102,8 +97,8 @@ class SFTStage:
                                    config.seed)
         self.store = CheckpointStore(self.out / "checkpoints", keep=config.keep_checkpoints)
         self.log = log or MetricsLog(self.out)
-        self._update = jax.jit(functools.partial(sft_update, self.graphdef, self.tx,
-                                                 config.remat_layers), donate_argnums=(0, 1))
+        self._update = SplitUpdate(functools.partial(sft_grads, self.graphdef,
+                                                     config.remat_layers), self.tx)
         self._loss = jax.jit(lambda p, f, t, v, m: sft_loss(nnx.merge(self.graphdef, p, f),
                                                               t, v, m)[1])
         self.step = 0

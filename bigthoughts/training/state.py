@@ -7,6 +7,9 @@
 
 from __future__ import annotations
 
+import os
+from functools import partial
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -29,6 +32,60 @@ def apply_lora(model, lora: LoraSection, seed: int):
         jnp.tril(jnp.ones((1, 4, 4), dtype=bool)),
         methods=("hidden_states",), rngs=nnx.Rngs(seed),
     )
+
+
+# XLA's CPU scheduler orders a program for concurrency by default. For a training update
+# that order starts every rematerialised layer's recomputation early and keeps all of it
+# alive: the 270M GRPO update planned 4.7 GB of temporaries with or without layer remat.
+# XLA's memory-minimising order keeps each recomputation next to its use (0.8 GB with
+# remat, benchmarks/grpo_memory.py). XLA reads it from XLA_FLAGS only (a per-program
+# compiler option is accepted and ignored), so it has to be set before JAX starts.
+LEAN_CPU_FLAG = "--xla_cpu_enable_concurrency_optimized_scheduler=false"
+
+
+def lean_cpu_scheduler() -> bool:
+    """Asks XLA for its memory-minimising CPU schedule (``LEAN_CPU_FLAG``) for this process;
+    True if it is in effect. A choice already in ``XLA_FLAGS`` is kept; once JAX's
+    backends have started it is too late and nothing changes (returns False)."""
+    from jax._src import xla_bridge
+
+    flags = os.environ.get("XLA_FLAGS", "")
+    name = LEAN_CPU_FLAG.split("=")[0]
+    if name in flags:
+        return LEAN_CPU_FLAG in flags
+    if xla_bridge.backends_are_initialized():
+        return False
+    os.environ["XLA_FLAGS"] = f"{flags} {LEAN_CPU_FLAG}".strip()
+    return True
+
+
+def optimizer_step(tx: optax.GradientTransformation, params, opt_state, grads):
+    """``tx``'s update applied to ``params``; returns (params, opt_state, gradient norm)."""
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, optax.global_norm(grads)
+
+
+class SplitUpdate:
+    """One optimizer update as two compiled programs: the loss and its gradients, then
+    ``tx``'s step (which donates the old weights and moments).
+
+    On the CPU, XLA scheduled the fused program (gradients and AdamW together) so that
+    the layers' activations were all alive at once: the 270M GRPO update planned 3.4 GB
+    of temporaries fused and 0.8 GB split, with ``remat_layers`` and ``LEAN_CPU_FLAG``
+    (benchmarks/grpo_memory.py). The gradients cross between the two as LoRA-sized arrays.
+
+    ``loss_and_grads(params, *args)`` returns ``((loss, aux), grads)``; calling the
+    update returns ``(params, opt_state, {"loss", "grad_norm", **aux})``.
+    """
+
+    def __init__(self, loss_and_grads, tx: optax.GradientTransformation):
+        self.grads = jax.jit(loss_and_grads)  # public: memory plans compile it
+        self._step = jax.jit(partial(optimizer_step, tx), donate_argnums=(0, 1))
+
+    def __call__(self, params, opt_state, *args):
+        (loss, aux), grads = self.grads(params, *args)
+        params, opt_state, norm = self._step(params, opt_state, grads)
+        return params, opt_state, {"loss": loss, "grad_norm": norm, **aux}
 
 
 def make_optimizer(optim: OptimSection, max_steps: int
