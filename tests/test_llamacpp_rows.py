@@ -1,6 +1,7 @@
 """Host-side row bookkeeping shared by the llama.cpp engine: stops, EOS, length,
 calculator. Expected values are worked out by hand from the token pieces."""
 
+import numpy as np
 import pytest
 
 from bigthoughts.generate import check_request
@@ -75,3 +76,19 @@ def test_check_request():
                       ((1, 0.0, 1, 8, None, 1.5), "top_p")]:
         with pytest.raises(ValueError, match=msg):
             check_request(*args)
+
+
+def test_host_draw_follows_softmax_at_temperature():
+    from bigthoughts.inference.llamacpp import _host_draw
+
+    logits = np.array([2.0, 1.0, 0.5, -1.0, -60.0], dtype=np.float32)
+    for t in (0.5, 1.0):
+        rng = np.random.default_rng(0)
+        draws = np.bincount([_host_draw(logits, t, rng) for _ in range(20000)], minlength=5)
+        want = np.exp(logits / t) / np.exp(logits / t).sum()
+        np.testing.assert_allclose(draws / draws.sum(), want, atol=0.01)
+        assert draws[4] == 0  # 60 nats below the top: beyond the 30*T tail, never drawn
+    assert _host_draw(logits, 0.0, np.random.default_rng(0)) == 0  # greedy: the argmax
+    a = [_host_draw(logits, 1.0, np.random.default_rng(7)) for _ in range(3)]
+    b = [_host_draw(logits, 1.0, np.random.default_rng(7)) for _ in range(3)]
+    assert a == b  # a row's draws follow its seed
