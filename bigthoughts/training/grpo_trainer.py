@@ -53,6 +53,7 @@ from bigthoughts.training.state import (
     make_mesh,
     make_optimizer,
     optimizer_step,
+    release_host_memory,
     shard,
 )
 
@@ -150,6 +151,7 @@ class GRPOTrainer:
     def _updates(self, batch: grpo.RolloutBatch) -> dict:
         """μ updates on one batch; the sampler follows the weights after each."""
         self.last_updates = []
+        release_host_memory()  # the rollout's freed buffers, before the update's peak
         for _ in range(self.config.grpo.num_iterations):
             self.lora, self.opt_state, aux = self._train_fn(self.lora, self.opt_state,
                                                             self.base, batch)
@@ -160,6 +162,7 @@ class GRPOTrainer:
     def train_step(self) -> dict:
         cfg = self.config
         t0 = time.perf_counter()
+        release_host_memory()  # what the last update freed, before the rollout
         examples = [self.examples[i] for i in self.order.take(cfg.prompts_per_step)]
         rollout = ro.collect(self.sampler, examples, cfg.grpo, fmt=self.format,
                              reward_fns=self.reward_fns,
@@ -220,6 +223,7 @@ class GRPOTrainer:
     def export(self, dest: Path, *, hf: bool = True) -> Path:
         """Merges LoRA into the base and writes a loadable checkpoint (and HF copy), and
         the LoRA itself as ``dest/adapter.safetensors``."""
+        release_host_memory()
         model = nnx.merge(self.graphdef, self.lora, self.base)
         params = merge_lora(model, alpha=self.config.lora.alpha, rank=self.config.lora.rank)
         spec = self.loaded.spec

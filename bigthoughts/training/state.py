@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 from functools import partial
 
@@ -57,6 +58,25 @@ def lean_cpu_scheduler() -> bool:
         return False
     os.environ["XLA_FLAGS"] = f"{flags} {LEAN_CPU_FLAG}".strip()
     return True
+
+
+def release_host_memory() -> None:
+    """Gives the host heap's free pages back to the OS (glibc ``malloc_trim``; a no-op
+    elsewhere). XLA's CPU buffers are freed to malloc, which keeps them: on the 270M
+    GRPO recipe the resident set grew 0.5 GB between steps and the step peak was
+    5.1 GB without trimming, 4.8 GB with it (benchmarks/grpo_memory.py)."""
+    global _LIBC
+    if _LIBC is None:
+        try:
+            _LIBC = ctypes.CDLL("libc.so.6")
+            _LIBC.malloc_trim.argtypes = [ctypes.c_size_t]
+        except (OSError, AttributeError):
+            _LIBC = False
+    if _LIBC:
+        _LIBC.malloc_trim(0)
+
+
+_LIBC = None
 
 
 def optimizer_step(tx: optax.GradientTransformation, params, opt_state, grads):
