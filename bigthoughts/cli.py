@@ -170,12 +170,10 @@ def _engine_kind(args) -> str:
 
     if args.engine != "auto":
         return args.engine
-    source = None if args.checkpoint else gguf_source(args.model)
-    if source is not None and args.lora:
-        return "llama.cpp"
-    if args.dtype is not None:
+    gguf = not args.checkpoint and gguf_source(args.model) is not None
+    if args.dtype is not None and not (gguf and args.lora):
         return "jax"
-    return resolve_kind("auto", gguf=source is not None)
+    return resolve_kind("auto", gguf=gguf, lora=bool(args.lora))
 
 
 def _adapter_as_gguf(args) -> Path:

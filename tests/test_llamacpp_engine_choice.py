@@ -17,6 +17,9 @@ def test_resolve_kind():
     assert resolve_kind("auto", gguf=True, jax_backend="cpu", llamacpp=False) == "jax"
     assert resolve_kind("auto", gguf=False, jax_backend="cpu", llamacpp=True) == "jax"
     assert resolve_kind("jax", gguf=True, jax_backend="cpu", llamacpp=True) == "jax"
+    # a GGUF LoRA adapter runs only on llama.cpp; without a GGUF model it cannot
+    assert resolve_kind("auto", gguf=True, jax_backend="gpu", lora=True) == "llama.cpp"
+    assert resolve_kind("auto", gguf=False, jax_backend="cpu", llamacpp=True, lora=True) == "jax"
     assert resolve_kind("llama.cpp", gguf=False, jax_backend="tpu") == "llama.cpp"
     # unset: looked up on this machine (a CPU-only JAX here)
     installed = importlib.util.find_spec("llama_cpp") is not None

@@ -99,10 +99,11 @@ def gguf_source(model: str | Path | None):
 
 
 def resolve_kind(kind: str, *, gguf: bool, jax_backend: str | None = None,
-                 llamacpp: bool | None = None) -> str:
+                 llamacpp: bool | None = None, lora: bool = False) -> str:
     """The concrete engine for ``kind``; "auto" is decided here.
 
-    "auto" is llama.cpp when the model is a GGUF file, llama-cpp-python is installed
+    "auto" is llama.cpp for a GGUF model with a GGUF LoRA adapter (``lora``: it runs
+    only there), or when the model is a GGUF file, llama-cpp-python is installed
     (``llamacpp``, default: looked up) and JAX's backend (``jax_backend``, default: asked
     of JAX) is the CPU; JAX otherwise. On a 2-core CPU our llama.cpp engine runs the
     5-trace vote in about a third of the JAX sampler's time (``benchmarks/llamacpp.py``).
@@ -111,6 +112,8 @@ def resolve_kind(kind: str, *, gguf: bool, jax_backend: str | None = None,
         raise ModelLoadError(f"unknown engine {kind!r}; choose one of {', '.join(ENGINE_KINDS)}")
     if kind != "auto":
         return kind
+    if gguf and lora:
+        return "llama.cpp"
     if not gguf or not (llamacpp_available() if llamacpp is None else llamacpp):
         return "jax"
     if jax_backend is None:
@@ -135,10 +138,7 @@ def make_engine(
     the JAX engine (default ``load_model(model)``), e.g. with another dtype.
     """
     source = gguf_source(model)
-    if kind == "auto" and lora is not None and source is not None:
-        chosen = "llama.cpp"  # a GGUF LoRA runs only there
-    else:
-        chosen = resolve_kind(kind, gguf=source is not None)
+    chosen = resolve_kind(kind, gguf=source is not None, lora=lora is not None)
     if chosen == "llama.cpp":
         if source is None:
             raise ModelLoadError(
