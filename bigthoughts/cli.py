@@ -59,8 +59,9 @@ def enable_compilation_cache() -> None:
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None,
-                   help="registry name or path (.gguf, HF or Kaggle checkpoint dir); "
-                        "default: the embedded Gemma 3 270M base")
+                   help="registry name or path (.gguf, HF or Kaggle checkpoint dir); default: "
+                        "the embedded Gemma 3 270M with the GSM8K adapter shipped in the "
+                        "package (gemma3-270m-gsm8k); gemma3-270m-base for the raw base")
     p.add_argument("--checkpoint", default=None,
                    help="a checkpoint exported by `bigthoughts train` (overrides --model weights)")
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16"],
@@ -215,7 +216,7 @@ def cmd_ask(args) -> int:
     start = time.perf_counter()
     [sol] = solver.solve([question])
     _print_solution(args, sol, time.perf_counter() - start,
-                    model=f"{lm.spec.name} ({lm.source}; {chosen.kind} engine)")
+                    model=f"{args.shipped or lm.spec.name} ({lm.source}; {chosen.kind} engine)")
     return 0
 
 
@@ -391,7 +392,8 @@ def cmd_serve(args) -> int:
     lm = chosen.loaded
     context = lm.spec.max_context
     config = ServeConfig(
-        model_id=lm.spec.name, prompt_style=lm.spec.prompt_style, shots=args.shots,
+        model_id=args.shipped or lm.spec.name, prompt_style=args.style or lm.spec.prompt_style,
+        shots=args.shots, calculator=args.calculator,
         limits=Limits(max_n=min(16, args.max_batch_rows), context_length=context),
         max_batch_rows=args.max_batch_rows, queue_size=args.queue_size,
         batch_wait_s=args.batch_wait_ms / 1000,
@@ -417,8 +419,40 @@ def _vote_args(p: argparse.ArgumentParser, votes: int) -> None:
 
 
 def _calculator_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--calculator", action="store_true",
-                   help="answer <<expr= calculator calls inside the decode (GSM8K's notes)")
+    p.add_argument("--calculator", action=argparse.BooleanOptionalAction, default=None,
+                   help="answer <<expr= calculator calls inside the decode (GSM8K's notes); "
+                        "default: on for the shipped model, off otherwise")
+
+
+def _apply_shipped(args) -> None:
+    """Settles which model answers: with no --model, --checkpoint, --adapter or --lora,
+    the package's shipped adapter on the embedded base, prompted (style, calculator) as
+    it was trained, unless a flag says otherwise; ``gemma3-270m-base`` is the raw base."""
+    from bigthoughts.models.registry import DEFAULT_MODEL
+    from bigthoughts.models.shipped import BASE_ALIAS, shipped_default
+
+    args.shipped = None
+    shipped = shipped_default()
+    named = args.model is not None and shipped is not None and args.model == shipped.name
+    if args.model == BASE_ALIAS:
+        args.model = DEFAULT_MODEL
+    elif args.model is None or named:
+        given = [flag for flag, value in (("--checkpoint", args.checkpoint),
+                                          ("--adapter", args.adapter),
+                                          ("--lora", getattr(args, "lora", None))) if value]
+        if named and given:
+            raise UserError(f"--model {shipped.name} is the base plus its shipped adapter; "
+                            f"with {given[0]} use --model {BASE_ALIAS}")
+        if shipped is not None and not given:
+            args.model = None if shipped.base == DEFAULT_MODEL else shipped.base
+            args.adapter = str(shipped.adapter_path())
+            args.shipped = shipped.name
+            if getattr(args, "style", None) is None:
+                args.style = shipped.style
+            if getattr(args, "calculator", None) is None:
+                args.calculator = shipped.calculator
+    if getattr(args, "calculator", None) is None:
+        args.calculator = False
 
 
 def _add_inference_commands(sub) -> None:
@@ -499,7 +533,10 @@ def _add_other_commands(sub) -> None:
                    help="how long a free engine waits for concurrent requests to join")
     p.add_argument("--shots", type=int, default=2,
                    help="worked examples in base-model prompts (0: zero-shot)")
-    p.set_defaults(func=cmd_serve)
+    p.add_argument("--calculator", action=argparse.BooleanOptionalAction, default=None,
+                   help="the calculator for requests that do not say (default: on for the "
+                        "shipped model)")
+    p.set_defaults(func=cmd_serve, style=None)
 
     p = sub.add_parser("export", help="write an exported checkpoint as a GGUF file")
     p.add_argument("--checkpoint", required=True, help="a directory written by `train` (export/)")
@@ -534,6 +571,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command not in ("report", "download", "train-report"):
             enable_compilation_cache()
+        if args.command in ("ask", "eval", "generate", "serve"):
+            _apply_shipped(args)
         return args.func(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

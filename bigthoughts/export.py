@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from flax import nnx
 
-from bigthoughts.files import atomic_output, atomic_write_bytes, atomic_write_json
+from bigthoughts.files import atomic_write_bytes, atomic_write_json
 from bigthoughts.models.build import build_model, parse_path_name, path_name, qkv_matrices
 from bigthoughts.models.spec import (
     LoadedModel,
@@ -35,6 +35,7 @@ from bigthoughts.models.spec import (
     resolve_dtype,
 )
 from bigthoughts.models.tokenizer import Tokenizer
+from bigthoughts.tensorfile import write_safetensors
 
 __all__ = ["export_checkpoint", "export_hf_gemma3", "load_exported", "merge_lora"]
 
@@ -82,13 +83,10 @@ def export_checkpoint(out_dir: str | Path, params: dict, *, family: str, config,
     Every file is written atomically; ``bigthoughts.json`` last, so a directory with
     it is complete.
     """
-    from safetensors.numpy import save_file
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    with atomic_output(out / "params.safetensors") as tmp:
-        save_file({path_name(k): np.asarray(v, dtype=np.float32) for k, v in params.items()},
-                  str(tmp))
+    write_safetensors(out / "params.safetensors",
+                      {path_name(k): v for k, v in params.items()}, dtype=np.float32)
     atomic_write_bytes(out / "tokenizer.model", tokenizer.model_proto)
     fields = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
               if isinstance(getattr(config, f.name), int | float | str | bool | type(None))}
@@ -138,8 +136,6 @@ def load_exported(path: str | Path, *, dtype="float32") -> LoadedModel:
 
 def export_hf_gemma3(out_dir: str | Path, params: dict, config, tokenizer: Tokenizer) -> Path:
     """Writes a Hugging Face ``Gemma3ForCausalLM`` (text) directory from Tunix params."""
-    from safetensors.numpy import save_file
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     n, k, h, d = config.num_heads, config.num_kv_heads, config.head_dim, config.embed_dim
@@ -162,9 +158,8 @@ def export_hf_gemma3(out_dir: str | Path, params: dict, config, tokenizer: Token
         hf[pre + "mlp.gate_proj.weight"] = p("mlp", "gate_proj", "kernel").T
         hf[pre + "mlp.up_proj.weight"] = p("mlp", "up_proj", "kernel").T
         hf[pre + "mlp.down_proj.weight"] = p("mlp", "down_proj", "kernel").T
-    with atomic_output(out / "model.safetensors") as tmp:
-        save_file({k2: np.ascontiguousarray(v2, dtype=np.float32) for k2, v2 in hf.items()},
-                  str(tmp))
+    # views of ``params`` (transposes, reshapes): laid out one at a time as they are written
+    write_safetensors(out / "model.safetensors", hf, dtype=np.float32)
     hf_config = {
         "architectures": ["Gemma3ForCausalLM"], "model_type": "gemma3_text",
         "vocab_size": config.num_embed, "hidden_size": d, "intermediate_size": config.hidden_dim,

@@ -2,7 +2,7 @@
 # The 270M pipeline of docs/RESULTS.md: SFT -> GRPO (from the SFT adapter) -> evaluations
 # on the full GSM8K test set -> report. Every step resumes when rerun (training by its
 # relay checkpoints, evaluation by its results.jsonl), so a sitting can stop anywhere.
-#   bash scripts/results_270m.sh STAGE   # STAGE: sft | grpo | ablation | eval | report
+#   bash scripts/results_270m.sh STAGE   # STAGE: sft | grpo | ablation | eval | ship | report
 # A stage's product is committed before the next sitting (a fresh machine has only git):
 #   sft  -> adapters/gemma3-270m-sft.safetensors   grpo -> adapters/gemma3-270m-grpo.safetensors
 #   eval -> docs/results/gemma3-270m-v2/<run>/{results.jsonl,summary.json,run.json}
@@ -15,7 +15,7 @@ OUT=docs/results/gemma3-270m-v2
 BUDGET=${BUDGET:-2h}
 relay() { "$@" || [ $? -eq 75 ]; }  # 75: the budget ended, rerun to continue
 
-case "${1:?usage: results_270m.sh sft|grpo|ablation|eval|report}" in
+case "${1:?usage: results_270m.sh sft|grpo|ablation|eval|ship|report}" in
   sft)
     relay $B sft --config configs/gemma3-270m-sft.yaml --out $RUNS/gemma3-270m-sft \
       --time-budget "$BUDGET"
@@ -32,16 +32,29 @@ case "${1:?usage: results_270m.sh sft|grpo|ablation|eval|report}" in
     relay $B train --config configs/gemma3-270m-grpo.yaml --out $RUNS/gemma3-270m-grpo-outcome \
       rewards.weights.step_correctness=0 rewards.weights.lucky_guess=0 --time-budget "$BUDGET" ;;
   eval)  # greedy, zero-shot prompt, all 1,319 test questions unless LIMIT is set
-    common=(--engine jax --max-new-tokens 256 --batch-size 16 --quiet ${LIMIT:+--limit $LIMIT})
+    # --engine auto: llama.cpp when the llamacpp extra is installed (CPU), else JAX
+    common=(--engine "${ENGINE:-auto}" --max-new-tokens 256 --batch-size 16 --quiet
+            ${LIMIT:+--limit $LIMIT})
     sft=(--adapter adapters/gemma3-270m-sft.safetensors --style zeroshot)
-    # a finished run (summary.json) is skipped: some were made elsewhere (a GPU sitting)
+    grpo=(--adapter adapters/gemma3-270m-grpo.safetensors --style zeroshot)
+    vote=(--mode vote --votes 5 --engine "${ENGINE:-auto}" --max-new-tokens 256 --batch-size 4
+          --quiet --limit "${VOTE_LIMIT:-500}")
+    # a finished run (summary.json) is skipped: some were made elsewhere (a GPU sitting);
+    # an unfinished one resumes from its results.jsonl
     ev() { local out=$OUT/$1; shift; [ -f "$out/summary.json" ] || $B eval "$@" --out "$out"; }
-    ev base-zeroshot --mode single --style zeroshot "${common[@]}"
-    ev base-2shot --mode single --style fewshot --shots 2 "${common[@]}"
+    ev base-zeroshot --model gemma3-270m-base --mode single --style zeroshot "${common[@]}"
+    ev base-2shot --model gemma3-270m-base --mode single --style fewshot --shots 2 "${common[@]}"
     ev sft-single-calc --mode single "${sft[@]}" --calculator "${common[@]}"
-    ev sft-single --mode single "${sft[@]}" "${common[@]}"
-    ev sft-vote-calc --mode vote --votes 5 "${sft[@]}" --calculator --engine jax \
-      --max-new-tokens 256 --batch-size 4 --quiet --limit "${VOTE_LIMIT:-500}" ;;
+    ev grpo-single-calc --mode single "${grpo[@]}" --calculator "${common[@]}"
+    ev grpo-single --mode single "${grpo[@]}" --no-calculator "${common[@]}"
+    ev sft-single --mode single "${sft[@]}" --no-calculator "${common[@]}"
+    ev grpo-vote-calc "${grpo[@]}" --calculator "${vote[@]}"
+    ev grpo-adaptive-calc "${grpo[@]}" --calculator "${vote[@]}" --strategy adaptive
+    ev sft-vote-calc "${sft[@]}" --calculator "${vote[@]}"
+    ev sft-adaptive-calc "${sft[@]}" --calculator "${vote[@]}" --strategy adaptive ;;
+  ship)  # the GRPO adapter becomes the package's default model (bigthoughts/shipped/)
+    .venv/bin/python scripts/ship_adapter.py adapters/gemma3-270m-grpo.safetensors \
+      --eval $OUT/grpo-single-calc --eval $OUT/grpo-single --base-eval $OUT/base-zeroshot ;;
   report)
     $B report $OUT/*/ --out $OUT/report ;;
 esac

@@ -17,7 +17,7 @@ import json
 import os
 from pathlib import Path
 
-from bigthoughts.files import atomic_output, atomic_write_json, file_sha256
+from bigthoughts.files import atomic_write_json, file_sha256
 from bigthoughts.models import checkpoints
 from bigthoughts.models.build import build_model, parse_path_name, path_name
 from bigthoughts.models.spec import (
@@ -28,6 +28,7 @@ from bigthoughts.models.spec import (
     portable_source,
     resolve_dtype,
 )
+from bigthoughts.tensorfile import write_safetensors
 
 __all__ = ["DEFAULT_MODEL", "EMBEDDED_PACKAGE", "REGISTRY", "LoadedModel", "ModelLoadError",
            "ModelSpec", "cache_dir", "embedded_gguf_path", "load_model", "resolve_dtype"]
@@ -86,7 +87,7 @@ def _load_gguf(path: Path, spec: ModelSpec | None, dtype, use_cache: bool) -> Lo
     """A GGUF model. The first load converts it (~20 s for the 270M model); with
     ``use_cache`` the parameters, tokenizer and header are cached by the file's SHA-256,
     and a later load reads only those (the GGUF's 262k-token vocabulary is not parsed)."""
-    from safetensors.numpy import load_file, save_file
+    from safetensors.numpy import load_file
 
     from bigthoughts.models import gguf as gguf_io
     from bigthoughts.models.tokenizer import Tokenizer, tokenizer_from_gguf
@@ -115,8 +116,7 @@ def _load_gguf(path: Path, spec: ModelSpec | None, dtype, use_cache: bool) -> Lo
         tokenizer = tokenizer_from_gguf(reader, cache_dir() if use_cache else None, key)
         if use_cache and not cached["params"].exists():
             cached["params"].parent.mkdir(parents=True, exist_ok=True)
-            with atomic_output(cached["params"]) as tmp:
-                save_file({path_name(k): v for k, v in params.items()}, str(tmp))
+            write_safetensors(cached["params"], {path_name(k): v for k, v in params.items()})
         if use_cache:
             atomic_write_json(cached["header"], header)
     if spec is None:

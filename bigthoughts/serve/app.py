@@ -149,7 +149,8 @@ class _Service:
     async def complete(self, request: Request, *, chat: bool) -> Response:
         limits = self.config.limits
         body = await _read_body(request, limits.max_request_bytes)
-        req = parse_request(read_json(body, limits), chat=chat, limits=limits)
+        req = parse_request(read_json(body, limits), chat=chat, limits=limits,
+                            calculator=self.config.calculator and self.calculator_ok)
         if req.calculator and not self.calculator_ok:
             raise APIError(400, "the calculator is unavailable with this engine",
                            param="calculator", code="calculator_unavailable")

@@ -57,6 +57,7 @@ class ServeConfig:
     queue_size: int = 64
     batch_wait_s: float = 0.05
     pad_batches: bool = False
+    calculator: bool = False  # for requests that do not say (the shipped model's setting)
 
     def __post_init__(self) -> None:
         build_prompt("?", self.prompt_style, shots=self.shots)  # ValueError: bad style/shots

@@ -230,8 +230,10 @@ def _prompts(data: dict) -> tuple[str, ...]:
     return tuple(items)
 
 
-def parse_request(data: dict[str, Any], *, chat: bool, limits: Limits) -> CompletionRequest:
-    """Validates a decoded body for ``/v1/chat/completions`` (chat) or ``/v1/completions``."""
+def parse_request(data: dict[str, Any], *, chat: bool, limits: Limits,
+                  calculator: bool = False) -> CompletionRequest:
+    """Validates a decoded body for ``/v1/chat/completions`` (chat) or ``/v1/completions``;
+    ``calculator`` is the server's default for requests that do not say."""
     model = data.get("model")
     if model is not None and not isinstance(model, str):
         raise _type_error("model", "a string", model)
@@ -259,7 +261,7 @@ def parse_request(data: dict[str, Any], *, chat: bool, limits: Limits) -> Comple
         stream=_get_bool(data, "stream", False),
         include_usage=_get_bool(options or {}, "include_usage", False),
         vote=vote,
-        calculator=_get_bool(data, "calculator", False),
+        calculator=_get_bool(data, "calculator", calculator),
     )
     if len(req.prompts) * n > limits.max_n:
         raise APIError(400, f"prompts x n must be at most {limits.max_n}", param="n",

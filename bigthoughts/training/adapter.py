@@ -14,7 +14,6 @@ with the same rank/targets, fills the matrices and folds them into the base weig
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import jax.numpy as jnp
@@ -25,6 +24,7 @@ from bigthoughts.export import merge_lora
 from bigthoughts.models.build import build_model, parse_path_name, path_name
 from bigthoughts.models.registry import load_model
 from bigthoughts.models.spec import LoadedModel
+from bigthoughts.tensorfile import write_safetensors
 from bigthoughts.training.config import LoraSection, ModelSection
 from bigthoughts.training.state import apply_lora
 
@@ -40,8 +40,6 @@ def save_adapter(path: str | Path, lora_state, lora: LoraSection, *, dtype: str 
                  provenance: dict | None = None) -> Path:
     """Writes the LoRA matrices of ``lora_state`` (an ``nnx.State`` of LoRAParams)."""
     import ml_dtypes
-    from safetensors.numpy import save_file
-
     if dtype not in STORE_DTYPES:
         raise ValueError(f"dtype must be one of {STORE_DTYPES}, got {dtype!r}")
     np_dtype = ml_dtypes.bfloat16 if dtype == "bfloat16" else np.dtype(dtype)
@@ -52,10 +50,7 @@ def save_adapter(path: str | Path, lora_state, lora: LoraSection, *, dtype: str 
             "provenance": json.dumps(provenance or {}, sort_keys=True)}
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    save_file(tensors, str(tmp), metadata=meta)
-    os.replace(tmp, out)
-    return out
+    return write_safetensors(out, tensors, metadata=meta)
 
 
 def read_adapter(path: str | Path) -> tuple[dict, LoraSection, dict]:
