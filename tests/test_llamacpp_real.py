@@ -187,3 +187,40 @@ def test_ask_on_llamacpp_takes_the_safetensors_adapter(tmp_path, monkeypatch, ca
     assert len(list(tmp_path.glob("lora-*.gguf"))) == 1
     assert main([*common, "--adapter", str(adapter), "--lora", "x.gguf"]) == 2
     assert "give the adapter once" in capsys.readouterr().err
+
+
+def test_grpo_rollouts_follow_each_update_of_the_lora(real_model, lora_case, tmp_path):
+    """grpo.rollout_engine=llama.cpp: after each sync the engine samples with the LoRA
+    the trainer holds (random LoRA, then all zeros = the bare base), on one loaded model."""
+    from flax import nnx
+
+    from bigthoughts.training.llamacpp_rollouts import LlamaCppRollouts
+
+    model, _, _ = lora_case
+    tok = real_model.tokenizer
+    lora = nnx.state(model, nnx.LoRAParam)
+    rollouts = LlamaCppRollouts(embedded_gguf_path(), alpha=16.0, work_dir=tmp_path)
+    try:
+        rollouts.sync(lora)
+        for prompt in PROMPTS:
+            assert_top_logits_agree(jax_last_logits(model, tok, prompt),
+                                    rollouts.engine.prompt_logits(prompt), tol=1.0)
+        rollouts.sync(jax.tree_util.tree_map(jnp.zeros_like, lora))
+        for prompt in PROMPTS:
+            assert_top_logits_agree(jax_last_logits(real_model.model, tok, prompt),
+                                    rollouts.engine.prompt_logits(prompt), tol=1.0)
+    finally:
+        rollouts.close()
+
+
+def test_calculator_tokens_are_flagged_as_inserted(base_engine):
+    """What GRPO masks out of its loss: the tokens the calculator wrote, not the model."""
+    prompt = "Question: What is 12 times 7?\nAnswer: 12*7 = <<12*7="
+    [gen] = base_engine.generate([prompt], temperatures=0.0, max_new_tokens=6, calculator=True)
+    assert gen.text.startswith("84>>")
+    n = len(gen.inserted)
+    assert n == gen.num_tokens and any(gen.inserted) and not all(gen.inserted)
+    assert all(lp == 0.0 for lp, ins in zip(gen.logprobs, gen.inserted, strict=True) if ins)
+    first_sampled = gen.inserted.index(False)
+    inserted = b"".join(base_engine.piece(t) for t in gen.token_ids[:first_sampled])
+    assert inserted.decode() == "84>>"

@@ -94,13 +94,9 @@ class LlamaCppEngine:
         self.eos_id = int(ll.llama_vocab_eos(self._vocab))
         self._adapter = None
         self.lora_scale = lora_scale
-        if lora is not None:
-            if not Path(lora).is_file():
-                raise LlamaCppError(f"LoRA adapter not found: {lora}")
-            self._adapter = ll.llama_adapter_lora_init(self._model, str(lora).encode())
-            if not self._adapter:
-                raise LlamaCppError(f"llama.cpp could not load the LoRA adapter {lora}")
         self._ctx = None
+        if lora is not None:
+            self.set_lora(lora)
         self._ctx_size = self._ctx_seqs = 0
         self._piece_cache: dict[int, bytes] = {}
 
@@ -129,6 +125,21 @@ class LlamaCppEngine:
                 raise LlamaCppError("llama.cpp could not apply the LoRA adapter")
         self._ctx, self._ctx_size, self._ctx_seqs = ctx, n_ctx, max(1, n_seq)
         return ctx
+
+    def set_lora(self, lora: str | Path | None) -> None:
+        """Answers with the GGUF LoRA adapter ``lora`` from now on (None: the bare
+        model). The model stays loaded; GRPO rollouts swap in each update's adapter."""
+        ll = self._ll
+        if lora is not None and not Path(lora).is_file():
+            raise LlamaCppError(f"LoRA adapter not found: {lora}")
+        self.close_context()  # a context holds the adapter it was made with
+        if self._adapter is not None:
+            ll.llama_adapter_lora_free(self._adapter)
+            self._adapter = None
+        if lora is not None:
+            self._adapter = ll.llama_adapter_lora_init(self._model, str(lora).encode())
+            if not self._adapter:
+                raise LlamaCppError(f"llama.cpp could not load the LoRA adapter {lora}")
 
     def close_context(self) -> None:
         if self._ctx is not None:
@@ -297,7 +308,7 @@ class LlamaCppEngine:
         for row, chain in zip(rows, chains, strict=True):
             row.pos = len(tokens)
             for tok in inserted:  # the prompt ended inside a calculator annotation
-                row.add(tok, self.piece(tok), 0.0)
+                row.add(tok, self.piece(tok), 0.0, inserted=True)
             if row.check(*ends) is None:
                 self._take(row, chain, -1, logits[0], lse[0], ends, calculate)
 
@@ -312,7 +323,7 @@ class LlamaCppEngine:
         if row.check(*ends) is not None or calculate is None:
             return
         for extra in self._insertion(row.prefix + row.text(), calculate):
-            row.add(extra, self.piece(extra), 0.0)
+            row.add(extra, self.piece(extra), 0.0, inserted=True)
             row.pending.append(extra)
         row.check(*ends)
 
@@ -321,7 +332,8 @@ class LlamaCppEngine:
         text, n, reason = row.result
         return Generation(text=text, token_ids=tuple(row.ids[:n]),
                           logprobs=tuple(row.logprobs[:n]), finish_reason=reason,
-                          prompt_tokens=prompt_tokens, temperature=row.temperature)
+                          prompt_tokens=prompt_tokens, temperature=row.temperature,
+                          inserted=tuple(row.inserted[:n]))
 
 
 def _quiet(ll) -> None:

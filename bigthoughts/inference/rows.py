@@ -39,15 +39,17 @@ class Row:
     temperature: float
     ids: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
+    inserted: list[bool] = field(default_factory=list)  # the calculator's, not sampled
     data: bytearray = field(default_factory=bytearray)
     ends: list[int] = field(default_factory=list)  # byte length after each token
     pending: list[int] = field(default_factory=list)  # tokens to feed on the next step
     prefix: str = ""  # the prompt's tail: an annotation may open in the prompt
     result: tuple[str, int, FinishReason] | None = None
 
-    def add(self, token: int, piece: bytes, logprob: float) -> None:
+    def add(self, token: int, piece: bytes, logprob: float, *, inserted: bool = False) -> None:
         self.ids.append(int(token))
-        self.logprobs.append(float(logprob))
+        self.logprobs.append(0.0 if inserted else float(logprob))
+        self.inserted.append(inserted)
         self.data += piece
         self.ends.append(len(self.data))
 

@@ -92,6 +92,10 @@ def train(config: TrainConfig, *, max_steps: int | None = None,
     train_set, held = _data(config, examples)
     fns = reward_fns or make_reward_fns(config.rewards.weights,
                                         min_words=config.rewards.min_reasoning_words)
+    if config.grpo.rollout_engine == "llama.cpp":
+        from bigthoughts.training.llamacpp_rollouts import rollout_gguf
+
+        rollout_gguf(config)  # refused before the model loads
     try:
         lm, init = (loaded, None) if loaded else load_starting_model(config.model, config.lora)
         prepare_run_dir(out, to_dict(config))

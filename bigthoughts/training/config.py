@@ -144,8 +144,14 @@ class GRPOSection:
     # together with the split update and XLA's lean CPU schedule (training.state): 8.4 ->
     # 5.5 GB on the 270M recipe (benchmarks/grpo_memory.py); the CPU recipes turn it on
     remat_layers: bool = False
+    # where rollouts are sampled: "jax" (our sampler, any backend) or "llama.cpp" (CPU: the
+    # current LoRA re-exported as a GGUF adapter after each update; training.llamacpp_rollouts)
+    rollout_engine: str = "jax"
 
     def __post_init__(self) -> None:
+        if self.rollout_engine not in ("jax", "llama.cpp"):
+            raise ValueError(f"grpo.rollout_engine must be jax or llama.cpp, got "
+                             f"{self.rollout_engine!r}")
         if self.num_generations < 2:
             raise ValueError("grpo.num_generations (G) must be >= 2 for group advantages")
         for name in ("beta", "epsilon", "temperature"):

@@ -109,6 +109,12 @@ class GRPOTrainer:
         # matrices (updates donate self.lora's buffers); a fresh LoRA is the base (LoRA off)
         self.ref_lora = None if lora_init is None else jax.tree_util.tree_map(jnp.copy, self.lora)
         self.sampler = Sampler(model, self.tokenizer)
+        self.rollouts = self.sampler  # or llama.cpp, following the LoRA (_sync_sampler)
+        if config.grpo.rollout_engine == "llama.cpp":
+            from bigthoughts.training.llamacpp_rollouts import LlamaCppRollouts, rollout_gguf
+
+            self.rollouts = LlamaCppRollouts(rollout_gguf(config), alpha=config.lora.alpha,
+                                             work_dir=self.out)
         self.tx, self.schedule = make_optimizer(config.optim, config.max_steps)
         self.opt_state = self.tx.init(self.lora)
         self.step = 0
@@ -135,6 +141,8 @@ class GRPOTrainer:
     def _sync_sampler(self) -> None:
         """Points the sampler at the current LoRA arrays (an update donates the old ones)."""
         self.sampler.state = nnx.state(nnx.merge(self.graphdef, self.lora, self.base))
+        if self.rollouts is not self.sampler:
+            self.rollouts.sync(self.lora)
 
     # --- one step -------------------------------------------------------------------
     def _with_logps(self, batch: grpo.RolloutBatch) -> grpo.RolloutBatch:
@@ -164,7 +172,7 @@ class GRPOTrainer:
         t0 = time.perf_counter()
         release_host_memory()  # what the last update freed, before the rollout
         examples = [self.examples[i] for i in self.order.take(cfg.prompts_per_step)]
-        rollout = ro.collect(self.sampler, examples, cfg.grpo, fmt=self.format,
+        rollout = ro.collect(self.rollouts, examples, cfg.grpo, fmt=self.format,
                              reward_fns=self.reward_fns,
                              seed=cfg.seed * 1_000_003 + self.step)
         batch = self._with_logps(ro.to_batch(rollout, self.tokenizer, cfg.grpo.max_new_tokens,
@@ -219,6 +227,8 @@ class GRPOTrainer:
 
     def close(self) -> None:
         self.log.close()
+        if self.rollouts is not self.sampler:
+            self.rollouts.close()
 
     def export(self, dest: Path, *, hf: bool = True) -> Path:
         """Merges LoRA into the base and writes a loadable checkpoint (and HF copy), and

@@ -16,11 +16,13 @@ from pathlib import Path
 from bigthoughts.config import ConfigError
 from bigthoughts.files import atomic_write_json, atomic_write_text, read_jsonl
 
-# Keys that change no trained number: a memory knob (a relay run may resume on a
-# machine with less memory) and how often to save and evaluate. A run may resume with
-# them changed, and runs saved before a key existed resume as if it had its default.
-RESUMABLE_CHANGES: tuple[str, ...] = ("grpo.remat_layers", "save_every", "keep_checkpoints",
-                                      "eval_every", "eval_examples")
+# Keys that change no recipe: a memory knob (a relay run may resume on a machine with
+# less memory), how often to save and evaluate, and which engine samples the rollouts
+# (a relay may move between a CPU with llama.cpp and an accelerator; the draws differ,
+# the recipe does not). A run may resume with them changed, and runs saved before a
+# key existed resume as if it had its default.
+RESUMABLE_CHANGES: tuple[str, ...] = ("grpo.remat_layers", "grpo.rollout_engine", "save_every",
+                                      "keep_checkpoints", "eval_every", "eval_examples")
 
 
 def _flatten(data: Mapping, prefix: str = "") -> dict:
