@@ -42,8 +42,8 @@ def test_the_embedded_model_samples_on_llamacpp():
 def test_a_relay_may_change_the_rollout_engine():
     from bigthoughts.config import to_dict
 
-    jax_run = to_dict(load_train_config(RECIPE, []))
+    jax_run = to_dict(load_train_config(RECIPE, ["grpo.rollout_engine=jax"]))
     cpp_run = to_dict(load_train_config(RECIPE, ["grpo.rollout_engine=llama.cpp"]))
-    assert config_differences(jax_run, cpp_run) == []
-    beta = to_dict(load_train_config(RECIPE, ["grpo.beta=0.1"]))
+    assert jax_run != cpp_run and config_differences(jax_run, cpp_run) == []
+    beta = to_dict(load_train_config(RECIPE, ["grpo.rollout_engine=jax", "grpo.beta=0.1"]))
     assert config_differences(jax_run, beta)  # a recipe change still differs
