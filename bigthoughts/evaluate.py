@@ -197,6 +197,23 @@ def _differences(old: Mapping, new: Mapping, prefix: str = "") -> list[str]:
     return out
 
 
+_EXTENSIBLE = ("config.limit: ", "examples.n: ", "examples.ids_sha256: ")
+
+
+def _extends(stored: Mapping, fingerprint: Mapping, diff: list[str], results: Path,
+             ids: set[str]) -> bool:
+    """Whether the new run is the stored one with more questions (a larger or no
+    ``--limit``): only the limit and the question list differ, and every finished
+    question is among the new ones. Its results then stay and the rest are added."""
+    if not all(d.startswith(_EXTENSIBLE) for d in diff):
+        return False
+    old_n = (stored.get("examples") or {}).get("n")
+    if not isinstance(old_n, int) or old_n > fingerprint["examples"]["n"]:
+        return False
+    done = read_results(results, repair=True) if results.exists() else []
+    return all(r.get("id") in ids for r in done)
+
+
 def _open_run(out_dir: Path, fingerprint: dict, ids: set[str]) -> list[dict[str, Any]]:
     """Checks (or creates) ``run.json``; returns the records already finished."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -207,6 +224,9 @@ def _open_run(out_dir: Path, fingerprint: dict, ids: set[str]) -> list[dict[str,
         except (OSError, ValueError) as err:
             raise RunDirError(f"{run_path} is unreadable ({err}); use another --out") from err
         diff = _differences({k: stored.get(k) for k in fingerprint}, fingerprint)
+        if diff and _extends(stored, fingerprint, diff, results, ids):
+            atomic_write_json(run_path, fingerprint, indent=2)  # a larger --limit: same run
+            diff = []
         if diff:
             raise RunDirError(
                 f"{out_dir} holds a different run ({'; '.join(diff)}); use another --out "

@@ -306,9 +306,28 @@ def test_mismatched_run_dir_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match=r"votes: 3 -> 2.*another --out"):
         run_eval(fake_lm(), SIX[:2], EvalConfig(mode="vote", votes=2), tmp_path,
                  progress=False, sampler=FakeSampler(SIX_TEXTS))
-    with pytest.raises(RunDirError, match="ids_sha256"):
-        run_eval(fake_lm(), SIX[:3], EvalConfig(mode="vote", votes=3), tmp_path,
+    with pytest.raises(RunDirError, match="ids_sha256"):  # other questions than those done
+        run_eval(fake_lm(), SIX[3:5], EvalConfig(mode="vote", votes=3), tmp_path,
                  progress=False, sampler=FakeSampler(SIX_TEXTS))
+
+
+def test_a_larger_limit_extends_a_finished_run(tmp_path):
+    """First 2 questions, then all 4 (a larger --limit): the 2 stay, only 2 are solved."""
+    config = EvalConfig(mode="vote", votes=3, limit=2, batch_size=2)
+    run_eval(fake_lm(), SIX[:2], config, tmp_path, progress=False, sampler=FakeSampler(SIX_TEXTS))
+    first = lines(tmp_path / "results.jsonl")
+    sampler = FakeSampler(SIX_TEXTS)
+    summary = run_eval(fake_lm(), SIX[:4], EvalConfig(mode="vote", votes=3, batch_size=2),
+                       tmp_path, progress=False, sampler=sampler)
+    assert sampler.calls == [["q2", "q3"]]
+    records = lines(tmp_path / "results.jsonl")
+    assert records[:2] == first and [r["id"] for r in records] == ["q0", "q1", "q2", "q3"]
+    assert summary["n"] == 4 and summary["resumed_questions"] == 2
+    stored = json.loads((tmp_path / "run.json").read_text())
+    assert stored["examples"]["n"] == 4 and stored["config"]["limit"] is None
+    with pytest.raises(RunDirError, match="examples.n: 4 -> 2"):  # a smaller one is not
+        run_eval(fake_lm(), SIX[:2], config, tmp_path, progress=False,
+                 sampler=FakeSampler(SIX_TEXTS))
 
 
 def test_corrupt_middle_line_and_orphan_results_are_errors(tmp_path):
