@@ -135,9 +135,12 @@ class EvalConfig:
         return self.votes if self.mode == "vote" else 1
 
 
-def prompt_note(style: str, shots: int, instruction_tuned: bool) -> str:
-    """A short human description of the prompt a run used."""
+def prompt_note(style: str, shots: int, instruction_tuned: bool, adapted: bool = False) -> str:
+    """A short human description of the prompt a run used (``adapted``: the model ran
+    with a fine-tuned adapter or checkpoint, so it is no longer the base model)."""
     kind = "instruction-tuned model" if instruction_tuned else "base model"
+    if adapted:
+        kind = f"fine-tuned {kind.removesuffix(' model')}"
     if style == "chat":
         return f"{kind}: chat prompt, instructions only (zero-shot)"
     if style == "zeroshot" or shots == 0:
@@ -200,17 +203,17 @@ def _differences(old: Mapping, new: Mapping, prefix: str = "") -> list[str]:
 _EXTENSIBLE = ("config.limit: ", "examples.n: ", "examples.ids_sha256: ")
 
 
-def _extends(stored: Mapping, fingerprint: Mapping, diff: list[str], results: Path,
-             ids: set[str]) -> bool:
+def _extends(stored: Mapping, fingerprint: Mapping, diff: list[str],
+             done: Sequence[Mapping[str, Any]], ids: set[str]) -> bool:
     """Whether the new run is the stored one with more questions (a larger or no
     ``--limit``): only the limit and the question list differ, and every finished
-    question is among the new ones. Its results then stay and the rest are added."""
+    question (``done``) is among the new ones. Its results then stay and the rest are
+    added."""
     if not all(d.startswith(_EXTENSIBLE) for d in diff):
         return False
     old_n = (stored.get("examples") or {}).get("n")
     if not isinstance(old_n, int) or old_n > fingerprint["examples"]["n"]:
         return False
-    done = read_results(results, repair=True) if results.exists() else []
     return all(r.get("id") in ids for r in done)
 
 
@@ -218,13 +221,15 @@ def _open_run(out_dir: Path, fingerprint: dict, ids: set[str]) -> list[dict[str,
     """Checks (or creates) ``run.json``; returns the records already finished."""
     out_dir.mkdir(parents=True, exist_ok=True)
     run_path, results = out_dir / RUN, out_dir / RESULTS
+    records: list[dict[str, Any]] = []
     if run_path.exists():
+        records = read_results(results, repair=True) if results.exists() else []
         try:
             stored = json.loads(run_path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as err:
             raise RunDirError(f"{run_path} is unreadable ({err}); use another --out") from err
         diff = _differences({k: stored.get(k) for k in fingerprint}, fingerprint)
-        if diff and _extends(stored, fingerprint, diff, results, ids):
+        if diff and _extends(stored, fingerprint, diff, records, ids):
             atomic_write_json(run_path, fingerprint, indent=2)  # a larger --limit: same run
             diff = []
         if diff:
@@ -236,9 +241,6 @@ def _open_run(out_dir: Path, fingerprint: dict, ids: set[str]) -> list[dict[str,
                           "resumed safely; use another --out directory")
     else:
         atomic_write_json(run_path, fingerprint, indent=2)
-    if not results.exists():
-        return []
-    records = read_results(results, repair=True)
     seen: set[str] = set()
     for r in records:
         if r["id"] in seen or r["id"] not in ids:
@@ -462,7 +464,8 @@ def run_eval(
         "model": fingerprint["model"],
         "config": dataclasses.asdict(config),
         "prompt_style": fmt.style,
-        "prompt_note": prompt_note(fmt.style, config.shots, lm.spec.instruction_tuned),
+        "prompt_note": prompt_note(fmt.style, config.shots, lm.spec.instruction_tuned,
+                                   adapted=" + " in lm.source),
         "resumed_questions": resumed,
         "wall_seconds": elapsed,  # this invocation
         # summed over the invocations that finished (a rerun of a done run adds ~0)

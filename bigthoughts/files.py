@@ -43,13 +43,25 @@ class JsonlError(ValueError):
     """A JSON-lines file with a corrupt line that is not the (torn) last one."""
 
 
+_DIGESTS: dict[tuple, str] = {}  # this process's hashes, by file identity and version
+
+
 def file_sha256(path: Path) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    """Hex SHA-256 of a file, read in 1 MiB blocks.
+
+    Remembered for the life of the process by (device, inode, size, mtime, ctime), so
+    one command that checks the same adapter in several places reads it once; a file
+    that is rewritten or replaced changes that key and is hashed anew.
+    """
+    stat = Path(path).stat()
+    key = (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+    if key not in _DIGESTS:
+        digest = hashlib.sha256()
+        with Path(path).open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+        _DIGESTS[key] = digest.hexdigest()
+    return _DIGESTS[key]
 
 
 def _fsync_dir(directory: Path) -> None:

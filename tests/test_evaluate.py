@@ -3,6 +3,7 @@ resume after a real process kill, torn lines and mismatched run directories."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import subprocess
@@ -216,6 +217,10 @@ def test_greedy_modes_and_prompt_notes(tmp_path):
     s = run_eval(fake_lm(instruction_tuned=True), examples, EvalConfig(mode="single"),
                  tmp_path / "c", progress=False, sampler=sampler)
     assert s["prompt_style"] == "chat" and "instruction-tuned" in s["prompt_note"]
+    adapted = dataclasses.replace(fake_lm(), source="base.gguf + adapter.safetensors#sha256=ab")
+    s = run_eval(adapted, examples, EvalConfig(mode="single", style="zeroshot"),
+                 tmp_path / "d", progress=False, sampler=sampler)
+    assert s["prompt_note"] == "fine-tuned base: zero-shot instruction prompt (no worked examples)"
 
 
 # --- resume --------------------------------------------------------------------------

@@ -78,3 +78,22 @@ def test_file_sha256_matches_hashlib(tmp_path: Path) -> None:
     data = os.urandom(3 * (1 << 20) + 17)  # crosses the 1 MiB block boundary
     (tmp_path / "blob").write_bytes(data)
     assert file_sha256(tmp_path / "blob") == hashlib.sha256(data).hexdigest()
+
+
+def test_file_sha256_reads_a_file_once_and_sees_a_rewrite(tmp_path: Path, monkeypatch) -> None:
+    path = tmp_path / "adapter.safetensors"
+    path.write_bytes(b"a" * 1000)
+    opened = []
+    real_open = Path.open
+
+    def counting_open(self, mode="r", *args, **kwargs):
+        if mode == "rb":
+            opened.append(self)
+        return real_open(self, mode, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", counting_open)
+    first = file_sha256(path)
+    assert file_sha256(path) == first and len(opened) == 1  # the second call is remembered
+    path.write_bytes(b"b" * 1000)  # same size, new content: a tampered file
+    assert file_sha256(path) == hashlib.sha256(b"b" * 1000).hexdigest() != first
+    assert len(opened) == 2
