@@ -56,7 +56,9 @@ __all__ = [
     "fewshot_prompt",
     "load_gsm8k",
     "prompt_format",
+    "read_ids",
     "resolve_data_dir",
+    "select_ids",
     "solution_to_reasoning",
 ]
 
@@ -186,6 +188,38 @@ def load_gsm8k(
     if skipped:
         warnings.warn(f"skipped {skipped} rows without a '#### N' answer in {file}", stacklevel=2)
     return examples
+
+
+def read_ids(path: str | Path) -> list[str]:
+    """Question ids listed in a text file, one per line (``train-0042``); blank lines
+    and ``#`` comments are skipped. A missing, unreadable or empty file, or a repeated
+    id, raises :class:`DataError`."""
+    file = Path(path).expanduser()
+    try:
+        lines = file.read_text(encoding="utf-8").split("\n")
+    except (OSError, UnicodeDecodeError) as err:
+        raise DataError(f"could not read the id list {file}: {err}") from err
+    ids = [x.split("#", 1)[0].strip() for x in lines]
+    ids = [x for x in ids if x]
+    if not ids:
+        raise DataError(f"the id list {file} names no questions")
+    repeated = sorted({x for x in ids if ids.count(x) > 1})
+    if repeated:
+        raise DataError(f"the id list {file} repeats {', '.join(repeated[:5])}")
+    return ids
+
+
+def select_ids(examples: Sequence[Example], ids: Sequence[str]) -> list[Example]:
+    """The examples whose id is in ``ids``, in their dataset order; an id that names
+    none of them raises :class:`DataError` (a typo or the wrong split)."""
+    wanted = set(ids)
+    known = {e.id for e in examples}
+    unknown = [x for x in ids if x not in known]
+    if unknown:
+        more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+        raise DataError(f"no question has the id {', '.join(unknown[:5])}{more} "
+                        "(ids look like train-0042; is it the right split?)")
+    return [e for e in examples if e.id in wanted]
 
 
 def _fetch(url: str, timeout: float) -> bytes:

@@ -65,7 +65,8 @@ class DataSection:
 
     path: str | None = None  # GSM8K dir; default $BIGTHOUGHTS_DATA
     split: str = "train"
-    limit: int | None = None  # use only the first ``limit`` questions
+    limit: int | None = None  # use only the first ``limit`` questions (after ids_file)
+    ids_file: str | None = None  # train only on the ids listed there (scripts/solvable_ids.py)
     style: str | None = None  # prompt style; None = the model's (fewshot for base)
     shots: int = 1  # worked examples in a fewshot prompt
 
