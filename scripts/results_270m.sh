@@ -2,9 +2,10 @@
 # The 270M pipeline of docs/RESULTS.md: SFT -> GRPO (from the SFT adapter) -> evaluations
 # on the full GSM8K test set -> report. Every step resumes when rerun (training by its
 # relay checkpoints, evaluation by its results.jsonl), so a sitting can stop anywhere.
-#   bash scripts/results_270m.sh STAGE   # STAGE: sft | grpo | ablation | eval | ship | report
+#   bash scripts/results_270m.sh STAGE   # sft | grpo | ablation | solvable | eval | ship | report
 # A stage's product is committed before the next sitting (a fresh machine has only git):
 #   sft  -> adapters/gemma3-270m-sft.safetensors   grpo -> adapters/gemma3-270m-grpo.safetensors
+#   solvable -> configs/gemma3-270m-solvable-ids.txt, adapters/gemma3-270m-grpo2.safetensors
 #   eval -> docs/results/gemma3-270m-v2/<run>/{results.jsonl,summary.json,run.json}
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,7 +16,7 @@ OUT=docs/results/gemma3-270m-v2
 BUDGET=${BUDGET:-2h}
 relay() { "$@" || [ $? -eq 75 ]; }  # 75: the budget ended, rerun to continue
 
-case "${1:?usage: results_270m.sh sft|grpo|ablation|eval|ship|report}" in
+case "${1:?usage: results_270m.sh sft|grpo|ablation|solvable|eval|ship|report}" in
   sft)
     relay $B sft --config configs/gemma3-270m-sft.yaml --out $RUNS/gemma3-270m-sft \
       --time-budget "$BUDGET"
@@ -31,6 +32,19 @@ case "${1:?usage: results_270m.sh sft|grpo|ablation|eval|ship|report}" in
   ablation)
     relay $B train --config configs/gemma3-270m-grpo.yaml --out $RUNS/gemma3-270m-grpo-outcome \
       rewards.weights.step_correctness=0 rewards.weights.lucky_guess=0 --time-budget "$BUDGET" ;;
+  solvable)  # GRPO stage 2 on the train questions the stage-1 model solves sometimes
+    probe=$OUT/probe-train-grpo
+    [ -f $probe/summary.json ] || $B eval --split train --mode vote --votes 5 --limit 600 \
+      --adapter adapters/gemma3-270m-grpo.safetensors --style zeroshot --calculator \
+      --engine "${ENGINE:-auto}" --max-new-tokens 192 --batch-size 8 --quiet --out $probe
+    [ -f configs/gemma3-270m-solvable-ids.txt ] ||
+      .venv/bin/python scripts/solvable_ids.py $probe --out configs/gemma3-270m-solvable-ids.txt
+    relay $B train --config configs/gemma3-270m-grpo-solvable.yaml \
+      --out $RUNS/gemma3-270m-grpo-solvable --time-budget "$BUDGET"
+    if [ -f $RUNS/gemma3-270m-grpo-solvable/export/adapter.safetensors ]; then
+      cp $RUNS/gemma3-270m-grpo-solvable/export/adapter.safetensors \
+        adapters/gemma3-270m-grpo2.safetensors
+    fi ;;
   eval)  # greedy, zero-shot prompt, all 1,319 test questions unless LIMIT is set
     # --engine auto: llama.cpp when the llamacpp extra is installed (CPU), else JAX
     common=(--engine "${ENGINE:-auto}" --max-new-tokens 256 --batch-size 16 --quiet
@@ -56,5 +70,9 @@ case "${1:?usage: results_270m.sh sft|grpo|ablation|eval|ship|report}" in
     .venv/bin/python scripts/ship_adapter.py adapters/gemma3-270m-grpo.safetensors \
       --eval $OUT/grpo-single-calc --eval $OUT/grpo-single --base-eval $OUT/base-zeroshot ;;
   report)
-    $B report $OUT/*/ --out $OUT/report ;;
+    # the finished test-set runs (not the training runs, nor the train-split probe)
+    runs=(); for d in $OUT/*/; do
+      [ -f "$d/summary.json" ] && grep -q '"split": "test"' "$d/run.json" && runs+=("$d")
+    done
+    $B report "${runs[@]}" --out $OUT/report ;;
 esac
