@@ -286,14 +286,18 @@ def cmd_generate(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from bigthoughts.data import load_gsm8k, prompt_format
+    from bigthoughts.data import load_gsm8k, prompt_format, read_ids, select_ids
     from bigthoughts.evaluate import EvalConfig, run_eval
 
     config = _config(EvalConfig, mode=args.mode, split=args.split, limit=args.limit,
                      votes=args.votes, strategy=args.strategy, batch_size=args.batch_size,
                      max_new_tokens=args.max_new_tokens, style=args.style, shots=args.shots,
-                     seed=args.seed, calculator=args.calculator)
-    examples = load_gsm8k(args.split, args.data, limit=args.limit)
+                     seed=args.seed, calculator=args.calculator, ids_file=args.ids)
+    if args.ids:  # the listed questions, in dataset order; --limit takes the first of them
+        examples = select_ids(load_gsm8k(args.split, args.data), read_ids(args.ids))
+        examples = examples[:args.limit]
+    else:
+        examples = load_gsm8k(args.split, args.data, limit=args.limit)
     spec = _spec_before_load(args)
     fmt = prompt_format(args.style or (spec.prompt_style if spec else "fewshot"), args.shots)
     _preflight(args, spec, [fmt.prompt(e.question) for e in examples],
@@ -486,6 +490,8 @@ def _add_inference_commands(sub) -> None:
     p.add_argument("--mode", default="single", choices=["zero-shot", "single", "vote"])
     p.add_argument("--split", default="test", choices=["test", "train"])
     p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--ids", default=None,
+                   help="text file of question ids (train-0042), one per line: only those")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--data", default=None, help="GSM8K dir or .jsonl (default: $BIGTHOUGHTS_DATA)")
     p.add_argument("--out", required=True, help="run directory (results.jsonl, summary.json)")

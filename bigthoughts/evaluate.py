@@ -98,6 +98,7 @@ class EvalConfig:
     shots: int = 2
     seed: int = 0
     calculator: bool = False  # GSM8K's <<expr=result>> calculator inside the decode
+    ids_file: str | None = None  # the id list the questions were chosen from (a record)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:

@@ -104,3 +104,58 @@ def test_grpo_trains_only_on_the_listed_questions(tmp_path):
         _data(config(), None)
     with pytest.raises((ConfigError, DataError)):
         _data(config(ids_file=str(tmp_path / "missing.txt")), None)
+
+
+def test_eval_ids_picks_the_listed_questions(monkeypatch, tmp_path, gsm8k_dir):
+    from types import SimpleNamespace
+
+    from bigthoughts import cli
+
+    (tmp_path / "ids.txt").write_text("train-0009\ntrain-0002\ntrain-0005\n")
+    seen = {}
+
+    def fake_run_eval(lm, examples, config, out, **kwargs):
+        seen.update(ids=[e.id for e in examples], config=config)
+        return {"accuracy": 0.0}
+
+    monkeypatch.setattr("bigthoughts.evaluate.run_eval", fake_run_eval)
+    monkeypatch.setattr(cli, "_engine", lambda args: SimpleNamespace(engine=None, loaded=None))
+    argv = ["eval", "--split", "train", "--ids", str(tmp_path / "ids.txt"), "--limit", "2",
+            "--data", str(gsm8k_dir), "--out", str(tmp_path / "run")]
+    assert cli.main(argv) == 0
+    assert seen["ids"] == ["train-0002", "train-0005"]  # dataset order, then --limit
+    assert seen["config"].ids_file == str(tmp_path / "ids.txt")
+
+
+@pytest.mark.parametrize("listed, message", [
+    ("test-0001\n", "no question has the id test-0001"), (None, "could not read the id list")])
+def test_eval_ids_mistakes_are_one_line(listed, message, capsys, tmp_path, gsm8k_dir):
+    from bigthoughts import cli
+
+    ids = tmp_path / "ids.txt"
+    if listed is not None:
+        ids.write_text(listed)
+    argv = ["eval", "--split", "train", "--ids", str(ids), "--data", str(gsm8k_dir),
+            "--out", str(tmp_path / "run")]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1
+    assert not (tmp_path / "run").exists()
+
+
+def test_question_ids_lists_short_solutions(tmp_path, gsm8k_dir):
+    out = tmp_path / "short.txt"
+    done = subprocess.run([sys.executable, "scripts/question_ids.py", "--split", "test",
+                           "--data", str(gsm8k_dir), "--max-steps", "2", "--out", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    from bigthoughts.data import load_gsm8k
+
+    ids = read_ids(out)
+    by_id = {e.id: e for e in load_gsm8k("test", gsm8k_dir)}
+    steps = [len([x for x in by_id[i].answer.split("####")[0].split("\n") if x.strip()])
+             for i in ids]
+    assert ids and max(steps) == 2 and len(ids) < len(by_id)
+    assert sum(1 for e in by_id.values()
+               if len([x for x in e.answer.split("####")[0].split("\n") if x.strip()]) <= 2
+               ) == len(ids)

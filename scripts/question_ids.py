@@ -1,0 +1,53 @@
+"""Lists GSM8K question ids by the length of their reference solution.
+
+    .venv/bin/python scripts/question_ids.py --split train --max-steps 2 --out IDS.txt
+
+A step is one line of the worked solution before its ``#### N`` line (GSM8K's
+solutions hold 2 to 11). The list feeds ``bigthoughts eval --ids`` (e.g. to probe a
+model on the short problems first) or GRPO's ``data.ids_file``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bigthoughts.data import DataError, Example, load_gsm8k  # noqa: E402
+from bigthoughts.files import atomic_write_bytes  # noqa: E402
+
+
+def solution_steps(example: Example) -> int:
+    """Lines of the reference solution before its ``#### N`` line."""
+    work = example.answer.split("####", 1)[0]
+    return sum(1 for line in work.split("\n") if line.strip())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--split", default="train", choices=["train", "test"])
+    parser.add_argument("--data", default=None, help="GSM8K dir (default: $BIGTHOUGHTS_DATA)")
+    parser.add_argument("--min-steps", type=int, default=1)
+    parser.add_argument("--max-steps", type=int, required=True)
+    parser.add_argument("--out", required=True, type=Path)
+    args = parser.parse_args(argv)
+    if not 1 <= args.min_steps <= args.max_steps:
+        parser.error("need 1 <= --min-steps <= --max-steps")
+    try:
+        examples = load_gsm8k(args.split, args.data)
+    except DataError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    ids = [e.id for e in examples if args.min_steps <= solution_steps(e) <= args.max_steps]
+    header = (f"# {len(ids)} of {len(examples)} {args.split} questions whose solution has "
+              f"{args.min_steps} to {args.max_steps} steps (scripts/question_ids.py)\n")
+    atomic_write_bytes(args.out, (header + "".join(f"{i}\n" for i in ids)).encode())
+    print(f"{len(ids)} of {len(examples)} questions")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
