@@ -33,8 +33,11 @@ case "${1:?usage: results_270m.sh sft|grpo|ablation|solvable|eval|ship|report}" 
     relay $B train --config configs/gemma3-270m-grpo.yaml --out $RUNS/gemma3-270m-grpo-outcome \
       rewards.weights.step_correctness=0 rewards.weights.lucky_guess=0 --time-budget "$BUDGET" ;;
   solvable)  # GRPO stage 2 on the train questions the stage-1 model solves sometimes
-    probe=$OUT/probe-train-grpo
-    [ -f $probe/summary.json ] || $B eval --split train --mode vote --votes 5 --limit 600 \
+    probe=$OUT/probe-train-grpo  # 5 traces on the first 480 two-step train questions
+    [ -f configs/gsm8k-train-2step-ids.txt ] || .venv/bin/python scripts/question_ids.py \
+      --split train --max-steps 2 --out configs/gsm8k-train-2step-ids.txt
+    [ -f $probe/summary.json ] || $B eval --split train --mode vote --votes 5 --limit 480 \
+      --ids configs/gsm8k-train-2step-ids.txt \
       --adapter adapters/gemma3-270m-grpo.safetensors --style zeroshot --calculator \
       --engine "${ENGINE:-auto}" --max-new-tokens 192 --batch-size 8 --quiet --out $probe
     [ -f configs/gemma3-270m-solvable-ids.txt ] ||
