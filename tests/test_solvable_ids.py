@@ -159,3 +159,17 @@ def test_question_ids_lists_short_solutions(tmp_path, gsm8k_dir):
     assert sum(1 for e in by_id.values()
                if len([x for x in e.answer.split("####")[0].split("\n") if x.strip()]) <= 2
                ) == len(ids)
+
+
+def test_an_edited_id_list_is_refused_on_resume(tmp_path):
+    from bigthoughts.training import _run_record
+    from bigthoughts.training.rundir import check_run_dir, prepare_run_dir
+
+    ids = tmp_path / "ids.txt"
+    ids.write_text("train-0001\ntrain-0002\n")
+    config = from_dict(TrainConfig, {"data": {"ids_file": str(ids)}})
+    prepare_run_dir(tmp_path / "run", _run_record(config))
+    check_run_dir(tmp_path / "run", _run_record(config))  # same list: resumes
+    ids.write_text("train-0001\ntrain-0003\n")
+    with pytest.raises(ConfigError, match="data.ids_sha256"):
+        check_run_dir(tmp_path / "run", _run_record(config))

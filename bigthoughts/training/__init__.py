@@ -16,6 +16,7 @@ The loss itself is ``bigthoughts.grpo``. Example::
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -62,6 +63,17 @@ def _data(config: TrainConfig, examples: Sequence[Example] | None
     return train_set, held
 
 
+def _run_record(config: TrainConfig | SFTConfig) -> dict:
+    """The config as the run directory records it; with ``data.ids_file``, also the
+    SHA-256 of the id list, so a rerun with an edited list is refused, not resumed."""
+    record = to_dict(config)
+    ids_file = getattr(config.data, "ids_file", None)
+    if ids_file:
+        listed = "\n".join(read_ids(ids_file)).encode()
+        record["data"]["ids_sha256"] = hashlib.sha256(listed).hexdigest()
+    return record
+
+
 def _checked_start(config: TrainConfig | SFTConfig, max_steps: int | None,
                    time_budget: str | float | None, out_dir: str | Path | None
                    ) -> tuple[int, Path, Deadline]:
@@ -72,7 +84,7 @@ def _checked_start(config: TrainConfig | SFTConfig, max_steps: int | None,
         raise ConfigError(f"--max-steps must be >= 0, got {limit}")
     out = Path(out_dir or config.out_dir)
     deadline = _deadline(time_budget)
-    check_run_dir(out, to_dict(config))
+    check_run_dir(out, _run_record(config))
     check_adapter_path(config.model, _trained_lora(config))
     return limit, out, deadline
 
@@ -103,7 +115,7 @@ def train(config: TrainConfig, *, max_steps: int | None = None,
         rollout_gguf(config)  # refused before the model loads
     try:
         lm, init = (loaded, None) if loaded else load_starting_model(config.model, config.lora)
-        prepare_run_dir(out, to_dict(config))
+        prepare_run_dir(out, _run_record(config))
         stage = GRPOTrainer(config, out, examples=train_set, loaded=lm, reward_fns=fns,
                             held_out=held, lora_init=init)
     except (MemoryError, RuntimeError) as exc:
@@ -133,7 +145,7 @@ def sft(config: SFTConfig, *, max_steps: int | None = None,
         pairs, val_pairs, held, dropped = prepare_data(config, lm.tokenizer, examples)
     except ValueError as err:
         raise ConfigError(str(err)) from err
-    prepare_run_dir(out, to_dict(config))
+    prepare_run_dir(out, _run_record(config))
     shown = progress or Progress()
     shown.note(f"sft: {len(pairs)} training pairs ({dropped} longer than "
                f"data.max_length={config.data.max_length} skipped), {len(val_pairs)} held out")
