@@ -54,7 +54,8 @@ case "${1:?usage: results_270m.sh sft|grpo|ablation|solvable|eval|ship|report}" 
             ${LIMIT:+--limit $LIMIT})
     sft=(--adapter adapters/gemma3-270m-sft.safetensors --style zeroshot)
     grpo=(--adapter adapters/gemma3-270m-grpo.safetensors --style zeroshot)
-    vote=(--mode vote --votes 5 --engine "${ENGINE:-auto}" --max-new-tokens 256 --batch-size 4
+    grpo2=(--adapter adapters/gemma3-270m-grpo2.safetensors --style zeroshot)
+    vote=(--mode vote --votes 5 --engine "${ENGINE:-auto}" --max-new-tokens 256 --batch-size 8
           --quiet --limit "${VOTE_LIMIT:-500}")
     # a finished run (summary.json) is skipped: some were made elsewhere (a GPU sitting);
     # an unfinished one resumes from its results.jsonl
@@ -65,13 +66,17 @@ case "${1:?usage: results_270m.sh sft|grpo|ablation|solvable|eval|ship|report}" 
     ev grpo-single-calc --mode single "${grpo[@]}" --calculator "${common[@]}"
     ev grpo-single --mode single "${grpo[@]}" --no-calculator "${common[@]}"
     ev sft-single --mode single "${sft[@]}" --no-calculator "${common[@]}"
+    ev grpo2-single-calc --mode single "${grpo2[@]}" --calculator "${common[@]}"
+    ev grpo2-single --mode single "${grpo2[@]}" --no-calculator "${common[@]}"
+    ev grpo2-vote-calc "${grpo2[@]}" --calculator "${vote[@]}"
+    ev grpo2-adaptive-calc "${grpo2[@]}" --calculator "${vote[@]}" --strategy adaptive
     ev grpo-vote-calc "${grpo[@]}" --calculator "${vote[@]}"
     ev grpo-adaptive-calc "${grpo[@]}" --calculator "${vote[@]}" --strategy adaptive
     ev sft-vote-calc "${sft[@]}" --calculator "${vote[@]}"
     ev sft-adaptive-calc "${sft[@]}" --calculator "${vote[@]}" --strategy adaptive ;;
-  ship)  # the GRPO adapter becomes the package's default model (bigthoughts/shipped/)
-    .venv/bin/python scripts/ship_adapter.py adapters/gemma3-270m-grpo.safetensors \
-      --eval $OUT/grpo-single-calc --eval $OUT/grpo-single --base-eval $OUT/base-zeroshot ;;
+  ship)  # the stage-2 GRPO adapter becomes the package's default model (bigthoughts/shipped/)
+    .venv/bin/python scripts/ship_adapter.py adapters/gemma3-270m-grpo2.safetensors \
+      --eval $OUT/grpo2-single-calc --eval $OUT/grpo2-single --base-eval $OUT/base-zeroshot ;;
   report)
     # the finished test-set runs (not the training runs, nor the train-split probe)
     runs=(); for d in $OUT/*/; do
