@@ -286,18 +286,15 @@ def cmd_generate(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from bigthoughts.data import load_gsm8k, prompt_format, read_ids, select_ids
+    from bigthoughts.data import load_gsm8k, prompt_format, read_ids
     from bigthoughts.evaluate import EvalConfig, run_eval
 
     config = _config(EvalConfig, mode=args.mode, split=args.split, limit=args.limit,
                      votes=args.votes, strategy=args.strategy, batch_size=args.batch_size,
                      max_new_tokens=args.max_new_tokens, style=args.style, shots=args.shots,
                      seed=args.seed, calculator=args.calculator, ids_file=args.ids)
-    if args.ids:  # the listed questions, in dataset order; --limit takes the first of them
-        examples = select_ids(load_gsm8k(args.split, args.data), read_ids(args.ids))
-        examples = examples[:args.limit]
-    else:
-        examples = load_gsm8k(args.split, args.data, limit=args.limit)
+    examples = load_gsm8k(args.split, args.data, limit=args.limit,
+                          ids=read_ids(args.ids) if args.ids else None)
     spec = _spec_before_load(args)
     fmt = prompt_format(args.style or (spec.prompt_style if spec else "fewshot"), args.shots)
     _preflight(args, spec, [fmt.prompt(e.question) for e in examples],

@@ -140,6 +140,7 @@ def load_gsm8k(
     strict: bool = False,
     limit: int | None = None,
     env: Mapping[str, str] | None = None,
+    ids: Sequence[str] | None = None,
 ) -> list[Example]:
     """Load a GSM8K split as :class:`Example` rows, ids ``"{split}-{row:04d}"``.
 
@@ -147,8 +148,11 @@ def load_gsm8k(
     resolves it with :func:`resolve_data_dir`. Rows whose answer lacks a ``#### N``
     number are skipped with one warning giving their count, or raise DataError when
     ``strict``. Malformed JSON and missing keys always raise DataError naming the file
-    and line. ``limit`` keeps the first ``limit`` examples.
+    and line. ``limit`` keeps the first ``limit`` examples. ``ids`` keeps only the
+    listed questions (:func:`select_ids`, in dataset order) before ``limit`` applies.
     """
+    if ids is not None:
+        return select_ids(load_gsm8k(split, path, strict=strict, env=env), ids)[:limit]
     if limit is not None and limit < 0:
         raise DataError(f"limit must be >= 0, got {limit}")
     file = _split_file(split, path, env)

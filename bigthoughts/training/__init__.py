@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bigthoughts.config import ConfigError, to_dict
-from bigthoughts.data import Example, load_gsm8k, read_ids, select_ids
+from bigthoughts.data import Example, load_gsm8k, read_ids
 from bigthoughts.models.registry import LoadedModel
 from bigthoughts.rewards import make_reward_fns
 from bigthoughts.training.adapter import check_adapter_path, load_starting_model
@@ -50,12 +50,9 @@ def _data(config: TrainConfig, examples: Sequence[Example] | None
           ) -> tuple[list[Example], list[Example]]:
     """Training questions and (when evaluating periodically) the held-out ones."""
     data = config.data
-    if examples is None and data.ids_file:
-        pool = select_ids(load_gsm8k(data.split, data.path), read_ids(data.ids_file))
-        train_set = pool[:data.limit]
-    else:
-        train_set = list(examples) if examples is not None else load_gsm8k(
-            data.split, data.path, limit=data.limit)
+    train_set = list(examples) if examples is not None else load_gsm8k(
+        data.split, data.path, limit=data.limit,
+        ids=read_ids(data.ids_file) if data.ids_file else None)
     held = load_gsm8k("test", config.data.path, limit=config.eval_examples) \
         if config.eval_every else []
     if not train_set:
