@@ -10,7 +10,7 @@ global layer with separate RoPE bases and linear RoPE scaling, q/k norms (Gemma 
 
 Run in a separate environment (torch stays out of bigthoughts' dependencies):
 
-    /work/goldenv/bin/python scripts/make_tiny_hf_golden.py
+    path/to/venv-with-torch-and-transformers/bin/python scripts/make_tiny_hf_golden.py
 """
 
 import sys
