@@ -26,6 +26,7 @@ import re
 import urllib.error
 import urllib.request
 import warnings
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -207,7 +208,7 @@ def read_ids(path: str | Path) -> list[str]:
     ids = [x for x in ids if x]
     if not ids:
         raise DataError(f"the id list {file} names no questions")
-    repeated = sorted({x for x in ids if ids.count(x) > 1})
+    repeated = sorted(x for x, n in Counter(ids).items() if n > 1)
     if repeated:
         raise DataError(f"the id list {file} repeats {', '.join(repeated[:5])}")
     return ids
