@@ -151,14 +151,13 @@ def test_question_ids_lists_short_solutions(tmp_path, gsm8k_dir):
     assert done.returncode == 0, done.stderr
     from bigthoughts.data import load_gsm8k
 
+    def steps(example) -> int:  # lines of worked solution before "#### N"
+        return len([x for x in example.answer.split("####")[0].split("\n") if x.strip()])
+
     ids = read_ids(out)
     by_id = {e.id: e for e in load_gsm8k("test", gsm8k_dir)}
-    steps = [len([x for x in by_id[i].answer.split("####")[0].split("\n") if x.strip()])
-             for i in ids]
-    assert ids and max(steps) == 2 and len(ids) < len(by_id)
-    assert sum(1 for e in by_id.values()
-               if len([x for x in e.answer.split("####")[0].split("\n") if x.strip()]) <= 2
-               ) == len(ids)
+    assert ids and max(steps(by_id[i]) for i in ids) == 2 and len(ids) < len(by_id)
+    assert sum(1 for e in by_id.values() if steps(e) <= 2) == len(ids)
 
 
 def test_an_edited_id_list_is_refused_on_resume(tmp_path):
