@@ -9,7 +9,7 @@
 
 and, with ``hf=True``, ``DIR/hf/`` in Hugging Face's Gemma 3 text layout
 (config.json + model.safetensors + tokenizer.model) so the model can be taken
-elsewhere. The HF export is the inverse of ``models/checkpoints.py``'s HF loader and
+elsewhere. The HF export is the inverse of ``models/hf_checkpoint.py``'s loader and
 is tested as a round trip.
 
 LoRA merge: qwix computes ``y = x·W + einsum(x, A, B)·(alpha/rank)``; for each adapted
