@@ -2,10 +2,11 @@
 # The 270M pipeline of docs/RESULTS.md: SFT -> GRPO (from the SFT adapter) -> evaluations
 # on the full GSM8K test set -> report. Every step resumes when rerun (training by its
 # relay checkpoints, evaluation by its results.jsonl), so a sitting can stop anywhere.
-#   bash scripts/results_270m.sh STAGE   # sft | grpo | ablation | solvable | eval | ship | report
+#   bash scripts/results_270m.sh STAGE   # sft | grpo | ablation | solvable | stage3 | eval | ship | report
 # A stage's product is committed before the next sitting (a fresh machine has only git):
 #   sft  -> adapters/gemma3-270m-sft.safetensors   grpo -> adapters/gemma3-270m-grpo.safetensors
 #   solvable -> configs/gemma3-270m-solvable-ids.txt, adapters/gemma3-270m-grpo2.safetensors
+#   stage3 -> adapters/gemma3-270m-grpo3.safetensors
 #   eval -> docs/results/gemma3-270m-v2/<run>/{results.jsonl,summary.json,run.json}
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,7 +17,7 @@ OUT=docs/results/gemma3-270m-v2
 BUDGET=${BUDGET:-2h}
 relay() { "$@" || [ $? -eq 75 ]; }  # 75: the budget ended, rerun to continue
 
-case "${1:?usage: results_270m.sh sft|grpo|ablation|solvable|eval|ship|report}" in
+case "${1:?usage: results_270m.sh sft|grpo|ablation|solvable|stage3|eval|ship|report}" in
   sft)
     relay $B sft --config configs/gemma3-270m-sft.yaml --out $RUNS/gemma3-270m-sft \
       --time-budget "$BUDGET"
@@ -48,6 +49,13 @@ case "${1:?usage: results_270m.sh sft|grpo|ablation|solvable|eval|ship|report}" 
       cp $RUNS/gemma3-270m-grpo-solvable/export/adapter.safetensors \
         adapters/gemma3-270m-grpo2.safetensors
     fi ;;
+  stage3)  # the stage-2 adapter, the same 74 questions, rollouts at T = 0.5
+    relay $B train --config configs/gemma3-270m-grpo-stage3.yaml \
+      --out $RUNS/gemma3-270m-grpo-stage3 --time-budget "$BUDGET"
+    if [ -f $RUNS/gemma3-270m-grpo-stage3/export/adapter.safetensors ]; then
+      cp $RUNS/gemma3-270m-grpo-stage3/export/adapter.safetensors \
+        adapters/gemma3-270m-grpo3.safetensors
+    fi ;;
   eval)  # greedy, zero-shot prompt, all 1,319 test questions unless LIMIT is set
     # --engine auto: llama.cpp when the llamacpp extra is installed (CPU), else JAX
     common=(--engine "${ENGINE:-auto}" --max-new-tokens 256 --batch-size 16 --quiet
@@ -55,6 +63,7 @@ case "${1:?usage: results_270m.sh sft|grpo|ablation|solvable|eval|ship|report}" 
     sft=(--adapter adapters/gemma3-270m-sft.safetensors --style zeroshot)
     grpo=(--adapter adapters/gemma3-270m-grpo.safetensors --style zeroshot)
     grpo2=(--adapter adapters/gemma3-270m-grpo2.safetensors --style zeroshot)
+    grpo3=(--adapter adapters/gemma3-270m-grpo3.safetensors --style zeroshot)
     vote=(--mode vote --votes 5 --engine "${ENGINE:-auto}" --max-new-tokens 256 --batch-size 8
           --quiet --limit "${VOTE_LIMIT:-500}")
     # a finished run (summary.json) is skipped: some were made elsewhere (a GPU sitting);
@@ -66,6 +75,9 @@ case "${1:?usage: results_270m.sh sft|grpo|ablation|solvable|eval|ship|report}" 
     ev grpo-single-calc --mode single "${grpo[@]}" --calculator "${common[@]}"
     ev grpo-single --mode single "${grpo[@]}" --no-calculator "${common[@]}"
     ev sft-single --mode single "${sft[@]}" --no-calculator "${common[@]}"
+    ev grpo3-single-calc --mode single "${grpo3[@]}" --calculator "${common[@]}"
+    ev grpo3-single --mode single "${grpo3[@]}" --no-calculator "${common[@]}"
+    ev grpo3-vote-calc "${grpo3[@]}" --calculator "${vote[@]}"
     ev grpo2-single-calc --mode single "${grpo2[@]}" --calculator "${common[@]}"
     ev grpo2-single --mode single "${grpo2[@]}" --no-calculator "${common[@]}"
     ev grpo2-vote-calc "${grpo2[@]}" --calculator "${vote[@]}"
