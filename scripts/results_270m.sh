@@ -16,20 +16,21 @@ RUNS=runs
 OUT=docs/results/gemma3-270m-v2
 BUDGET=${BUDGET:-2h}
 relay() { "$@" || [ $? -eq 75 ]; }  # 75: the budget ended, rerun to continue
+# stage COMMAND CONFIG RUN ADAPTER: one relay leg; once the run has exported, its adapter
+# is copied to ADAPTER (the file to commit)
+stage() {
+  relay $B "$1" --config "$2" --out "$RUNS/$3" --time-budget "$BUDGET"
+  if [ -f "$RUNS/$3/export/adapter.safetensors" ]; then
+    cp "$RUNS/$3/export/adapter.safetensors" "$4"
+  fi
+}
 
 case "${1:?usage: results_270m.sh sft|grpo|ablation|solvable|stage3|eval|ship|report}" in
   sft)
-    relay $B sft --config configs/gemma3-270m-sft.yaml --out $RUNS/gemma3-270m-sft \
-      --time-budget "$BUDGET"
-    if [ -f $RUNS/gemma3-270m-sft/export/adapter.safetensors ]; then
-      cp $RUNS/gemma3-270m-sft/export/adapter.safetensors adapters/gemma3-270m-sft.safetensors
-    fi ;;
+    stage sft configs/gemma3-270m-sft.yaml gemma3-270m-sft adapters/gemma3-270m-sft.safetensors ;;
   grpo)  # continues the SFT adapter's LoRA: its export is one adapter, base -> final
-    relay $B train --config configs/gemma3-270m-grpo.yaml --out $RUNS/gemma3-270m-grpo \
-      --time-budget "$BUDGET"
-    if [ -f $RUNS/gemma3-270m-grpo/export/adapter.safetensors ]; then
-      cp $RUNS/gemma3-270m-grpo/export/adapter.safetensors adapters/gemma3-270m-grpo.safetensors
-    fi ;;
+    stage train configs/gemma3-270m-grpo.yaml gemma3-270m-grpo \
+      adapters/gemma3-270m-grpo.safetensors ;;
   ablation)
     relay $B train --config configs/gemma3-270m-grpo.yaml --out $RUNS/gemma3-270m-grpo-outcome \
       rewards.weights.step_correctness=0 rewards.weights.lucky_guess=0 --time-budget "$BUDGET" ;;
@@ -43,19 +44,11 @@ case "${1:?usage: results_270m.sh sft|grpo|ablation|solvable|stage3|eval|ship|re
       --engine "${ENGINE:-auto}" --max-new-tokens 192 --batch-size 8 --quiet --out $probe
     [ -f configs/gemma3-270m-solvable-ids.txt ] ||
       .venv/bin/python scripts/solvable_ids.py $probe --out configs/gemma3-270m-solvable-ids.txt
-    relay $B train --config configs/gemma3-270m-grpo-solvable.yaml \
-      --out $RUNS/gemma3-270m-grpo-solvable --time-budget "$BUDGET"
-    if [ -f $RUNS/gemma3-270m-grpo-solvable/export/adapter.safetensors ]; then
-      cp $RUNS/gemma3-270m-grpo-solvable/export/adapter.safetensors \
-        adapters/gemma3-270m-grpo2.safetensors
-    fi ;;
+    stage train configs/gemma3-270m-grpo-solvable.yaml gemma3-270m-grpo-solvable \
+      adapters/gemma3-270m-grpo2.safetensors ;;
   stage3)  # the stage-2 adapter, the same 74 questions, rollouts at T = 0.5
-    relay $B train --config configs/gemma3-270m-grpo-stage3.yaml \
-      --out $RUNS/gemma3-270m-grpo-stage3 --time-budget "$BUDGET"
-    if [ -f $RUNS/gemma3-270m-grpo-stage3/export/adapter.safetensors ]; then
-      cp $RUNS/gemma3-270m-grpo-stage3/export/adapter.safetensors \
-        adapters/gemma3-270m-grpo3.safetensors
-    fi ;;
+    stage train configs/gemma3-270m-grpo-stage3.yaml gemma3-270m-grpo-stage3 \
+      adapters/gemma3-270m-grpo3.safetensors ;;
   eval)  # greedy, zero-shot prompt, all 1,319 test questions unless LIMIT is set
     # --engine auto: llama.cpp when the llamacpp extra is installed (CPU), else JAX
     common=(--engine "${ENGINE:-auto}" --max-new-tokens 256 --batch-size 16 --quiet
