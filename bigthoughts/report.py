@@ -38,7 +38,7 @@ from bigthoughts.evaluate import RESULTS, SUMMARY, RunDirError, read_results
 from bigthoughts.files import atomic_output, atomic_write_json, atomic_write_text
 from bigthoughts.metrics import coverage_curve, maj_at_k_curve, mcnemar, paired_diff_ci
 
-__all__ = ["PLOTS", "Run", "load_run", "make_report"]
+__all__ = ["PLOTS", "Run", "load_run", "make_report", "single_pass_baselines"]
 
 PLOTS = ("accuracy_ci.png", "maj_at_k.png", "agreement_hist.png", "coverage.png")
 DPI = 120
@@ -92,12 +92,11 @@ def _label(summary: Mapping[str, Any]) -> str:
 
 
 def _labelled(runs: list[Run]) -> list[Run]:
-    """Runs whose labels collide are labelled by their directory names instead."""
-    counts: dict[str, int] = {}
-    for run in runs:
-        counts[run.label] = counts.get(run.label, 0) + 1
-    return [run if counts[run.label] == 1 else Run(run.path.name or str(run.path), run.path,
-                                                    run.summary, run.records)
+    """When two runs' labels collide, every run is labelled by its directory name, so
+    that all columns of one report are named the same way."""
+    if len({run.label for run in runs}) == len(runs):
+        return runs
+    return [Run(run.path.name or str(run.path), run.path, run.summary, run.records)
             for run in runs]
 
 
@@ -116,6 +115,27 @@ def _fmt(x: Any, spec: str) -> str:
     return "n/a" if v is None or math.isnan(v) else format(v, spec)
 
 
+def _adapter(summary: Mapping[str, Any]) -> str | None:
+    """The adapter file a run used, from its model source (``BASE + FILE#sha256=…``)."""
+    source = str((summary.get("model") or {}).get("source") or "")
+    if " + " not in source:
+        return None
+    return source.rsplit(" + ", 1)[1].split("#", 1)[0] or None
+
+
+def _prompt_note(summary: Mapping[str, Any]) -> str | None:
+    """The run's prompt note. Runs recorded before notes told adapters apart say "base
+    model" for an adapted model; the model source tells, so the note is corrected."""
+    note = summary.get("prompt_note")
+    if not note or _adapter(summary) is None or str(note).startswith("fine-tuned"):
+        return note
+    for kind, tuned in (("base model:", "fine-tuned base:"),
+                        ("instruction-tuned model:", "fine-tuned instruction-tuned:")):
+        if str(note).startswith(kind):
+            return tuned + str(note)[len(kind):]
+    return note
+
+
 def _run_numbers(run: Run) -> dict[str, Any]:
     s = run.summary
     spq = s.get("seconds_per_question") or {}
@@ -129,7 +149,8 @@ def _run_numbers(run: Run) -> dict[str, Any]:
         "seconds_per_question_p95": spq.get("p95") if isinstance(spq, Mapping) else None,
         "samples_per_question": s.get("samples_per_question"),
         "tokens_per_second": s.get("tokens_per_second"),
-        "prompt_note": s.get("prompt_note"),
+        "prompt_note": _prompt_note(s), "adapter": _adapter(s),
+        "calculator": bool((s.get("config") or {}).get("calculator")),
     }
 
 
@@ -249,28 +270,47 @@ def _plot_accuracy(runs: list[Run], path: Path) -> bool:
     return True
 
 
+def single_pass_baselines(runs: Sequence[Run]) -> tuple[set[str], list[tuple[str, float]]]:
+    """(the questions every vote run answered, [(label, accuracy on exactly those
+    questions)] for each single-pass run that answered all of them). A vote on the first
+    500 questions is compared with greedy passes on the same 500, not on the whole set."""
+    voting = [r for r in runs if r.max_traces > 1]
+    if not voting:
+        return set(), []
+    ids = set.intersection(*({rec["id"] for rec in r.records} for r in voting))
+    lines = []
+    for run in runs:
+        if run.max_traces != 1:
+            continue
+        same = [rec for rec in run.records if rec["id"] in ids]
+        if ids and len(same) == len(ids):
+            lines.append((run.label, sum(map(_correct, same)) / len(ids)))
+    return ids, lines
+
+
 def _plot_maj_at_k(runs: list[Run], path: Path) -> bool:
     voting = [r for r in runs if r.max_traces > 1]
     if not voting:
         return False
+    ids, baselines = single_pass_baselines(runs)
     fig = _figure(9.5, 4.5)
     ax = fig.add_subplot()
     k_max = max(r.max_traces for r in voting)
     for i, run in enumerate(voting):
-        ks, accs = zip(*maj_at_k_curve(run.records), strict=True)
+        records = [rec for rec in run.records if rec["id"] in ids] or run.records
+        ks, accs = zip(*maj_at_k_curve(records), strict=True)
         ax.plot(ks, accs, marker="o", color=f"C{i % 10}", label=run.label)
-    for j, run in enumerate(r for r in runs if r.max_traces == 1):
-        acc = _num(run.summary.get("accuracy"))
-        if acc is not None:
-            ax.axhline(acc, linestyle="--", linewidth=1, color=f"C{(len(voting) + j) % 10}",
-                       label=f"{run.label} (one greedy pass)")
+    for j, (label, acc) in enumerate(baselines):
+        ax.axhline(acc, linestyle="--", linewidth=1, color=f"C{(len(voting) + j) % 10}",
+                   label=f"{label} (one greedy pass)")
     ax.set_xlim(0.7, k_max + 0.3)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     # decimals=None: chosen from the axis range (0.5% steps need a decimal)
     ax.yaxis.set_major_formatter(PercentFormatter(xmax=1, decimals=None))
     ax.set_xlabel("votes used (first k saved samples)")
     ax.set_ylabel("accuracy of the vote")
-    ax.set_title("Accuracy vs number of votes (maj@k from saved traces)")
+    ax.set_title("Accuracy vs number of votes (maj@k from saved traces)\n"
+                 f"on the {len(ids)} questions every vote run answered", fontsize=11)
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9, frameon=False)
     _save(fig, path)
@@ -372,8 +412,11 @@ def make_report(run_dirs: Sequence[Path], out_dir: Path) -> Path:
         plots[name] = None if drawn else reason
 
     md = ["# GSM8K evaluation report", "", "## Runs", ""]
-    md += [f"- **{r['label']}**: `{r['dir']}`" + (f" ({r['prompt_note']})"
-                                                  if r["prompt_note"] else "") for r in rows]
+    for r in rows:
+        notes = [r["prompt_note"] or "", f"adapter `{r['adapter']}`" if r["adapter"] else "",
+                 "calculator on" if r["calculator"] else ""]
+        note = "; ".join(n for n in notes if n)
+        md.append(f"- **{r['label']}**: `{r['dir']}`" + (f" ({note})" if note else ""))
     md += ["", "## Comparison", ""] + _table(rows)
     md += ["", "Format compliance is the share of all traces: strict = exactly "
            "`<reasoning>…</reasoning><answer>…</answer>`, lenient = an answer could be "

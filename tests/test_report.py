@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from bigthoughts.evaluate import RunDirError
-from bigthoughts.report import PLOTS, make_report
+from bigthoughts.report import PLOTS, load_run, make_report, single_pass_baselines
 
 
 def trace(answer: str | None, temperature: float) -> dict:
@@ -116,6 +116,48 @@ def test_same_labels_fall_back_to_dir_names(runs, tmp_path):
     md = make_report([runs[0], twin], tmp_path / "r").read_text()
     assert "| metric | single | twin |" in md
     assert "| single | twin | 10 | 0 | 0 | exact | 1.0000 | +0.0 pp (+0.0 to +0.0) |" in md
+    # one collision renames every run, the vote run too: one naming scheme per report
+    md = make_report([runs[0], twin, runs[1]], tmp_path / "r3").read_text()
+    assert "| metric | single | twin | vote |" in md
+    assert "| single | vote | 10 | 5 | 1 | exact | 0.2188 |" in md
+
+
+def test_runs_list_names_the_adapter_and_corrects_old_notes(runs, tmp_path):
+    """An adapter run recorded as "base model" (older runs) is listed as fine-tuned."""
+    md = make_report(runs, tmp_path / "plain").read_text()
+    assert "- **single · tiny**: `" in md and md.count("(base model: 2-shot)") == 2
+    for run, note in ((runs[0], "base model: 2-shot"),
+                      (runs[1], "fine-tuned base: zero-shot instruction prompt")):
+        data = json.loads((run / "summary.json").read_text())
+        data["model"]["source"] = "llama.cpp:base.gguf#sha256=ab + sft.safetensors#sha256=cd"
+        data["prompt_note"] = note
+        data["config"] = {"calculator": run is runs[1]}
+        (run / "summary.json").write_text(json.dumps(data))
+    md = make_report(runs, tmp_path / "r").read_text()
+    assert "(fine-tuned base: 2-shot; adapter `sft.safetensors`)" in md
+    assert ("(fine-tuned base: zero-shot instruction prompt; adapter `sft.safetensors`; "
+            "calculator on)") in md
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert [r["adapter"] for r in report["runs"]] == ["sft.safetensors"] * 2
+
+
+def test_greedy_baselines_are_taken_on_the_vote_runs_questions(runs, tmp_path):
+    """A vote on the first 5 questions is set beside the greedy pass on those 5 (q0-q2
+    right: 60%), not beside its accuracy on all 10 (30%)."""
+    records = [json.loads(line) for line in (runs[1] / "results.jsonl").read_text().splitlines()]
+    short = write_run(tmp_path / "vote5", records[:5], json.loads(
+        (runs[1] / "summary.json").read_text()))
+    single, vote5 = load_run(runs[0]), load_run(short)
+    ids, lines = single_pass_baselines([single, vote5])
+    assert ids == {f"q{i}" for i in range(5)}
+    assert lines == [(single.label, 0.6)]
+    # a single-pass run that misses some of those questions gives no line
+    partial = write_run(tmp_path / "single3", single.records[:3], single.summary)
+    assert single_pass_baselines([load_run(partial), vote5])[1] == []
+    assert single_pass_baselines([single]) == (set(), [])
+    md = make_report([runs[0], short], tmp_path / "r").read_text()
+    assert "![maj_at_k.png](maj_at_k.png)" in md
+    assert (tmp_path / "r" / "maj_at_k.png").stat().st_size > 5_000
 
 
 def test_missing_or_corrupt_run_dirs_name_the_dir(runs, tmp_path):
