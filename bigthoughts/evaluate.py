@@ -136,12 +136,18 @@ class EvalConfig:
         return self.votes if self.mode == "vote" else 1
 
 
+def adapted_kind(kind: str) -> str:
+    """How a prompt note names a model kind once it runs with an adapter:
+    "base model" -> "fine-tuned base"."""
+    return f"fine-tuned {kind.removesuffix(' model')}"
+
+
 def prompt_note(style: str, shots: int, instruction_tuned: bool, adapted: bool = False) -> str:
     """A short human description of the prompt a run used (``adapted``: the model ran
     with a fine-tuned adapter or checkpoint, so it is no longer the base model)."""
     kind = "instruction-tuned model" if instruction_tuned else "base model"
     if adapted:
-        kind = f"fine-tuned {kind.removesuffix(' model')}"
+        kind = adapted_kind(kind)
     if style == "chat":
         return f"{kind}: chat prompt, instructions only (zero-shot)"
     if style == "zeroshot" or shots == 0:

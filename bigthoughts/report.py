@@ -34,7 +34,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, PercentFormatter
 
-from bigthoughts.evaluate import RESULTS, SUMMARY, RunDirError, read_results
+from bigthoughts.evaluate import RESULTS, SUMMARY, RunDirError, adapted_kind, read_results
 from bigthoughts.files import atomic_output, atomic_write_json, atomic_write_text
 from bigthoughts.metrics import coverage_curve, maj_at_k_curve, mcnemar, paired_diff_ci
 
@@ -129,11 +129,8 @@ def _prompt_note(summary: Mapping[str, Any]) -> str | None:
     note = summary.get("prompt_note")
     if not note or _adapter(summary) is None or str(note).startswith("fine-tuned"):
         return note
-    for kind, tuned in (("base model:", "fine-tuned base:"),
-                        ("instruction-tuned model:", "fine-tuned instruction-tuned:")):
-        if str(note).startswith(kind):
-            return tuned + str(note)[len(kind):]
-    return note
+    kind, sep, rest = str(note).partition(":")
+    return f"{adapted_kind(kind)}{sep}{rest}" if sep and kind.endswith(" model") else note
 
 
 def _run_numbers(run: Run) -> dict[str, Any]:
@@ -309,8 +306,10 @@ def _plot_maj_at_k(runs: list[Run], path: Path) -> bool:
     ax.yaxis.set_major_formatter(PercentFormatter(xmax=1, decimals=None))
     ax.set_xlabel("votes used (first k saved samples)")
     ax.set_ylabel("accuracy of the vote")
-    ax.set_title("Accuracy vs number of votes (maj@k from saved traces)\n"
-                 f"on the {len(ids)} questions every vote run answered", fontsize=11)
+    where = f"on the {len(ids)} questions every vote run answered" if ids else \
+        "the vote runs share no question: each on its own"
+    ax.set_title(f"Accuracy vs number of votes (maj@k from saved traces)\n{where}",
+                 fontsize=11)
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9, frameon=False)
     _save(fig, path)
