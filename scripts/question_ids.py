@@ -4,7 +4,8 @@
 
 A step is one line of the worked solution before its ``#### N`` line (GSM8K's
 solutions hold 2 to 11). The list feeds ``bigthoughts eval --ids`` (e.g. to probe a
-model on the short problems first) or GRPO's ``data.ids_file``.
+model on the short problems first) or GRPO's ``data.ids_file``. ``--skip N`` leaves out
+the first N of them (e.g. those a probe with ``--limit N`` has already seen).
 """
 
 from __future__ import annotations
@@ -32,18 +33,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", default=None, help="GSM8K dir (default: $BIGTHOUGHTS_DATA)")
     parser.add_argument("--min-steps", type=int, default=1)
     parser.add_argument("--max-steps", type=int, required=True)
+    parser.add_argument("--skip", type=int, default=0,
+                        help="leave out the first N matching ids")
     parser.add_argument("--out", required=True, type=Path)
     args = parser.parse_args(argv)
     if not 1 <= args.min_steps <= args.max_steps:
         parser.error("need 1 <= --min-steps <= --max-steps")
+    if args.skip < 0:
+        parser.error("--skip must be >= 0")
     try:
         examples = load_gsm8k(args.split, args.data)
     except DataError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     ids = [e.id for e in examples if args.min_steps <= solution_steps(e) <= args.max_steps]
+    skipped = f", after the first {args.skip}" if args.skip else ""
+    ids = ids[args.skip:]
     header = (f"# {len(ids)} of {len(examples)} {args.split} questions whose solution has "
-              f"{args.min_steps} to {args.max_steps} steps (scripts/question_ids.py)\n")
+              f"{args.min_steps} to {args.max_steps} steps{skipped} (scripts/question_ids.py)\n")
     atomic_write_bytes(args.out, (header + "".join(f"{i}\n" for i in ids)).encode())
     print(f"{len(ids)} of {len(examples)} questions")
     return 0

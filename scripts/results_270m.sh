@@ -2,11 +2,12 @@
 # The 270M pipeline of docs/RESULTS.md: SFT -> GRPO (from the SFT adapter) -> evaluations
 # on the full GSM8K test set -> report. Every step resumes when rerun (training by its
 # relay checkpoints, evaluation by its results.jsonl), so a sitting can stop anywhere.
-#   bash scripts/results_270m.sh STAGE   # sft | grpo | ablation | solvable | stage3 | eval | ship | report
+#   bash scripts/results_270m.sh STAGE   # sft | grpo | ablation | solvable | stage3 | stage4
+#                                        # | eval | ship | report
 # A stage's product is committed before the next sitting (a fresh machine has only git):
 #   sft  -> adapters/gemma3-270m-sft.safetensors   grpo -> adapters/gemma3-270m-grpo.safetensors
 #   solvable -> configs/gemma3-270m-solvable-ids.txt, adapters/gemma3-270m-grpo2.safetensors
-#   stage3 -> adapters/gemma3-270m-grpo3.safetensors
+#   stage3 -> adapters/gemma3-270m-grpo3.safetensors   stage4 -> adapters/gemma3-270m-grpo4.safetensors
 #   eval -> docs/results/gemma3-270m-v2/<run>/{results.jsonl,summary.json,run.json}
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,7 +26,7 @@ stage() {
   fi
 }
 
-case "${1:?usage: results_270m.sh sft|grpo|ablation|solvable|stage3|eval|ship|report}" in
+case "${1:?usage: results_270m.sh sft|grpo|ablation|solvable|stage3|stage4|eval|ship|report}" in
   sft)
     stage sft configs/gemma3-270m-sft.yaml gemma3-270m-sft adapters/gemma3-270m-sft.safetensors ;;
   grpo)  # continues the SFT adapter's LoRA: its export is one adapter, base -> final
@@ -49,6 +50,12 @@ case "${1:?usage: results_270m.sh sft|grpo|ablation|solvable|stage3|eval|ship|re
   stage3)  # the stage-2 adapter, the same 74 questions, rollouts at T = 0.5
     stage train configs/gemma3-270m-grpo-stage3.yaml gemma3-270m-grpo-stage3 \
       adapters/gemma3-270m-grpo3.safetensors ;;
+  stage4)  # the stage-2 adapter, unseen two-step questions, dynamic sampling at T = 0.5
+    ids=configs/gsm8k-train-2step-ids-after480.txt  # the 480 probed questions left out
+    [ -f $ids ] || .venv/bin/python scripts/question_ids.py --split train --max-steps 2 \
+      --skip 480 --out $ids
+    stage train configs/gemma3-270m-grpo-stage4.yaml \
+      gemma3-270m-grpo-stage4 adapters/gemma3-270m-grpo4.safetensors ;;
   eval)  # greedy, zero-shot prompt, all 1,319 test questions unless LIMIT is set
     # --engine auto: llama.cpp when the llamacpp extra is installed (CPU), else JAX
     common=(--engine "${ENGINE:-auto}" --max-new-tokens 256 --batch-size 16 --quiet
@@ -57,6 +64,7 @@ case "${1:?usage: results_270m.sh sft|grpo|ablation|solvable|stage3|eval|ship|re
     grpo=(--adapter adapters/gemma3-270m-grpo.safetensors --style zeroshot)
     grpo2=(--adapter adapters/gemma3-270m-grpo2.safetensors --style zeroshot)
     grpo3=(--adapter adapters/gemma3-270m-grpo3.safetensors --style zeroshot)
+    grpo4=(--adapter adapters/gemma3-270m-grpo4.safetensors --style zeroshot)
     vote=(--mode vote --votes 5 --engine "${ENGINE:-auto}" --max-new-tokens 256 --batch-size 8
           --quiet --limit "${VOTE_LIMIT:-500}")
     # a finished run (summary.json) is skipped: some were made elsewhere (a GPU sitting);
@@ -69,6 +77,8 @@ case "${1:?usage: results_270m.sh sft|grpo|ablation|solvable|stage3|eval|ship|re
     ev grpo-single --mode single "${grpo[@]}" --no-calculator "${common[@]}"
     ev sft-single --mode single "${sft[@]}" --no-calculator "${common[@]}"
     ev grpo3-single-calc --mode single "${grpo3[@]}" --calculator "${common[@]}"
+    ev grpo4-single-calc --mode single "${grpo4[@]}" --calculator "${common[@]}"
+    ev grpo4-single --mode single "${grpo4[@]}" --no-calculator "${common[@]}"
     ev grpo3-single --mode single "${grpo3[@]}" --no-calculator "${common[@]}"
     ev grpo3-vote-calc "${grpo3[@]}" --calculator "${vote[@]}"
     ev grpo2-single-calc --mode single "${grpo2[@]}" --calculator "${common[@]}"

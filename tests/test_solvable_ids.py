@@ -158,6 +158,14 @@ def test_question_ids_lists_short_solutions(tmp_path, gsm8k_dir):
     by_id = {e.id: e for e in load_gsm8k("test", gsm8k_dir)}
     assert ids and max(steps(by_id[i]) for i in ids) == 2 and len(ids) < len(by_id)
     assert sum(1 for e in by_id.values() if steps(e) <= 2) == len(ids)
+    later = tmp_path / "later.txt"
+    done = subprocess.run([sys.executable, "scripts/question_ids.py", "--split", "test",
+                           "--data", str(gsm8k_dir), "--max-steps", "2", "--skip", "5",
+                           "--out", str(later)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert read_ids(later) == ids[5:]
+    assert "after the first 5" in later.read_text().splitlines()[0]
 
 
 def test_an_edited_id_list_is_refused_on_resume(tmp_path):

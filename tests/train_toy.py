@@ -23,13 +23,13 @@ def lowercase_share(prompts, completions, answer, **kwargs):
 
 def toy_setup(out_dir: str, *, max_steps: int = 4, seed: int = 0, lr: float = 3e-2,
               generations: int = 4, mesh_fsdp: int = 1, iterations: int = 1,
-              warmup: int = 1):
+              warmup: int = 1, dynamic_sampling: int = 0):
     loaded = toy_loaded(seed)
     examples = [Example(id=f"toy-{i}", question=f"say a {i}", answer=f"#### {i}", gold=str(i))
                 for i in range(12)]
     config = TrainConfig(
         grpo=GRPOSection(num_generations=generations, max_new_tokens=12, beta=0.04,
-                         num_iterations=iterations),
+                         num_iterations=iterations, dynamic_sampling=dynamic_sampling),
         data=DataSection(style="zeroshot", shots=0), lora=LoraSection(rank=4, alpha=8.0),
         optim=OptimSection(learning_rate=lr, warmup_steps=warmup), prompts_per_step=2,
         max_steps=max_steps, save_every=2, seed=seed, out_dir=out_dir, mesh_fsdp=mesh_fsdp)

@@ -111,7 +111,7 @@ class GRPOSection:
 
     * DAPO (arXiv:2503.14476; Tunix's ``DAPOConfig``): ``beta: 0``,
       ``epsilon_high: 0.28`` (clip-higher), ``loss_agg_mode: token-mean``,
-      ``overlong_filter: true``;
+      ``overlong_filter: true``, and dynamic sampling (``dynamic_sampling: N``);
     * Dr. GRPO (arXiv:2503.20783; Tunix's ``DrGRPOConfig``):
       ``scale_advantages_by_std: false``,
       ``loss_agg_mode: sequence-mean-token-scale`` (each sequence's token sum over the
@@ -132,6 +132,11 @@ class GRPOSection:
     loss_agg_mode: str = "sequence-mean-token-mean"  # per-token losses -> one number
     scale_advantages_by_std: bool = True  # Â = (r - mean)/std per group; False: r - mean
     overlong_filter: bool = False  # completions cut by max_new_tokens get loss weight 0
+    # DAPO's dynamic sampling: a group whose G rewards are all equal has zero advantages
+    # (no policy gradient, only the KL pull). Up to this many extra prompts per step are
+    # drawn to replace such groups; if they run out, the step trains on what it has.
+    # Each extra prompt costs a rollout, not an update. 0: off
+    dynamic_sampling: int = 0
     temperature: float = 1.0  # rollout sampling temperature
     # T of the policy/old/reference log-probs (logits / T); None = the rollout
     # temperature, as Tunix and TRL do. 1.0 takes them from the untempered policy.
@@ -157,6 +162,9 @@ class GRPOSection:
             raise ValueError("grpo.num_generations (G) must be >= 2 for group advantages")
         for name in ("beta", "epsilon", "temperature"):
             _finite(f"grpo.{name}", getattr(self, name))
+        if self.dynamic_sampling < 0:
+            raise ValueError(f"grpo.dynamic_sampling must be >= 0 (extra prompts per step), "
+                             f"got {self.dynamic_sampling}")
         if self.beta < 0 or self.epsilon <= 0 or self.num_iterations < 1:
             raise ValueError("need grpo.beta >= 0, grpo.epsilon > 0, grpo.num_iterations >= 1")
         if self.temperature < 0:

@@ -2,7 +2,8 @@
 
 One step: take ``prompts_per_step`` questions in a seeded order -> sample G
 completions each with the current policy -> rewards -> group advantages
-(``rollout``) -> log-probs of the completions under the reference (the frozen base
+(``rollout``; with ``grpo.dynamic_sampling``, groups of equal rewards are replaced by
+further questions) -> log-probs of the completions under the reference (the frozen base
 = LoRA switched off; when β > 0) and, when μ > 1, under the sampling policy itself
 (π_θold, computed once before the updates, as Tunix does) -> μ AdamW updates of the
 LoRA weights on ``grpo.grpo_loss``. After every update the sampler is pointed at the
@@ -171,22 +172,33 @@ class GRPOTrainer:
         cfg = self.config
         t0 = time.perf_counter()
         release_host_memory()  # what the last update freed, before the rollout
-        examples = [self.examples[i] for i in self.order.take(cfg.prompts_per_step)]
-        rollout = ro.collect(self.rollouts, examples, cfg.grpo, fmt=self.format,
-                             reward_fns=self.reward_fns,
-                             seed=cfg.seed * 1_000_003 + self.step)
+
+        def draw(n: int, index: int) -> ro.Rollout:
+            examples = [self.examples[i] for i in self.order.take(n)]
+            return ro.collect(self.rollouts, examples, cfg.grpo, fmt=self.format,
+                              reward_fns=self.reward_fns,
+                              seed=ro.step_seed(cfg.seed, self.step, index))
+
+        drawn, kept = ro.gather(draw, cfg.prompts_per_step, cfg.grpo.dynamic_sampling)
+        rollout = ro.concat([drawn], kept)
         batch = self._with_logps(ro.to_batch(rollout, self.tokenizer, cfg.grpo.max_new_tokens,
                                              overlong_filter=cfg.grpo.overlong_filter))
         t1 = time.perf_counter()
         aux = self._updates(batch)
         t_update = time.perf_counter() - t1
         self.step += 1
-        record = {"step": self.step, "examples": [e.id for e in examples],
-                  **ro.rollout_stats(rollout), "step_seconds": time.perf_counter() - t0,
+        dynamic = cfg.grpo.dynamic_sampling > 0
+        # the rollout statistics are those of every group drawn: the policy on the data
+        record = {"step": self.step, "examples": [e.id for e in rollout.examples],
+                  **({"skipped": [e.id for i, e in enumerate(drawn.examples) if i not in kept],
+                      "groups_drawn": len(drawn.prompts),
+                      "groups_informative": int(ro.informative(drawn).sum())}
+                     if dynamic else {}),
+                  **ro.rollout_stats(drawn), "step_seconds": time.perf_counter() - t0,
                   "update_seconds": t_update,
                   "learning_rate": float(self.schedule(self.step - 1)), **aux}
         self.log.append(record)
-        self.log.append_samples(self.step, ro.sample_rows(rollout))
+        self.log.append_samples(self.step, ro.sample_rows(drawn, kept if dynamic else None))
         return record
 
     # --- persistence ----------------------------------------------------------------

@@ -5,6 +5,9 @@ questions is an endless seeded permutation per epoch (``DataOrder``), and the
 sampling seed is derived from ``(seed, step)``, so a resumed run draws exactly what
 an uninterrupted one would.
 
+With ``grpo.dynamic_sampling`` (DAPO), ``gather`` replaces groups whose rewards are all
+equal (zero advantages) by groups of further prompts, up to a number of extra draws.
+
 Advantages are Tunix's "grpo" estimator (DeepSeekMath eq. 3): within each group of
 G completions of one prompt, Â_i = (r_i - mean(r)) / (std(r) + 1e-6), std with
 Bessel's correction.
@@ -122,6 +125,68 @@ def collect(sampler: Sampler, examples: Sequence[Example], grpo: GRPOSection, *,
                    seconds=time.perf_counter() - t0)
 
 
+def step_seed(seed: int, step: int, draw: int = 0) -> int:
+    """The sampling seed of a step's ``draw``-th rollout (0: the step's first, whose seed
+    is what runs used before dynamic sampling existed)."""
+    if draw == 0:
+        return seed * 1_000_003 + step
+    return int(np.random.SeedSequence([seed, step, draw]).generate_state(1)[0])
+
+
+def informative(rollout: Rollout) -> np.ndarray:
+    """Per group, whether its rewards differ (a group of equal rewards has Â = 0)."""
+    rewards = rollout.rewards.reshape(len(rollout.prompts), rollout.group)
+    return rewards.max(axis=1) - rewards.min(axis=1) > 1e-9
+
+
+def concat(rollouts: Sequence[Rollout], groups: Sequence[int] | None = None) -> Rollout:
+    """The rollouts as one, prompt-major; with ``groups``, only those groups (indices
+    into the concatenation), in that order."""
+    if not rollouts or len({r.group for r in rollouts}) != 1:
+        raise ValueError("rollouts to join need the same group size")
+    size = rollouts[0].group
+    examples = [e for r in rollouts for e in r.examples]
+    prompts = [p for r in rollouts for p in r.prompts]
+    gens = [g for r in rollouts for g in r.generations]
+    rows = np.concatenate([r.rewards for r in rollouts])
+    per_fn = {k: np.concatenate([r.per_fn[k] for r in rollouts]) for k in rollouts[0].per_fn}
+    adv = np.concatenate([r.advantages for r in rollouts])
+    pick = list(range(len(prompts))) if groups is None else list(groups)
+    take = [g * size + i for g in pick for i in range(size)]
+    return Rollout(examples=tuple(examples[g] for g in pick),
+                   prompts=tuple(prompts[g] for g in pick),
+                   generations=tuple(gens[i] for i in take), rewards=rows[take],
+                   per_fn={k: v[take] for k, v in per_fn.items()}, advantages=adv[take],
+                   seconds=sum(r.seconds for r in rollouts))
+
+
+def gather(draw: Callable[[int, int], Rollout], groups: int, extra: int
+           ) -> tuple[Rollout, list[int]]:
+    """DAPO's dynamic sampling over ``draw(n_prompts, draw_index) -> Rollout``.
+
+    Draws ``groups`` prompts; while fewer than ``groups`` of the groups drawn are
+    informative and fewer than ``extra`` extra prompts have been drawn, draws as many
+    more as are missing. Returns (everything drawn, the groups to train on). These are
+    ``groups`` indices: the informative groups in the order drawn, topped up with the
+    first uninformative ones when the extra draws ran out (they add only the KL term);
+    ``concat([everything], kept)`` is the batch."""
+    drawn = [draw(groups, 0)]
+    spent = 0
+    while True:
+        found = int(sum(informative(r).sum() for r in drawn))
+        missing = groups - found
+        if missing <= 0 or spent >= extra:
+            break
+        n = min(missing, extra - spent)
+        spent += n
+        drawn.append(draw(n, len(drawn)))
+    everything = concat(drawn)
+    useful = informative(everything)
+    keep = list(np.flatnonzero(useful)[:groups])
+    keep += list(np.flatnonzero(~useful)[: groups - len(keep)])
+    return everything, sorted(int(i) for i in keep)
+
+
 def to_batch(rollout: Rollout, tokenizer, max_new_tokens: int, *,
              overlong_filter: bool = False) -> RolloutBatch:
     """Token arrays of a rollout (no log-probs yet: the trainer fills them).
@@ -162,8 +227,12 @@ def rollout_stats(rollout: Rollout) -> dict[str, float]:
     }
 
 
-def sample_rows(rollout: Rollout) -> list[dict]:
-    """One ``{"example", "text", "reward"}`` row per completion (for samples.jsonl)."""
-    ids = [e.id for e in rollout.examples for _ in range(rollout.group)]
-    return [{"example": i, "text": g.text, "reward": float(r)}
-            for i, g, r in zip(ids, rollout.generations, rollout.rewards, strict=True)]
+def sample_rows(rollout: Rollout, trained: Sequence[int] | None = None) -> list[dict]:
+    """One ``{"example", "text", "reward"}`` row per completion (for samples.jsonl); with
+    ``trained`` (the groups a dynamic-sampling step trained on), also ``"trained"``."""
+    rows = []
+    for row, (g, r) in enumerate(zip(rollout.generations, rollout.rewards, strict=True)):
+        group = row // rollout.group
+        rows.append({"example": rollout.examples[group].id, "text": g.text, "reward": float(r),
+                     **({} if trained is None else {"trained": group in trained})})
+    return rows

@@ -23,6 +23,9 @@ from bigthoughts.files import atomic_write_json, atomic_write_text, read_jsonl
 # key existed resume as if it had its default.
 RESUMABLE_CHANGES: tuple[str, ...] = ("grpo.remat_layers", "grpo.rollout_engine", "save_every",
                                       "keep_checkpoints", "eval_every", "eval_examples")
+# Keys added after runs were saved, with the value that reproduces what those runs did:
+# a saved config without the key compares as if it had this value.
+ADDED_KEYS: dict[str, object] = {"grpo.dynamic_sampling": 0}
 
 
 def _flatten(data: Mapping, prefix: str = "") -> dict:
@@ -47,8 +50,12 @@ def config_differences(saved: Mapping, now: Mapping, resumable_changes=RESUMABLE
     """``["grpo.beta: 0.04 (saved) != 0.0 (now)", ...]`` for each differing key."""
     a, b = run_identity(saved, resumable_changes), run_identity(now, resumable_changes)
     missing = "(absent)"
-    return [f"{k}: {json.dumps(a.get(k, missing))} (saved) != {json.dumps(b.get(k, missing))} "
-            f"(now)" for k in sorted(set(a) | set(b)) if a.get(k, missing) != b.get(k, missing)]
+
+    def value(config: dict, key: str):
+        return config.get(key, ADDED_KEYS.get(key, missing))
+
+    return [f"{k}: {json.dumps(value(a, k))} (saved) != {json.dumps(value(b, k))} (now)"
+            for k in sorted(set(a) | set(b)) if value(a, k) != value(b, k)]
 
 
 def check_run_dir(out: Path, config_dict: Mapping, *,
