@@ -5,7 +5,9 @@
 A step is one line of the worked solution before its ``#### N`` line (GSM8K's
 solutions hold 2 to 11). The list feeds ``bigthoughts eval --ids`` (e.g. to probe a
 model on the short problems first) or GRPO's ``data.ids_file``. ``--skip N`` leaves out
-the first N of them (e.g. those a probe with ``--limit N`` has already seen).
+the first N of them (e.g. those a probe with ``--limit N`` has already seen);
+``--exclude PATH`` leaves out the ids of an id list, or every question a GRPO run drew
+(its ``samples.jsonl``).
 """
 
 from __future__ import annotations
@@ -17,14 +19,28 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bigthoughts.data import DataError, Example, load_gsm8k  # noqa: E402
-from bigthoughts.files import atomic_write_bytes  # noqa: E402
+from bigthoughts.data import DataError, Example, load_gsm8k, read_ids  # noqa: E402
+from bigthoughts.files import JsonlError, atomic_write_bytes, read_jsonl  # noqa: E402
 
 
 def solution_steps(example: Example) -> int:
     """Lines of the reference solution before its ``#### N`` line."""
     work = example.answer.split("####", 1)[0]
     return sum(1 for line in work.split("\n") if line.strip())
+
+
+def excluded_ids(path: Path) -> set[str]:
+    """The ids an id list names, or those a training run's ``samples.jsonl`` drew."""
+    if path.suffix != ".jsonl":
+        return set(read_ids(path))
+    try:
+        rows = read_jsonl(path)
+    except (OSError, JsonlError) as err:
+        raise DataError(f"could not read {path}: {err}") from err
+    ids = {c["example"] for r in rows for c in r.get("completions", []) if "example" in c}
+    if not ids:
+        raise DataError(f"{path} names no questions: is it a GRPO run's samples.jsonl?")
+    return ids
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-steps", type=int, required=True)
     parser.add_argument("--skip", type=int, default=0,
                         help="leave out the first N matching ids")
+    parser.add_argument("--exclude", type=Path, action="append", default=[],
+                        help="leave out these ids: an id list, or a GRPO run's samples.jsonl")
     parser.add_argument("--out", required=True, type=Path)
     args = parser.parse_args(argv)
     if not 1 <= args.min_steps <= args.max_steps:
@@ -43,12 +61,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--skip must be >= 0")
     try:
         examples = load_gsm8k(args.split, args.data)
+        leave_out = set().union(*(excluded_ids(p) for p in args.exclude))
     except DataError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     ids = [e.id for e in examples if args.min_steps <= solution_steps(e) <= args.max_steps]
     skipped = f", after the first {args.skip}" if args.skip else ""
-    ids = ids[args.skip:]
+    ids = [i for i in ids[args.skip:] if i not in leave_out]
+    if args.exclude:
+        skipped += f", without those in {', '.join(str(p) for p in args.exclude)}"
     header = (f"# {len(ids)} of {len(examples)} {args.split} questions whose solution has "
               f"{args.min_steps} to {args.max_steps} steps{skipped} (scripts/question_ids.py)\n")
     atomic_write_bytes(args.out, (header + "".join(f"{i}\n" for i in ids)).encode())

@@ -3,11 +3,12 @@
 # on the full GSM8K test set -> report. Every step resumes when rerun (training by its
 # relay checkpoints, evaluation by its results.jsonl), so a sitting can stop anywhere.
 #   bash scripts/results_270m.sh STAGE   # sft | grpo | ablation | solvable | stage3 | stage4
-#                                        # | eval | ship | report
+#                                        # | stage5 | eval | ship | report
 # A stage's product is committed before the next sitting (a fresh machine has only git):
 #   sft  -> adapters/gemma3-270m-sft.safetensors   grpo -> adapters/gemma3-270m-grpo.safetensors
 #   solvable -> configs/gemma3-270m-solvable-ids.txt, adapters/gemma3-270m-grpo2.safetensors
 #   stage3 -> adapters/gemma3-270m-grpo3.safetensors   stage4 -> adapters/gemma3-270m-grpo4.safetensors
+#   stage5 -> adapters/gemma3-270m-grpo5.safetensors
 #   eval -> docs/results/gemma3-270m-v2/<run>/{results.jsonl,summary.json,run.json}
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,7 +27,7 @@ stage() {
   fi
 }
 
-case "${1:?usage: results_270m.sh sft|grpo|ablation|solvable|stage3|stage4|eval|ship|report}" in
+case "${1:?usage: results_270m.sh sft|grpo|ablation|solvable|stage3|stage4|stage5|eval|ship|report}" in
   sft)
     stage sft configs/gemma3-270m-sft.yaml gemma3-270m-sft adapters/gemma3-270m-sft.safetensors ;;
   grpo)  # continues the SFT adapter's LoRA: its export is one adapter, base -> final
@@ -56,6 +57,12 @@ case "${1:?usage: results_270m.sh sft|grpo|ablation|solvable|stage3|stage4|eval|
       --skip 480 --out $ids
     stage train configs/gemma3-270m-grpo-stage4.yaml \
       gemma3-270m-grpo-stage4 adapters/gemma3-270m-grpo4.safetensors ;;
+  stage5)  # stage 4's recipe from its adapter, on the questions neither it nor the probe drew
+    ids=configs/gsm8k-train-2step-ids-stage5.txt
+    [ -f $ids ] || .venv/bin/python scripts/question_ids.py --split train --max-steps 2 \
+      --skip 480 --exclude $OUT/grpo4/samples.jsonl --out $ids
+    stage train configs/gemma3-270m-grpo-stage5.yaml gemma3-270m-grpo-stage5 \
+      adapters/gemma3-270m-grpo5.safetensors ;;
   eval)  # greedy, zero-shot prompt, all 1,319 test questions unless LIMIT is set
     # --engine auto: llama.cpp when the llamacpp extra is installed (CPU), else JAX
     common=(--engine "${ENGINE:-auto}" --max-new-tokens 256 --batch-size 16 --quiet
@@ -65,6 +72,7 @@ case "${1:?usage: results_270m.sh sft|grpo|ablation|solvable|stage3|stage4|eval|
     grpo2=(--adapter adapters/gemma3-270m-grpo2.safetensors --style zeroshot)
     grpo3=(--adapter adapters/gemma3-270m-grpo3.safetensors --style zeroshot)
     grpo4=(--adapter adapters/gemma3-270m-grpo4.safetensors --style zeroshot)
+    grpo5=(--adapter adapters/gemma3-270m-grpo5.safetensors --style zeroshot)
     vote=(--mode vote --votes 5 --engine "${ENGINE:-auto}" --max-new-tokens 256 --batch-size 8
           --quiet --limit "${VOTE_LIMIT:-500}")
     # a finished run (summary.json) is skipped: some were made elsewhere (a GPU sitting);
@@ -79,6 +87,8 @@ case "${1:?usage: results_270m.sh sft|grpo|ablation|solvable|stage3|stage4|eval|
     ev grpo3-single-calc --mode single "${grpo3[@]}" --calculator "${common[@]}"
     ev grpo4-single-calc --mode single "${grpo4[@]}" --calculator "${common[@]}"
     ev grpo4-single --mode single "${grpo4[@]}" --no-calculator "${common[@]}"
+    ev grpo5-single-calc --mode single "${grpo5[@]}" --calculator "${common[@]}"
+    ev grpo5-single --mode single "${grpo5[@]}" --no-calculator "${common[@]}"
     ev grpo3-single --mode single "${grpo3[@]}" --no-calculator "${common[@]}"
     ev grpo3-vote-calc "${grpo3[@]}" --calculator "${vote[@]}"
     ev grpo2-single-calc --mode single "${grpo2[@]}" --calculator "${common[@]}"

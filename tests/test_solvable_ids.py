@@ -166,6 +166,24 @@ def test_question_ids_lists_short_solutions(tmp_path, gsm8k_dir):
     assert done.returncode == 0, done.stderr
     assert read_ids(later) == ids[5:]
     assert "after the first 5" in later.read_text().splitlines()[0]
+    drawn = tmp_path / "samples.jsonl"  # a GRPO run drew ids[1] and ids[3]
+    drawn.write_text("".join(json.dumps({"step": s, "completions": [
+        {"example": i, "text": "t", "reward": 2.0}]}) + "\n"
+        for s, i in ((1, ids[1]), (2, ids[3]))))
+    listed = tmp_path / "listed.txt"
+    listed.write_text(f"# seen\n{ids[0]}\n")
+    rest = tmp_path / "rest.txt"
+    done = subprocess.run([sys.executable, "scripts/question_ids.py", "--split", "test",
+                           "--data", str(gsm8k_dir), "--max-steps", "2", "--exclude", str(drawn),
+                           "--exclude", str(listed), "--out", str(rest)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert read_ids(rest) == [ids[2]] + ids[4:]
+    bad = subprocess.run([sys.executable, "scripts/question_ids.py", "--split", "test",
+                          "--data", str(gsm8k_dir), "--max-steps", "2", "--exclude",
+                          str(tmp_path / "missing.txt"), "--out", str(rest)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: could not read the id list")
 
 
 def test_an_edited_id_list_is_refused_on_resume(tmp_path):
