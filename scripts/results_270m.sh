@@ -99,9 +99,9 @@ case "${1:?usage: results_270m.sh sft|grpo|ablation|solvable|stage3|stage4|stage
     ev grpo-adaptive-calc "${grpo[@]}" --calculator "${vote[@]}" --strategy adaptive
     ev sft-vote-calc "${sft[@]}" --calculator "${vote[@]}"
     ev sft-adaptive-calc "${sft[@]}" --calculator "${vote[@]}" --strategy adaptive ;;
-  ship)  # the stage-2 GRPO adapter becomes the package's default model (bigthoughts/shipped/)
-    .venv/bin/python scripts/ship_adapter.py adapters/gemma3-270m-grpo2.safetensors \
-      --eval $OUT/grpo2-single-calc --eval $OUT/grpo2-single --base-eval $OUT/base-zeroshot ;;
+  ship)  # the stage-4 GRPO adapter becomes the package's default model (bigthoughts/shipped/)
+    .venv/bin/python scripts/ship_adapter.py adapters/gemma3-270m-grpo4.safetensors \
+      --eval $OUT/grpo4-single-calc --eval $OUT/grpo4-single --base-eval $OUT/base-zeroshot ;;
   report)
     # the finished test-set runs (not the training runs, nor the train-split probe)
     runs=(); for d in $OUT/*/; do
