@@ -6,8 +6,8 @@ A step is one line of the worked solution before its ``#### N`` line (GSM8K's
 solutions hold 2 to 11). The list feeds ``bigthoughts eval --ids`` (e.g. to probe a
 model on the short problems first) or GRPO's ``data.ids_file``. ``--skip N`` leaves out
 the first N of them (e.g. those a probe with ``--limit N`` has already seen);
-``--exclude PATH`` leaves out the ids of an id list, or every question a GRPO run drew
-(its ``samples.jsonl``).
+``--exclude PATH`` leaves out the ids of an id list, every question a GRPO run drew
+(its ``samples.jsonl``) or every question an evaluation answered (its ``results.jsonl``).
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ def solution_steps(example: Example) -> int:
 
 
 def excluded_ids(path: Path) -> set[str]:
-    """The ids an id list names, or those a training run's ``samples.jsonl`` drew."""
+    """The ids an id list names, those a GRPO run's ``samples.jsonl`` drew, or those an
+    evaluation's ``results.jsonl`` answered."""
     if path.suffix != ".jsonl":
         return set(read_ids(path))
     try:
@@ -38,8 +39,10 @@ def excluded_ids(path: Path) -> set[str]:
     except (OSError, JsonlError) as err:
         raise DataError(f"could not read {path}: {err}") from err
     ids = {c["example"] for r in rows for c in r.get("completions", []) if "example" in c}
+    ids |= {r["id"] for r in rows if "id" in r}  # an evaluation's results.jsonl
     if not ids:
-        raise DataError(f"{path} names no questions: is it a GRPO run's samples.jsonl?")
+        raise DataError(f"{path} names no questions: is it a GRPO run's samples.jsonl or "
+                        f"an evaluation's results.jsonl?")
     return ids
 
 
@@ -52,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip", type=int, default=0,
                         help="leave out the first N matching ids")
     parser.add_argument("--exclude", type=Path, action="append", default=[],
-                        help="leave out these ids: an id list, or a GRPO run's samples.jsonl")
+                        help="leave out these ids: an id list, a GRPO run's samples.jsonl or "
+                        "an evaluation's results.jsonl")
     parser.add_argument("--out", required=True, type=Path)
     args = parser.parse_args(argv)
     if not 1 <= args.min_steps <= args.max_steps:

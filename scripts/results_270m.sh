@@ -57,10 +57,11 @@ case "${1:?usage: results_270m.sh sft|grpo|ablation|solvable|stage3|stage4|stage
       --skip 480 --out $ids
     stage train configs/gemma3-270m-grpo-stage4.yaml \
       gemma3-270m-grpo-stage4 adapters/gemma3-270m-grpo4.safetensors ;;
-  stage5)  # stage 4's recipe from its adapter, on the questions neither it nor the probe drew
-    ids=configs/gsm8k-train-2step-ids-stage5.txt
-    [ -f $ids ] || .venv/bin/python scripts/question_ids.py --split train --max-steps 2 \
-      --skip 480 --exclude $OUT/grpo4/samples.jsonl --out $ids
+  stage5)  # stage 4's recipe from its adapter, on 1-3 step questions neither it nor the probe drew
+    ids=configs/gsm8k-train-3step-ids-stage5.txt
+    [ -f $ids ] || .venv/bin/python scripts/question_ids.py --split train --max-steps 3 \
+      --exclude $OUT/probe-train-grpo/results.jsonl --exclude $OUT/grpo4/samples.jsonl \
+      --out $ids
     stage train configs/gemma3-270m-grpo-stage5.yaml gemma3-270m-grpo-stage5 \
       adapters/gemma3-270m-grpo5.safetensors ;;
   eval)  # greedy, zero-shot prompt, all 1,319 test questions unless LIMIT is set
