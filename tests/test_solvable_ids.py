@@ -172,13 +172,16 @@ def test_question_ids_lists_short_solutions(tmp_path, gsm8k_dir):
         for s, i in ((1, ids[1]), (2, ids[3]))))
     listed = tmp_path / "listed.txt"
     listed.write_text(f"# seen\n{ids[0]}\n")
+    answered = tmp_path / "results.jsonl"  # an evaluation answered ids[4]
+    answered.write_text(json.dumps({"id": ids[4], "correct": False}) + "\n")
     rest = tmp_path / "rest.txt"
     done = subprocess.run([sys.executable, "scripts/question_ids.py", "--split", "test",
                            "--data", str(gsm8k_dir), "--max-steps", "2", "--exclude", str(drawn),
-                           "--exclude", str(listed), "--out", str(rest)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
+                           "--exclude", str(listed), "--exclude", str(answered),
+                           "--out", str(rest)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
     assert done.returncode == 0, done.stderr
-    assert read_ids(rest) == [ids[2]] + ids[4:]
+    assert read_ids(rest) == [ids[2]] + ids[5:]
     bad = subprocess.run([sys.executable, "scripts/question_ids.py", "--split", "test",
                           "--data", str(gsm8k_dir), "--max-steps", "2", "--exclude",
                           str(tmp_path / "missing.txt"), "--out", str(rest)], cwd=ROOT,
