@@ -417,8 +417,11 @@ class PromptFormat:
 def prompt_format(style: str, shots: int = 2) -> PromptFormat:
     """The :class:`PromptFormat` of ``style``; ``shots`` counts for ``"fewshot"`` only.
 
-    Raises a one-line ValueError for an unknown style or a bad number of shots.
+    Raises a one-line ValueError for an unknown style or a bad number of shots (whatever
+    the style: a bad ``--shots`` is a mistake even where it would be ignored).
     """
+    if not 0 <= shots <= len(FEWSHOT_EXAMPLES):
+        raise ValueError(f"shots must be between 0 and {len(FEWSHOT_EXAMPLES)}, got {shots}")
     if style == "chat":
         return PromptFormat(style="chat", shots=0, stop=(CHAT_STOP,),
                             stop_inclusive=(ANSWER_STOP,))

@@ -102,12 +102,13 @@ EVAL_BAD = [
     (["--mode", "vote", "--votes", "64", "--batch-size", "64"],  # 20 questions x 64
      "1280 sequences in one generation call (questions x votes) is over the limit of 1024"),
     # 8 GB free (patched below): 0.8 x 8e9 - 1,072,168,960 bytes of weights = 5.33e9 for
-    # sequences of 447 estimated prompt tokens (bucket 448) + 16 new slots, each
-    # 2 x 464 x 36,864 (KV) + 6 x 262,144 x 4 (logits) = 40,501,248 bytes -> 131 fit
-    (["--mode", "vote", "--votes", "64", "--batch-size", "8", "--max-new-tokens", "8"],
-     "512 sequences of up to 447 + 8 tokens need about 20.7 GB"),
-    (["--mode", "vote", "--votes", "64", "--batch-size", "8", "--max-new-tokens", "8"],
-     "at most 131 sequences fit"),
+    # sequences of 447 estimated prompt tokens (the raw base's 2-shot prompt, bucket 448)
+    # + 16 new slots, each 2 x 464 x 36,864 (KV) + 6 x 262,144 x 4 (logits) = 40,501,248
+    # bytes -> 131 fit
+    (["--model", "gemma3-270m-base", "--mode", "vote", "--votes", "64", "--batch-size", "8",
+      "--max-new-tokens", "8"], "512 sequences of up to 447 + 8 tokens need about 20.7 GB"),
+    (["--model", "gemma3-270m-base", "--mode", "vote", "--votes", "64", "--batch-size", "8",
+      "--max-new-tokens", "8"], "at most 131 sequences fit"),
 ]
 
 

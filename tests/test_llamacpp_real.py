@@ -174,8 +174,9 @@ def test_ask_on_llamacpp_takes_the_safetensors_adapter(tmp_path, monkeypatch, ca
     monkeypatch.setenv("BIGTHOUGHTS_CACHE", str(tmp_path))
     adapter = Path(__file__).resolve().parents[1] / "adapters" / "gemma3-270m-sft.safetensors"
     question = "A baker sells 12 loaves a day for $3 each. How much does he earn in 5 days?"
-    common = ["ask", question, "--engine", "llama.cpp", "--threads", "2", "--votes", "1",
-              "--style", "zeroshot", "--max-new-tokens", "24", "--traces", "--json"]
+    common = ["ask", question, "--model", "gemma3-270m-base", "--engine", "llama.cpp",
+              "--threads", "2", "--votes", "1", "--style", "zeroshot", "--max-new-tokens", "24",
+              "--traces", "--json"]  # the raw base, not the shipped adapter
     assert main(common) == 0
     base = capsys.readouterr().out
     assert main([*common, "--adapter", str(adapter)]) == 0

@@ -109,3 +109,34 @@ def test_a_damaged_shipped_adapter_is_a_one_line_cli_error(shipped_dir, capsys):
     assert code == cli.EXIT_USAGE
     assert err.startswith("error: the shipped adapter a.safetensors does not match")
     assert f"--model {DEFAULT_MODEL}" in err
+
+
+def test_the_committed_shipped_model_matches_its_adapter_and_its_evaluations():
+    """The package ships the stage-4 adapter: the manifest's hash is the file's, and each
+    evaluation it cites is a committed run whose numbers and paired test it restates."""
+    from pathlib import Path
+
+    from bigthoughts.metrics import mcnemar
+
+    root = Path(cli.__file__).resolve().parents[1]
+    found = shipped_default()
+    assert found is not None and found.name == "gemma3-270m-gsm8k"
+    data = found.adapter_path().read_bytes()
+    manifest = json.loads((shipped_mod.SHIPPED_DIR / MANIFEST).read_text())
+    assert hashlib.sha256(data).hexdigest() == manifest["sha256"]
+    assert (root / manifest["trained_from"]).read_bytes() == data
+    evaluations = manifest["summary"]["evaluations"]
+    assert {e["calculator"] for e in evaluations} == {True, False}
+
+    def outcomes(run: str) -> dict[str, bool]:
+        lines = (root / run / "results.jsonl").read_text().splitlines()
+        return {r["id"]: bool(r["correct"]) for r in map(json.loads, lines)}
+
+    for e in evaluations:
+        summary = json.loads((root / e["run"] / "summary.json").read_text())
+        assert (summary["n"], summary["correct"]) == (e["questions"], e["correct"]) == \
+            (1319, sum(outcomes(e["run"]).values()))
+        test = mcnemar(outcomes(e["vs_base"]["base_run"]), outcomes(e["run"]))
+        assert (test.b01, test.b10) == (e["vs_base"]["only_this_right"],
+                                        e["vs_base"]["only_base_right"])
+        assert test.p_value == pytest.approx(e["vs_base"]["mcnemar_p"])
