@@ -338,6 +338,12 @@ FEWSHOT_EXAMPLES = (
 )
 
 
+def check_shots(shots: int) -> None:
+    """Raises a one-line ValueError unless 0 <= ``shots`` <= the worked examples we have."""
+    if not 0 <= shots <= len(FEWSHOT_EXAMPLES):
+        raise ValueError(f"shots must be between 0 and {len(FEWSHOT_EXAMPLES)}, got {shots}")
+
+
 def chat_prompt(question: str, *, system: str = SYSTEM_PROMPT) -> str:
     """One Gemma user turn holding the instructions and the question, opening the model turn.
 
@@ -352,8 +358,7 @@ def fewshot_prompt(question: str, *, shots: int = 2, system: str = SYSTEM_PROMPT
     ``shots=0`` is the zero-shot prompt (instructions only). Stop generation at
     :data:`FEWSHOT_STOP`.
     """
-    if not 0 <= shots <= len(FEWSHOT_EXAMPLES):
-        raise ValueError(f"shots must be between 0 and {len(FEWSHOT_EXAMPLES)}, got {shots}")
+    check_shots(shots)
     parts = [f"{system}\n\n"]
     for shot in FEWSHOT_EXAMPLES[:shots]:
         parts.append(
@@ -393,9 +398,7 @@ class PromptFormat:
         if self.style not in PROMPT_STYLES:
             raise ValueError(f"unknown prompt style {self.style!r}; "
                              f"expected one of {', '.join(PROMPT_STYLES)}")
-        if not 0 <= self.shots <= len(FEWSHOT_EXAMPLES):
-            raise ValueError(f"shots must be between 0 and {len(FEWSHOT_EXAMPLES)}, "
-                             f"got {self.shots}")
+        check_shots(self.shots)
 
     def prompt(self, question: str) -> str:
         """The prompt for ``question`` in this format.
@@ -420,8 +423,7 @@ def prompt_format(style: str, shots: int = 2) -> PromptFormat:
     Raises a one-line ValueError for an unknown style or a bad number of shots (whatever
     the style: a bad ``--shots`` is a mistake even where it would be ignored).
     """
-    if not 0 <= shots <= len(FEWSHOT_EXAMPLES):
-        raise ValueError(f"shots must be between 0 and {len(FEWSHOT_EXAMPLES)}, got {shots}")
+    check_shots(shots)
     if style == "chat":
         return PromptFormat(style="chat", shots=0, stop=(CHAT_STOP,),
                             stop_inclusive=(ANSWER_STOP,))

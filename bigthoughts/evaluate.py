@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from bigthoughts.answers import FAILURE_BUCKETS, answers_equal, extract, failure_bucket
 from bigthoughts.config import ConfigError, VoteConfig
-from bigthoughts.data import FEWSHOT_EXAMPLES, PROMPT_STYLES, Example, PromptFormat, prompt_format
+from bigthoughts.data import PROMPT_STYLES, Example, PromptFormat, check_shots, prompt_format
 from bigthoughts.files import JsonlError, append_jsonl, atomic_write_json, read_jsonl
 from bigthoughts.metrics import percentiles, wilson_interval
 from bigthoughts.models.spec import portable_source
@@ -119,9 +119,7 @@ class EvalConfig:
         if self.style is not None and self.style not in PROMPT_STYLES:
             raise ValueError(f"unknown prompt style {self.style!r}; "
                              f"choose one of {', '.join(PROMPT_STYLES)} or None (the model's own)")
-        if not 0 <= self.shots <= len(FEWSHOT_EXAMPLES):
-            raise ValueError(f"shots must be between 0 and {len(FEWSHOT_EXAMPLES)}, "
-                             f"got {self.shots}")
+        check_shots(self.shots)
 
     def vote_config(self) -> VoteConfig:
         """The solver's vote settings: one greedy sample unless ``mode == "vote"``."""
