@@ -171,15 +171,12 @@ def gather(draw: Callable[[int, int], Rollout], groups: int, extra: int
     first uninformative ones when the extra draws ran out (they add only the KL term);
     ``concat([everything], kept)`` is the batch."""
     drawn = [draw(groups, 0)]
-    spent = 0
-    while True:
-        found = int(sum(informative(r).sum() for r in drawn))
-        missing = groups - found
-        if missing <= 0 or spent >= extra:
-            break
+    missing, spent = groups - int(informative(drawn[0]).sum()), 0
+    while missing > 0 and spent < extra:
         n = min(missing, extra - spent)
         spent += n
         drawn.append(draw(n, len(drawn)))
+        missing -= int(informative(drawn[-1]).sum())
     everything = concat(drawn)
     useful = informative(everything)
     keep = list(np.flatnonzero(useful)[:groups])
