@@ -3,12 +3,13 @@
 # on the full GSM8K test set -> report. Every step resumes when rerun (training by its
 # relay checkpoints, evaluation by its results.jsonl), so a sitting can stop anywhere.
 #   bash scripts/results_270m.sh STAGE   # sft | grpo | ablation | solvable | stage3 | stage4
-#                                        # | stage5 | eval | ship | report
+#                                        # | stage5 | nocalc | nocalc-outcome | eval | ship | report
 # A stage's product is committed before the next sitting (a fresh machine has only git):
 #   sft  -> adapters/gemma3-270m-sft.safetensors   grpo -> adapters/gemma3-270m-grpo.safetensors
 #   solvable -> configs/gemma3-270m-solvable-ids.txt, adapters/gemma3-270m-grpo2.safetensors
 #   stage3 -> adapters/gemma3-270m-grpo3.safetensors   stage4 -> adapters/gemma3-270m-grpo4.safetensors
 #   stage5 -> adapters/gemma3-270m-grpo5.safetensors
+#   nocalc -> adapters/gemma3-270m-nocalc.safetensors (and nocalc-outcome, its ablation)
 #   eval -> docs/results/gemma3-270m-v2/<run>/{results.jsonl,summary.json,run.json}
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,16 +19,16 @@ RUNS=runs
 OUT=docs/results/gemma3-270m-v2
 BUDGET=${BUDGET:-2h}
 relay() { "$@" || [ $? -eq 75 ]; }  # 75: the budget ended, rerun to continue
-# stage COMMAND CONFIG RUN ADAPTER: one relay leg; once the run has exported, its adapter
-# is copied to ADAPTER (the file to commit)
+# stage COMMAND CONFIG RUN ADAPTER [KEY=VALUE...]: one relay leg (with those overrides of
+# the recipe); once the run has exported, its adapter is copied to ADAPTER (the file to commit)
 stage() {
-  relay $B "$1" --config "$2" --out "$RUNS/$3" --time-budget "$BUDGET"
+  relay $B "$1" --config "$2" "${@:5}" --out "$RUNS/$3" --time-budget "$BUDGET"
   if [ -f "$RUNS/$3/export/adapter.safetensors" ]; then
     cp "$RUNS/$3/export/adapter.safetensors" "$4"
   fi
 }
 
-case "${1:?usage: results_270m.sh sft|grpo|ablation|solvable|stage3|stage4|stage5|eval|ship|report}" in
+case "${1:?usage: results_270m.sh sft|grpo|ablation|solvable|stage3|stage4|stage5|nocalc|nocalc-outcome|eval|ship|report}" in
   sft)
     stage sft configs/gemma3-270m-sft.yaml gemma3-270m-sft adapters/gemma3-270m-sft.safetensors ;;
   grpo)  # continues the SFT adapter's LoRA: its export is one adapter, base -> final
@@ -64,6 +65,13 @@ case "${1:?usage: results_270m.sh sft|grpo|ablation|solvable|stage3|stage4|stage
       --out $ids
     stage train configs/gemma3-270m-grpo-stage5.yaml gemma3-270m-grpo-stage5 \
       adapters/gemma3-270m-grpo5.safetensors ;;
+  nocalc)  # stage 4's recipe without the calculator in the rollouts, with the step rewards
+    stage train configs/gemma3-270m-grpo-nocalc.yaml gemma3-270m-grpo-nocalc \
+      adapters/gemma3-270m-nocalc.safetensors ;;
+  nocalc-outcome)  # its ablation: outcome rewards only, the same steps, questions and seed
+    stage train configs/gemma3-270m-grpo-nocalc.yaml gemma3-270m-grpo-nocalc-outcome \
+      adapters/gemma3-270m-nocalc-outcome.safetensors \
+      rewards.weights.step_correctness=0 rewards.weights.lucky_guess=0 ;;
   eval)  # greedy, zero-shot prompt, all 1,319 test questions unless LIMIT is set
     # --engine auto: llama.cpp when the llamacpp extra is installed (CPU), else JAX
     common=(--engine "${ENGINE:-auto}" --max-new-tokens 256 --batch-size 16 --quiet
@@ -74,6 +82,8 @@ case "${1:?usage: results_270m.sh sft|grpo|ablation|solvable|stage3|stage4|stage
     grpo3=(--adapter adapters/gemma3-270m-grpo3.safetensors --style zeroshot)
     grpo4=(--adapter adapters/gemma3-270m-grpo4.safetensors --style zeroshot)
     grpo5=(--adapter adapters/gemma3-270m-grpo5.safetensors --style zeroshot)
+    nocalc=(--adapter adapters/gemma3-270m-nocalc.safetensors --style zeroshot)
+    outcome=(--adapter adapters/gemma3-270m-nocalc-outcome.safetensors --style zeroshot)
     vote=(--mode vote --votes 5 --engine "${ENGINE:-auto}" --max-new-tokens 256 --batch-size 8
           --quiet --limit "${VOTE_LIMIT:-500}")
     # a finished run (summary.json) is skipped: some were made elsewhere (a GPU sitting);
@@ -90,6 +100,8 @@ case "${1:?usage: results_270m.sh sft|grpo|ablation|solvable|stage3|stage4|stage
     ev grpo4-single --mode single "${grpo4[@]}" --no-calculator "${common[@]}"
     ev grpo5-single-calc --mode single "${grpo5[@]}" --calculator "${common[@]}"
     ev grpo5-single --mode single "${grpo5[@]}" --no-calculator "${common[@]}"
+    ev nocalc-single --mode single "${nocalc[@]}" --no-calculator "${common[@]}"
+    ev nocalc-outcome-single --mode single "${outcome[@]}" --no-calculator "${common[@]}"
     ev grpo3-single --mode single "${grpo3[@]}" --no-calculator "${common[@]}"
     ev grpo3-vote-calc "${grpo3[@]}" --calculator "${vote[@]}"
     ev grpo2-single-calc --mode single "${grpo2[@]}" --calculator "${common[@]}"
@@ -98,6 +110,8 @@ case "${1:?usage: results_270m.sh sft|grpo|ablation|solvable|stage3|stage4|stage
     ev grpo2-adaptive-calc "${grpo2[@]}" --calculator "${vote[@]}" --strategy adaptive
     ev grpo-vote-calc "${grpo[@]}" --calculator "${vote[@]}"
     ev grpo-adaptive-calc "${grpo[@]}" --calculator "${vote[@]}" --strategy adaptive
+    ev grpo4-vote-calc "${grpo4[@]}" --calculator "${vote[@]}"
+    ev grpo4-adaptive-calc "${grpo4[@]}" --calculator "${vote[@]}" --strategy adaptive
     ev sft-vote-calc "${sft[@]}" --calculator "${vote[@]}"
     ev sft-adaptive-calc "${sft[@]}" --calculator "${vote[@]}" --strategy adaptive ;;
   ship)  # the stage-4 GRPO adapter becomes the package's default model (bigthoughts/shipped/)
