@@ -376,6 +376,7 @@ def cmd_download(args) -> int:
 def cmd_serve(args) -> int:
     import socket
 
+    from bigthoughts.data import check_shots
     from bigthoughts.serve.app import create_app, run_server
     from bigthoughts.serve.handlers import ServeConfig
     from bigthoughts.serve.schema import Limits
@@ -387,8 +388,10 @@ def cmd_serve(args) -> int:
         raise UserError(f"cannot listen on {args.host}:{args.port}: {exc.strerror}") from None
     if min(args.max_batch_rows, args.queue_size) < 1 or args.batch_wait_ms < 0:
         raise UserError("--max-batch-rows and --queue-size must be >= 1, --batch-wait-ms >= 0")
-    if not 0 <= args.shots <= 3:
-        raise UserError(f"--shots must be between 0 and 3, got {args.shots}")
+    try:
+        check_shots(args.shots)
+    except ValueError as err:
+        raise UserError(f"--{err}") from None
     chosen = _engine(args)
     lm = chosen.loaded
     context = lm.spec.max_context

@@ -267,11 +267,16 @@ def _plot_accuracy(runs: list[Run], path: Path) -> bool:
     return True
 
 
+def vote_runs(runs: Sequence[Run]) -> list[Run]:
+    """The runs that drew more than one trace for some question (votes, adaptive votes)."""
+    return [r for r in runs if r.max_traces > 1]
+
+
 def single_pass_baselines(runs: Sequence[Run]) -> tuple[set[str], list[tuple[str, float]]]:
     """(the questions every vote run answered, [(label, accuracy on exactly those
     questions)] for each single-pass run that answered all of them). A vote on the first
     500 questions is compared with greedy passes on the same 500, not on the whole set."""
-    voting = [r for r in runs if r.max_traces > 1]
+    voting = vote_runs(runs)
     if not voting:
         return set(), []
     ids = set.intersection(*({rec["id"] for rec in r.records} for r in voting))
@@ -286,7 +291,7 @@ def single_pass_baselines(runs: Sequence[Run]) -> tuple[set[str], list[tuple[str
 
 
 def _plot_maj_at_k(runs: list[Run], path: Path) -> bool:
-    voting = [r for r in runs if r.max_traces > 1]
+    voting = vote_runs(runs)
     if not voting:
         return False
     ids, baselines = single_pass_baselines(runs)
@@ -338,7 +343,7 @@ def _agreement_bars(ax, agree: np.ndarray, ok: np.ndarray) -> None:
 
 
 def _plot_agreement(runs: list[Run], path: Path) -> bool:
-    voting = [r for r in runs if r.max_traces > 1]
+    voting = vote_runs(runs)
     if not voting:
         return False
     fig = _figure(max(5.0, 4.2 * len(voting)), 4.2)
@@ -361,7 +366,7 @@ def _plot_agreement(runs: list[Run], path: Path) -> bool:
 
 
 def _plot_coverage(runs: list[Run], path: Path) -> bool:
-    voting = [r for r in runs if r.max_traces > 1 and r.records]
+    voting = vote_runs(runs)
     if not voting:
         return False
     fig = _figure()

@@ -84,6 +84,7 @@ BAD_INPUTS = [
     (["ask", "2+2?", "--max-new-tokens", "100000"],
      "max_new_tokens=100000 exceeds gemma3-270m's context of 32768 tokens"),
     (["ask", "2+2?", "--shots", "9"], "shots must be between 0 and 3, got 9"),
+    (["serve", "--port", "0", "--shots", "9"], "--shots must be between 0 and 3, got 9"),
     (["ask", "\udcff\udcfe"], "the question is not valid UTF-8 text (byte 0xff at position 0)"),
     (["ask", "2+2?", "--model", "/nonexistent/model.gguf"],
      "model path does not exist: /nonexistent/model.gguf"),
