@@ -272,17 +272,31 @@ def vote_runs(runs: Sequence[Run]) -> list[Run]:
     return [r for r in runs if r.max_traces > 1]
 
 
+def model_key(run: Run) -> tuple[str, bool, str, int]:
+    """Which model and set-up a run measured, whatever engine ran it: (the adapter's
+    SHA-256 prefix, or "" for none; calculator on; prompt style; shots, 0 unless
+    few-shot). A vote is compared with the greedy pass of the same key."""
+    source = str(run.summary.get("model", {}).get("source", ""))
+    adapter = source.split(" + ", 1)[1] if " + " in source else ""
+    config = run.summary.get("config", {})
+    style = str(config.get("style", ""))
+    return (adapter.rsplit("#sha256=", 1)[-1], bool(config.get("calculator", False)), style,
+            int(config.get("shots", 0)) if style == "fewshot" else 0)
+
+
 def single_pass_baselines(runs: Sequence[Run]) -> tuple[set[str], list[tuple[str, float]]]:
     """(the questions every vote run answered, [(label, accuracy on exactly those
-    questions)] for each single-pass run that answered all of them). A vote on the first
-    500 questions is compared with greedy passes on the same 500, not on the whole set."""
+    questions)] for each single-pass run of the same model as some vote run
+    (:func:`model_key`) that answered all of them). A vote on the first 500 questions
+    is compared with its model's greedy pass on the same 500, not on the whole set."""
     voting = vote_runs(runs)
     if not voting:
         return set(), []
     ids = set.intersection(*({rec["id"] for rec in r.records} for r in voting))
+    keys = {model_key(r) for r in voting}
     lines = []
     for run in runs:
-        if run.max_traces != 1:
+        if run.max_traces != 1 or model_key(run) not in keys:
             continue
         same = [rec for rec in run.records if rec["id"] in ids]
         if ids and len(same) == len(ids):
@@ -298,12 +312,15 @@ def _plot_maj_at_k(runs: list[Run], path: Path) -> bool:
     fig = _figure(9.5, 4.5)
     ax = fig.add_subplot()
     k_max = max(r.max_traces for r in voting)
+    color: dict[tuple, str] = {}  # a model's greedy line takes its first vote's colour
     for i, run in enumerate(voting):
         records = [rec for rec in run.records if rec["id"] in ids] or run.records
         ks, accs = zip(*maj_at_k_curve(records), strict=True)
+        color.setdefault(model_key(run), f"C{i % 10}")
         ax.plot(ks, accs, marker="o", color=f"C{i % 10}", label=run.label)
-    for j, (label, acc) in enumerate(baselines):
-        ax.axhline(acc, linestyle="--", linewidth=1, color=f"C{(len(voting) + j) % 10}",
+    by_label = {r.label: r for r in runs}
+    for label, acc in baselines:
+        ax.axhline(acc, linestyle="--", linewidth=1, color=color[model_key(by_label[label])],
                    label=f"{label} (one greedy pass)")
     ax.set_xlim(0.7, k_max + 0.3)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))

@@ -155,6 +155,13 @@ def test_greedy_baselines_are_taken_on_the_vote_runs_questions(runs, tmp_path):
     partial = write_run(tmp_path / "single3", single.records[:3], single.summary)
     assert single_pass_baselines([load_run(partial), vote5])[1] == []
     assert single_pass_baselines([single]) == (set(), [])
+    # only the greedy pass of the same model: another adapter or the calculator is not one
+    other = {**single.summary, "model": {"source": "m.gguf + other.safetensors#sha256=ab12"}}
+    assert single_pass_baselines([load_run(write_run(tmp_path / "other", single.records,
+                                                     other)), vote5])[1] == []
+    calc = {**single.summary, "config": {"calculator": True}}
+    assert single_pass_baselines([load_run(write_run(tmp_path / "calc", single.records,
+                                                     calc)), vote5])[1] == []
     md = make_report([runs[0], short], tmp_path / "r").read_text()
     assert "![maj_at_k.png](maj_at_k.png)" in md
     assert (tmp_path / "r" / "maj_at_k.png").stat().st_size > 5_000
