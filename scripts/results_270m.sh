@@ -100,8 +100,10 @@ case "${1:?usage: results_270m.sh sft|grpo|ablation|solvable|stage3|stage4|stage
     ev grpo4-single --mode single "${grpo4[@]}" --no-calculator "${common[@]}"
     ev grpo5-single-calc --mode single "${grpo5[@]}" --calculator "${common[@]}"
     ev grpo5-single --mode single "${grpo5[@]}" --no-calculator "${common[@]}"
-    ev nocalc-single --mode single "${nocalc[@]}" --no-calculator "${common[@]}"
-    ev nocalc-outcome-single --mode single "${outcome[@]}" --no-calculator "${common[@]}"
+    # the ablation pair on the first 500 (a LIMIT set above still wins: the last --limit)
+    ev nocalc-single --mode single "${nocalc[@]}" --no-calculator --limit 500 "${common[@]}"
+    ev nocalc-outcome-single --mode single "${outcome[@]}" --no-calculator --limit 500 \
+      "${common[@]}"
     ev grpo3-single --mode single "${grpo3[@]}" --no-calculator "${common[@]}"
     ev grpo3-vote-calc "${grpo3[@]}" --calculator "${vote[@]}"
     ev grpo2-single-calc --mode single "${grpo2[@]}" --calculator "${common[@]}"
