@@ -3,13 +3,15 @@
 # on the full GSM8K test set -> report. Every step resumes when rerun (training by its
 # relay checkpoints, evaluation by its results.jsonl), so a sitting can stop anywhere.
 #   bash scripts/results_270m.sh STAGE   # sft | grpo | ablation | solvable | stage3 | stage4
-#                                        # | stage5 | nocalc | nocalc-outcome | eval | ship | report
+#                                        # | stage5 | nocalc | nocalc-outcome | arith | eval | ship
+#                                        # | report
 # A stage's product is committed before the next sitting (a fresh machine has only git):
 #   sft  -> adapters/gemma3-270m-sft.safetensors   grpo -> adapters/gemma3-270m-grpo.safetensors
 #   solvable -> configs/gemma3-270m-solvable-ids.txt, adapters/gemma3-270m-grpo2.safetensors
 #   stage3 -> adapters/gemma3-270m-grpo3.safetensors   stage4 -> adapters/gemma3-270m-grpo4.safetensors
 #   stage5 -> adapters/gemma3-270m-grpo5.safetensors
 #   nocalc -> adapters/gemma3-270m-nocalc.safetensors (and nocalc-outcome, its ablation)
+#   arith -> adapters/gemma3-270m-arith.safetensors
 #   eval -> docs/results/gemma3-270m-v2/<run>/{results.jsonl,summary.json,run.json}
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,7 +30,7 @@ stage() {
   fi
 }
 
-case "${1:?usage: results_270m.sh sft|grpo|ablation|solvable|stage3|stage4|stage5|nocalc|nocalc-outcome|eval|ship|report}" in
+case "${1:?usage: results_270m.sh sft|grpo|ablation|solvable|stage3|stage4|stage5|nocalc|nocalc-outcome|arith|eval|ship|report}" in
   sft)
     stage sft configs/gemma3-270m-sft.yaml gemma3-270m-sft adapters/gemma3-270m-sft.safetensors ;;
   grpo)  # continues the SFT adapter's LoRA: its export is one adapter, base -> final
@@ -72,6 +74,13 @@ case "${1:?usage: results_270m.sh sft|grpo|ablation|solvable|stage3|stage4|stage
     stage train configs/gemma3-270m-grpo-nocalc.yaml gemma3-270m-grpo-nocalc-outcome \
       adapters/gemma3-270m-nocalc-outcome.safetensors \
       rewards.weights.step_correctness=0 rewards.weights.lucky_guess=0 ;;
+  arith)  # stage 4 learns the calculator's results on its own train traces (nothing else)
+    traces=$RUNS/gemma3-270m-arith/traces.jsonl  # rebuilt from committed run files
+    [ -f $traces ] || .venv/bin/python scripts/trace_data.py --out $traces \
+      $OUT/{grpo,grpo2,grpo3,grpo4,grpo5,nocalc,nocalc-outcome}/samples.jsonl \
+      $OUT/probe-train-grpo/results.jsonl
+    stage sft configs/gemma3-270m-arith.yaml gemma3-270m-arith \
+      adapters/gemma3-270m-arith.safetensors ;;
   eval)  # greedy, zero-shot prompt, all 1,319 test questions unless LIMIT is set
     # --engine auto: llama.cpp when the llamacpp extra is installed (CPU), else JAX
     common=(--engine "${ENGINE:-auto}" --max-new-tokens 256 --batch-size 16 --quiet

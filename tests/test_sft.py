@@ -215,3 +215,46 @@ def test_full_finetune_updates_the_base_weights(tmp_path):
     stage.export(tmp_path / "full-export")
     assert (tmp_path / "full-export" / "params.safetensors").is_file()
     assert not (tmp_path / "full-export" / "adapter.safetensors").exists()
+
+
+def test_results_loss_targets_only_the_calculator_checked_results():
+    from bigthoughts.training.sft_data import result_targets
+
+    toks = toy_loaded().tokenizer
+    text = "<reasoning>a <<2*3=6>>6 b <<6+1=8>>8 c <<7/2=3.5>>3.5</reasoning>\n<answer>8</answer>"
+    ids, targets = result_targets(text, toks)
+    # the pieces join back into the trace
+    assert toks.decode(list(ids)) == toks.decode(toks.encode(text))
+    marked, run = [], []
+    for i, t in zip(ids, targets, strict=True):
+        if t:
+            run.append(i)
+        elif run:
+            marked.append(toks.decode(run))
+            run = []
+    assert marked == ["6>>", "3.5>>"]  # 6+1=8 is wrong: never a target
+
+    examples = [Example(id="a", question="q", answer="x <<2*3=6>>6\n#### 6", gold="6"),
+                Example(id="b", question="q", answer="no notes here\n#### 1", gold="1"),
+                Example(id="c", question="q", answer="x <<1+1=3>>3\n#### 3", gold="3")]
+    pairs, dropped = tokenize(examples, toks, lambda q: q, annotations=False,
+                              max_length=4096, loss_on="results")
+    assert [p.id for p in pairs] == ["a"] and dropped == 2
+    tokens, valid, mask = pad_batch(pairs, toks.pad_id(), multiple=16)
+    window = mask.shape[1]
+    assert toks.decode(tokens[0, tokens.shape[1] - window:][mask[0] == 1].tolist()) == "6>>"
+    with pytest.raises(ValueError, match="loss_on"):
+        tokenize(examples, toks, lambda q: q, annotations=True, max_length=99, loss_on="x")
+    with pytest.raises(ValueError, match="data.loss_on"):
+        SFTDataSection(loss_on="answers")
+
+
+def test_the_arithmetic_recipe_loads_and_learns_only_results():
+    from pathlib import Path
+
+    from bigthoughts.training.sft_config import load_sft_config
+
+    root = Path(__file__).resolve().parents[1]
+    config = load_sft_config(root / "configs" / "gemma3-270m-arith.yaml")
+    assert config.data.loss_on == "results" and not config.calculator
+    assert (root / config.model.adapter).is_file()  # continues the committed stage-4 adapter

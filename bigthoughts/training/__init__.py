@@ -144,8 +144,11 @@ def sft(config: SFTConfig, *, max_steps: int | None = None,
         raise ConfigError(str(err)) from err
     prepare_run_dir(out, _run_record(config))
     shown = progress or Progress()
-    shown.note(f"sft: {len(pairs)} training pairs ({dropped} longer than "
-               f"data.max_length={config.data.max_length} skipped), {len(val_pairs)} held out")
+    why = f"longer than data.max_length={config.data.max_length}"
+    if config.data.loss_on == "results":
+        why += " or with no result the calculator agrees with"
+    shown.note(f"sft: {len(pairs)} training pairs ({dropped} {why} skipped), "
+               f"{len(val_pairs)} held out")
     stage = SFTStage(config, out, train=pairs, validation=val_pairs, held_out=held, loaded=lm,
                      lora_init=init)
     del lm, loaded  # the stage keeps what it needs: free the original weights (~1 GB f32)

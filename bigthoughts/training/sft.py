@@ -213,7 +213,8 @@ def prepare_data(config: SFTConfig, tokenizer, examples: Sequence[Example] | Non
     size = min(config.data.validation_size, len(pool) - 1)
     train_set, held = split_validation(pool, size, config.seed)
     fmt = prompt_format(config.data.style, 0)
-    kw = {"annotations": config.data.annotations, "max_length": config.data.max_length}
+    kw = {"annotations": config.data.annotations, "max_length": config.data.max_length,
+          "loss_on": config.data.loss_on}
     pairs, dropped = tokenize(train_set, tokenizer, fmt.prompt, **kw)
     val_pairs, _ = tokenize(held, tokenizer, fmt.prompt, **kw)
     if not pairs:

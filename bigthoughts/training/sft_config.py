@@ -20,6 +20,7 @@ from bigthoughts.training.config import (
     OptimSection,
     check_run_fields,
 )
+from bigthoughts.training.sft_data import LOSS_ON
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -35,6 +36,10 @@ class SFTDataSection:
     # batches are padded to multiples of this many tokens: each (length, completion
     # window) pair compiles once, so coarse buckets compile less and pad more
     pad_multiple: int = 128
+    # completion: every completion token is a target; results: only the calculator
+    # results of the <<expr=result>> notes the calculator agrees with (the model learns
+    # the calculator's arithmetic on the set-ups it writes; see sft_data.result_targets)
+    loss_on: str = "completion"
 
     def __post_init__(self) -> None:
         if self.limit is not None and self.limit < 2:
@@ -47,6 +52,9 @@ class SFTDataSection:
             raise ValueError(f"data.max_length must be >= 32, got {self.max_length}")
         if self.pad_multiple < 1:
             raise ValueError(f"data.pad_multiple must be >= 1, got {self.pad_multiple}")
+        if self.loss_on not in LOSS_ON:
+            raise ValueError(f"data.loss_on must be one of {', '.join(LOSS_ON)}, "
+                             f"got {self.loss_on!r}")
 
 
 @dataclass(frozen=True, kw_only=True)

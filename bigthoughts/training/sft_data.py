@@ -26,9 +26,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from bigthoughts.arithmetic import calculate
 from bigthoughts.data import ANSWER_STOP, Example
 
 _NOTE = re.compile(r"<<[^<>]*>>")
+# a calculator note split where the sampler inserts: "<<expr=" | "result>>"
+_RESULT = re.compile(r"<<([^<>=\n]{1,160})=([^<>\n]*)>>")
+LOSS_ON = ("completion", "results")
 
 
 def completion_text(example: Example, *, annotations: bool = True) -> str:
@@ -55,6 +59,8 @@ class SFTExample:
     id: str
     prompt_ids: tuple[int, ...]
     completion_ids: tuple[int, ...]
+    # 1 where a completion token is a target; None: every completion token is
+    targets: tuple[int, ...] | None = None
 
     @property
     def length(self) -> int:
@@ -72,19 +78,60 @@ def split_validation(examples: Sequence[Example], size: int, seed: int
     return train, [examples[i] for i in sorted(held)]
 
 
+def result_targets(text: str, tokenizer) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """``(ids, targets)`` of a completion whose only targets are calculator results.
+
+    The text is encoded in pieces cut where the sampler inserts (``<<48/2=`` |
+    ``24>>`` | the rest), as :mod:`bigthoughts.generate` tokenizes a calculator's
+    answer. A ``result>>`` piece is a target (1) only when the calculator agrees with
+    it, so a trace's own wrong arithmetic is never learnt.
+    """
+    ids: list[int] = []
+    targets: list[int] = []
+
+    def add(piece: str, target: bool) -> None:
+        if piece:
+            new = tokenizer.encode(piece)
+            ids.extend(new)
+            targets.extend([int(target)] * len(new))
+
+    pos = 0
+    for match in _RESULT.finditer(text):
+        add(text[pos:match.start(2)], False)
+        right = calculate(match.group(1)) == match.group(2).strip()
+        add(match.group(2) + ">>", right)
+        pos = match.end()
+    add(text[pos:], False)
+    return tuple(ids), tuple(targets)
+
+
 def tokenize(examples: Sequence[Example], tokenizer, prompt, *, annotations: bool,
-             max_length: int) -> tuple[list[SFTExample], int]:
+             max_length: int, loss_on: str = "completion") -> tuple[list[SFTExample], int]:
     """Tokenizes ``prompt(question)`` + completion + EOS; drops (and counts) pairs
-    longer than ``max_length`` tokens rather than cutting their answers off."""
+    longer than ``max_length`` tokens rather than cutting their answers off.
+
+    ``loss_on="results"`` makes only the calculator results the targets
+    (:func:`result_targets`: the model learns the calculator's arithmetic on the
+    set-ups it writes, and nothing else); pairs with no right result are dropped."""
+    if loss_on not in LOSS_ON:
+        raise ValueError(f"loss_on must be one of {', '.join(LOSS_ON)}, got {loss_on!r}")
     out, dropped = [], 0
     for e in examples:
         p = tuple(tokenizer.encode(prompt(e.question), add_bos=True))
-        c = (*tokenizer.encode(completion_text(e, annotations=annotations)),
-             tokenizer.eos_id())
+        text = completion_text(e, annotations=annotations or loss_on == "results")
+        targets = None
+        if loss_on == "results":
+            ids, marks = result_targets(text, tokenizer)
+            c, targets = (*ids, tokenizer.eos_id()), (*marks, 0)
+            if not any(targets):
+                dropped += 1
+                continue
+        else:
+            c = (*tokenizer.encode(text), tokenizer.eos_id())
         if len(p) + len(c) > max_length:
             dropped += 1
             continue
-        out.append(SFTExample(id=e.id, prompt_ids=p, completion_ids=c))
+        out.append(SFTExample(id=e.id, prompt_ids=p, completion_ids=c, targets=targets))
     return out, dropped
 
 
@@ -124,7 +171,8 @@ class BucketedOrder:
 
 def pad_batch(items: Sequence[SFTExample], pad_id: int, multiple: int = 64):
     """Left-padded ``tokens [B, L]`` and ``valid [B, L]``, and ``loss_mask [B, C]`` over
-    the last C target positions (1 where the target is a completion token).
+    the last C target positions (1 where the target is a completion token that is
+    a target: all of them, or those ``targets`` marks).
 
     Left padding puts every completion at the end, so only the last C positions need
     vocabulary logits (the prompt is context only). L and C are multiples of
@@ -141,5 +189,6 @@ def pad_batch(items: Sequence[SFTExample], pad_id: int, multiple: int = 64):
         seq = x.prompt_ids + x.completion_ids
         tokens[i, length - len(seq):] = seq
         valid[i, length - len(seq):] = True
-        loss_mask[i, window - len(x.completion_ids):] = 1.0
+        loss_mask[i, window - len(x.completion_ids):] = 1.0 if x.targets is None \
+            else np.asarray(x.targets, dtype=np.float32)
     return tokens, valid, loss_mask
