@@ -284,8 +284,8 @@ def model_key(run: Run) -> tuple[str, bool, str, int]:
             int(config.get("shots", 0)) if style == "fewshot" else 0)
 
 
-def single_pass_baselines(runs: Sequence[Run]) -> tuple[set[str], list[tuple[str, float]]]:
-    """(the questions every vote run answered, [(label, accuracy on exactly those
+def single_pass_baselines(runs: Sequence[Run]) -> tuple[set[str], list[tuple[Run, float]]]:
+    """(the questions every vote run answered, [(run, accuracy on exactly those
     questions)] for each single-pass run of the same model as some vote run
     (:func:`model_key`) that answered all of them). A vote on the first 500 questions
     is compared with its model's greedy pass on the same 500, not on the whole set."""
@@ -300,7 +300,7 @@ def single_pass_baselines(runs: Sequence[Run]) -> tuple[set[str], list[tuple[str
             continue
         same = [rec for rec in run.records if rec["id"] in ids]
         if ids and len(same) == len(ids):
-            lines.append((run.label, sum(map(_correct, same)) / len(ids)))
+            lines.append((run, sum(map(_correct, same)) / len(ids)))
     return ids, lines
 
 
@@ -318,10 +318,9 @@ def _plot_maj_at_k(runs: list[Run], path: Path) -> bool:
         ks, accs = zip(*maj_at_k_curve(records), strict=True)
         color.setdefault(model_key(run), f"C{i % 10}")
         ax.plot(ks, accs, marker="o", color=f"C{i % 10}", label=run.label)
-    by_label = {r.label: r for r in runs}
-    for label, acc in baselines:
-        ax.axhline(acc, linestyle="--", linewidth=1, color=color[model_key(by_label[label])],
-                   label=f"{label} (one greedy pass)")
+    for run, acc in baselines:
+        ax.axhline(acc, linestyle="--", linewidth=1, color=color[model_key(run)],
+                   label=f"{run.label} (one greedy pass)")
     ax.set_xlim(0.7, k_max + 0.3)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     # decimals=None: chosen from the axis range (0.5% steps need a decimal)

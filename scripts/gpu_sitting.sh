@@ -68,10 +68,7 @@ run_eval() {  # NAME ARGS...: one evaluation, then its headline and a pack
   log "eval $name"
   "${B[@]}" eval --model "$MODEL" --engine jax --quiet --max-new-tokens 256 \
     ${LIMIT:+--limit $LIMIT} "$@" --out "$EVALS/$name" > /dev/null 2>> "$RESULTS/sitting.log"
-  python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print('  n', d['n'],
-    'accuracy', round(d['accuracy'], 4), 'strict format', round(d['format_strict'], 4),
-    'tokens/s', round(d['tokens_per_second'], 1), 'wall s', round(d['wall_seconds'], 1))" \
-    "$EVALS/$name/summary.json" 2>&1 | tee -a "$RESULTS/sitting.log"
+  python3 scripts/headline.py "$EVALS/$name/summary.json" 2>&1 | tee -a "$RESULTS/sitting.log"
   pack
 }
 

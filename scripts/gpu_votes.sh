@@ -24,9 +24,7 @@ ev() {  # NAME ADAPTER ARGS...
     --engine jax --adapter "adapters/gemma3-270m-$adapter.safetensors" --style zeroshot \
     --calculator --max-new-tokens 256 --limit 500 --quiet "$@" --out "$EVALS/$name" \
     > /dev/null
-  python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print('  n', d['n'], 'acc',
-    round(d['accuracy'], 4), 'strict', round(d['format_strict'], 4), 'wall',
-    round(d['wall_seconds'], 1))" "$EVALS/$name/summary.json" 2>/dev/null ||
+  python3 scripts/headline.py "$EVALS/$name/summary.json" ||
     echo "  $name unfinished: $(wc -l < "$EVALS/$name/results.jsonl") of 500"
 }
 ev grpo4-vote-calc grpo4 --mode vote --votes 5 --batch-size 100

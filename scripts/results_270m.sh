@@ -11,7 +11,7 @@
 #   stage3 -> adapters/gemma3-270m-grpo3.safetensors   stage4 -> adapters/gemma3-270m-grpo4.safetensors
 #   stage5 -> adapters/gemma3-270m-grpo5.safetensors
 #   nocalc -> adapters/gemma3-270m-nocalc.safetensors (and nocalc-outcome, its ablation)
-#   arith -> adapters/gemma3-270m-arith.safetensors
+#   arith -> adapters/gemma3-270m-arith.safetensors (not committed: a null result, see RESULTS)
 #   eval -> docs/results/gemma3-270m-v2/<run>/{results.jsonl,summary.json,run.json}
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -93,6 +93,7 @@ case "${1:?usage: results_270m.sh sft|grpo|ablation|solvable|stage3|stage4|stage
     grpo5=(--adapter adapters/gemma3-270m-grpo5.safetensors --style zeroshot)
     nocalc=(--adapter adapters/gemma3-270m-nocalc.safetensors --style zeroshot)
     outcome=(--adapter adapters/gemma3-270m-nocalc-outcome.safetensors --style zeroshot)
+    arith=(--adapter adapters/gemma3-270m-arith.safetensors --style zeroshot)
     vote=(--mode vote --votes 5 --engine "${ENGINE:-auto}" --max-new-tokens 256 --batch-size 8
           --quiet --limit "${VOTE_LIMIT:-500}")
     # a finished run (summary.json) is skipped: some were made elsewhere (a GPU sitting);
@@ -113,6 +114,7 @@ case "${1:?usage: results_270m.sh sft|grpo|ablation|solvable|stage3|stage4|stage
     ev nocalc-single --mode single "${nocalc[@]}" --no-calculator --limit 500 "${common[@]}"
     ev nocalc-outcome-single --mode single "${outcome[@]}" --no-calculator --limit 500 \
       "${common[@]}"
+    ev arith-single --mode single "${arith[@]}" --no-calculator "${common[@]}"
     ev grpo3-single --mode single "${grpo3[@]}" --no-calculator "${common[@]}"
     ev grpo3-vote-calc "${grpo3[@]}" --calculator "${vote[@]}"
     ev grpo2-single-calc --mode single "${grpo2[@]}" --calculator "${common[@]}"

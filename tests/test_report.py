@@ -150,7 +150,7 @@ def test_greedy_baselines_are_taken_on_the_vote_runs_questions(runs, tmp_path):
     single, vote5 = load_run(runs[0]), load_run(short)
     ids, lines = single_pass_baselines([single, vote5])
     assert ids == {f"q{i}" for i in range(5)}
-    assert lines == [(single.label, 0.6)]
+    assert [(run.label, acc) for run, acc in lines] == [(single.label, 0.6)]
     # a single-pass run that misses some of those questions gives no line
     partial = write_run(tmp_path / "single3", single.records[:3], single.summary)
     assert single_pass_baselines([load_run(partial), vote5])[1] == []
