@@ -74,7 +74,7 @@ case "${1:?usage: results_270m.sh sft|grpo|ablation|solvable|stage3|stage4|stage
     stage train configs/gemma3-270m-grpo-nocalc.yaml gemma3-270m-grpo-nocalc-outcome \
       adapters/gemma3-270m-nocalc-outcome.safetensors \
       rewards.weights.step_correctness=0 rewards.weights.lucky_guess=0 ;;
-  arith)  # stage 4 learns the calculator's results on its own train traces (nothing else)
+  arith)  # stage 4 learns the calculator's results on the models' own train traces (only them)
     traces=$RUNS/gemma3-270m-arith/traces.jsonl  # rebuilt from committed run files
     [ -f $traces ] || .venv/bin/python scripts/trace_data.py --out $traces \
       $OUT/{grpo,grpo2,grpo3,grpo4,grpo5,nocalc,nocalc-outcome}/samples.jsonl \

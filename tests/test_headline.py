@@ -19,3 +19,7 @@ def test_headline_reads_a_summary_and_fails_quietly_without_one(tmp_path):
     missing = subprocess.run([sys.executable, "scripts/headline.py", str(tmp_path / "no.json")],
                              capture_output=True, text=True)
     assert missing.returncode == 1 and not missing.stdout and not missing.stderr
+    summary.write_text('{"n": 3}')  # a partial summary: no traceback either
+    partial = subprocess.run([sys.executable, "scripts/headline.py", str(summary)],
+                             capture_output=True, text=True)
+    assert partial.returncode == 1 and not partial.stdout and not partial.stderr

@@ -217,36 +217,62 @@ def test_full_finetune_updates_the_base_weights(tmp_path):
     assert not (tmp_path / "full-export" / "adapter.safetensors").exists()
 
 
+def _target_runs(ids, targets, toks) -> list[str]:
+    """The text of each run of consecutive target tokens."""
+    runs, run = [], []
+    for i, t in zip((*ids, None), (*targets, 0), strict=True):
+        if t:
+            run.append(i)
+        elif run:
+            runs.append(toks.decode(run))
+            run = []
+    return runs
+
+
 def test_results_loss_targets_only_the_calculator_checked_results():
     from bigthoughts.training.sft_data import result_targets
 
     toks = toy_loaded().tokenizer
-    text = "<reasoning>a <<2*3=6>>6 b <<6+1=8>>8 c <<7/2=3.5>>3.5</reasoning>\n<answer>8</answer>"
+    text = ("<reasoning>a <<2*3=6>>6 b <<6+1=8>>8 c <<7/2=3.5>>3.5 d <<1+1= 2>>2 "
+            "e <<x*y=5>>5</reasoning>\n<answer>8</answer>")
     ids, targets = result_targets(text, toks)
     # the pieces join back into the trace
     assert toks.decode(list(ids)) == toks.decode(toks.encode(text))
-    marked, run = [], []
-    for i, t in zip(ids, targets, strict=True):
-        if t:
-            run.append(i)
-        elif run:
-            marked.append(toks.decode(run))
-            run = []
-    assert marked == ["6>>", "3.5>>"]  # 6+1=8 is wrong: never a target
+    # 6+1=8 is wrong, " 2" is not how the calculator writes 2, x*y has no value
+    assert _target_runs(ids, targets, toks) == ["=6>>", "=3.5>>"]
 
     examples = [Example(id="a", question="q", answer="x <<2*3=6>>6\n#### 6", gold="6"),
                 Example(id="b", question="q", answer="no notes here\n#### 1", gold="1"),
                 Example(id="c", question="q", answer="x <<1+1=3>>3\n#### 3", gold="3")]
-    pairs, dropped = tokenize(examples, toks, lambda q: q, annotations=False,
+    pairs, dropped = tokenize(examples, toks, lambda q: q, annotations=True,
                               max_length=4096, loss_on="results")
     assert [p.id for p in pairs] == ["a"] and dropped == 2
     tokens, valid, mask = pad_batch(pairs, toks.pad_id(), multiple=16)
     window = mask.shape[1]
-    assert toks.decode(tokens[0, tokens.shape[1] - window:][mask[0] == 1].tolist()) == "6>>"
+    assert toks.decode(tokens[0, tokens.shape[1] - window:][mask[0] == 1].tolist()) == "=6>>"
     with pytest.raises(ValueError, match="loss_on"):
         tokenize(examples, toks, lambda q: q, annotations=True, max_length=99, loss_on="x")
+    with pytest.raises(ValueError, match="annotations"):
+        tokenize(examples, toks, lambda q: q, annotations=False, max_length=99,
+                 loss_on="results")
     with pytest.raises(ValueError, match="data.loss_on"):
         SFTDataSection(loss_on="answers")
+    with pytest.raises(ValueError, match="data.annotations"):
+        SFTDataSection(loss_on="results", annotations=False)
+
+
+def test_results_targets_are_the_tokens_the_calculator_inserts(real_model):
+    """On Gemma's tokenizer the target piece is what decoding inserts: ``6>>`` after
+    the model's ``=`` token, or ``=-3>>`` where ``=-`` is one token."""
+    from bigthoughts.training.sft_data import result_targets
+
+    toks = real_model.tokenizer
+    assert toks.encode("=6>>") == toks.encode("=") + toks.encode("6>>")  # no merge
+    ids, targets = result_targets("So 5-8 = <<5-8=-3>>-3 and <<2*3=6>>6.", toks)
+    assert [list(toks.encode(s)) for s in _target_runs(ids, targets, toks)] == [
+        toks.encode("=-3>>"), toks.encode("=6>>")]
+    assert len(toks.encode("=-3>>")) == 3  # '=-' is one token: the sign is learnt with it
+    assert toks.decode(list(ids)) == "So 5-8 = <<5-8=-3>>-3 and <<2*3=6>>6."
 
 
 def test_the_arithmetic_recipe_loads_and_learns_only_results():

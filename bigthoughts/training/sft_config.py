@@ -55,6 +55,9 @@ class SFTDataSection:
         if self.loss_on not in LOSS_ON:
             raise ValueError(f"data.loss_on must be one of {', '.join(LOSS_ON)}, "
                              f"got {self.loss_on!r}")
+        if self.loss_on == "results" and not self.annotations:
+            raise ValueError("data.loss_on: results learns the results of the "
+                             "<<expr=result>> notes: it needs data.annotations: true")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -31,6 +31,7 @@ from bigthoughts.data import ANSWER_STOP, Example
 
 _NOTE = re.compile(r"<<[^<>]*>>")
 # a calculator note split where the sampler inserts: "<<expr=" | "result>>"
+# the expression part is generate._CALL's, so training splits where decoding inserts
 _RESULT = re.compile(r"<<([^<>=\n]{1,160})=([^<>\n]*)>>")
 LOSS_ON = ("completion", "results")
 
@@ -59,7 +60,7 @@ class SFTExample:
     id: str
     prompt_ids: tuple[int, ...]
     completion_ids: tuple[int, ...]
-    # 1 where a completion token is a target; None: every completion token is
+    # per completion token, 1 if it is a target; None: all completion tokens are targets
     targets: tuple[int, ...] | None = None
 
     @property
@@ -81,10 +82,13 @@ def split_validation(examples: Sequence[Example], size: int, seed: int
 def result_targets(text: str, tokenizer) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """``(ids, targets)`` of a completion whose only targets are calculator results.
 
-    The text is encoded in pieces cut where the sampler inserts (``<<48/2=`` |
-    ``24>>`` | the rest), as :mod:`bigthoughts.generate` tokenizes a calculator's
-    answer. A ``result>>`` piece is a target (1) only when the calculator agrees with
-    it, so a trace's own wrong arithmetic is never learnt.
+    The text is encoded in pieces: ``…<<48/2`` | ``=24>>`` | the rest. The middle
+    piece is what the sampler's calculator supplies (:mod:`bigthoughts.generate`
+    encodes ``24>>`` after the model's ``=``, or ``=24>>`` when the model's token
+    joined ``=`` to what follows, as Gemma's ``=-`` does); the ``=`` in it is a
+    target too, so a sign that shares its token is learnt. A piece is a target (1)
+    only when the calculator gives exactly the written result, so a trace's own
+    wrong arithmetic is never learnt.
     """
     ids: list[int] = []
     targets: list[int] = []
@@ -97,9 +101,8 @@ def result_targets(text: str, tokenizer) -> tuple[tuple[int, ...], tuple[int, ..
 
     pos = 0
     for match in _RESULT.finditer(text):
-        add(text[pos:match.start(2)], False)
-        right = calculate(match.group(1)) == match.group(2).strip()
-        add(match.group(2) + ">>", right)
+        add(text[pos:match.start(2) - 1], False)
+        add(f"={match.group(2)}>>", calculate(match.group(1)) == match.group(2))
         pos = match.end()
     add(text[pos:], False)
     return tuple(ids), tuple(targets)
@@ -115,10 +118,13 @@ def tokenize(examples: Sequence[Example], tokenizer, prompt, *, annotations: boo
     set-ups it writes, and nothing else); pairs with no right result are dropped."""
     if loss_on not in LOSS_ON:
         raise ValueError(f"loss_on must be one of {', '.join(LOSS_ON)}, got {loss_on!r}")
+    if loss_on == "results" and not annotations:
+        raise ValueError("loss_on='results' learns the results of the <<expr=result>> "
+                         "notes: it needs annotations=True")
     out, dropped = [], 0
     for e in examples:
         p = tuple(tokenizer.encode(prompt(e.question), add_bos=True))
-        text = completion_text(e, annotations=annotations or loss_on == "results")
+        text = completion_text(e, annotations=annotations)
         targets = None
         if loss_on == "results":
             ids, marks = result_targets(text, tokenizer)
@@ -171,8 +177,8 @@ class BucketedOrder:
 
 def pad_batch(items: Sequence[SFTExample], pad_id: int, multiple: int = 64):
     """Left-padded ``tokens [B, L]`` and ``valid [B, L]``, and ``loss_mask [B, C]`` over
-    the last C target positions (1 where the target is a completion token that is
-    a target: all of them, or those ``targets`` marks).
+    the last C target positions (1 at the completion's tokens: all of them, or those
+    its ``targets`` marks).
 
     Left padding puts every completion at the end, so only the last C positions need
     vocabulary logits (the prompt is context only). L and C are multiples of
