@@ -51,6 +51,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from bigthoughts.arithmetic import CALL_OPEN
 from bigthoughts.models import forward
 
 FinishReason = Literal["stop", "eos", "length", "cancelled"]
@@ -118,8 +119,8 @@ def _token_logprob(logits, token):
 
 Calculator = Callable[[str], "str | None"]
 # an open calculator call: "<<" then an expression then "=" (GSM8K's annotation)
-_CALL = re.compile(r"<<([^<>=\n]{1,160})=")
-_PROMPT_CALL = re.compile(r"<<([^<>=\n]{1,160})=$")
+_CALL = re.compile(CALL_OPEN)
+_PROMPT_CALL = re.compile(CALL_OPEN + "$")
 
 
 def resolve_calculator(calculator: bool | Calculator) -> Calculator | None:

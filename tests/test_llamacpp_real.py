@@ -225,3 +225,21 @@ def test_calculator_tokens_are_flagged_as_inserted(base_engine):
     first_sampled = gen.inserted.index(False)
     inserted = b"".join(base_engine.piece(t) for t in gen.token_ids[:first_sampled])
     assert inserted.decode() == "84>>"
+
+
+def test_calculator_replaces_a_token_that_joins_the_equals_to_a_sign(base_engine):
+    """Gemma has one token for "=-": the model picks it (and then a wrong number) where
+    the result is negative. The calculator replaces that token, as the JAX sampler does,
+    instead of leaving the model's own arithmetic in place."""
+    prompt = ("Question: What is 3 minus 5?\nAnswer: 3-5 = <<3-5=-2>>-2\n\n"
+              "Question: What is 2 minus 7?\nAnswer: 2-7 = <<2-7=-5>>-5\n\n"
+              "Question: What is 4 minus 9?\nAnswer: 4-9 = <<4-9")
+    [plain] = base_engine.generate([prompt], temperatures=0.0, max_new_tokens=4)
+    assert base_engine.piece(plain.token_ids[0]) == b"=-"  # the joined token is sampled
+    assert plain.text.startswith("=-3>>")  # and the model's own sum is wrong
+    [calc] = base_engine.generate([prompt], temperatures=0.0, max_new_tokens=8,
+                                  calculator=True)
+    assert calc.text.startswith("=-5>>")
+    inserted = b"".join(base_engine.piece(t) for t, ins in
+                        zip(calc.token_ids, calc.inserted, strict=True) if ins)
+    assert inserted == b"=-5>>" and calc.inserted[:3] == (True, True, True)

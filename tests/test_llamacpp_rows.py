@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from bigthoughts.generate import check_request
-from bigthoughts.inference.rows import Row, calculator_text
+from bigthoughts.inference.rows import Row, calculator_insert, calculator_text
 
 EOS = 1
 
@@ -64,6 +64,34 @@ def test_calculator_text():
     assert calculator_text("so <<1/0=", calc) is None  # the calculator declines
     assert calculator_text("so <<48/2=24>>24", calc) is None  # already closed
     assert calculator_text("a = 3", calc) is None
+    # the same expression pattern as the JAX sampler: no line break, at most 160 chars
+    assert calculator_text("<<48/\n2=", lambda e: "24") is None
+    assert calculator_text("<<" + "1+" * 80 + "1=", lambda e: "81") is None
+
+
+def test_calculator_insert_replaces_a_token_that_runs_past_the_equals():
+    def calc(expr):
+        return {"5-8": "-3", "48/2": "24"}.get(expr)
+
+    assert calculator_insert("so <<48/2", "=", calc) == (False, "24>>")
+    assert calculator_insert("so <<5-8", "=-", calc) == (True, "=-3>>")  # Gemma's "=-"
+    assert calculator_insert("so <<5-", "8=-", calc) == (True, "8=-3>>")
+    assert calculator_insert("so <<1/0", "=-", calc) == (False, None)  # declined
+    assert calculator_insert("so 5-8 ", "=-", calc) == (False, None)  # no annotation open
+    assert calculator_insert("so <<48/2", "2", calc) == (False, None)
+
+
+def test_drop_last_forgets_exactly_one_token():
+    row = row_of(["so ", "<<5-8", "=-"])
+    row.drop_last()
+    assert row.ids == [100, 101] and row.text() == "so <<5-8"
+    assert len(row.logprobs) == len(row.inserted) == len(row.ends) == 2
+    row.add(7, b"=-3>>", 0.0, inserted=True)
+    assert row.text() == "so <<5-8=-3>>" and row.inserted == [False, False, True]
+    row.drop_last()
+    row.drop_last()
+    row.drop_last()
+    assert row.ids == [] and row.text() == "" and not row.data
 
 
 def test_check_request():

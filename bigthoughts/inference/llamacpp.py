@@ -27,7 +27,8 @@ How one call runs:
 * ``calculator=True``: when a row's text ends with ``<<EXPR=`` (GSM8K's calculator
   annotation), ``bigthoughts.steps.calculate(EXPR)`` is evaluated and ``RESULT>>`` is
   decoded into that row only (nothing when it returns None); also when the prompt
-  itself ends with ``<<EXPR=``.
+  itself ends with ``<<EXPR=``. A sampled token that joins the ``=`` to more text
+  (Gemma's ``=-``) is replaced by ``=RESULT>>``, as the JAX sampler does.
 
 Example::
 
@@ -45,7 +46,7 @@ from pathlib import Path
 import numpy as np
 
 from bigthoughts.generate import Generation, check_request
-from bigthoughts.inference.rows import Row, calculator_text
+from bigthoughts.inference.rows import Row, calculator_insert, calculator_text
 
 _CTX_MULTIPLE = 256
 _BATCH = 512  # micro-batch (n_ubatch) and prompt chunk
@@ -318,11 +319,18 @@ class LlamaCppEngine:
             tok = _host_draw(logits, row.temperature, chain)
         else:
             tok = int(self._ll.llama_sampler_sample(chain, self._ctx, index))
+        done = row.text()
         row.add(tok, self.piece(tok), float(logits[tok] - lse))
         row.pending = [tok]
         if row.check(*ends) is not None or calculate is None:
             return
-        for extra in self._insertion(row.prefix + row.text(), calculate):
+        drop, found = calculator_insert(row.prefix + done, row.text()[len(done):], calculate)
+        if found is None:
+            return
+        if drop:  # the token ran past the "=": it is replaced, never fed
+            row.drop_last()
+            row.pending = []
+        for extra in self.tokenize(found, add_bos=False)[:_MAX_INSERT]:
             row.add(extra, self.piece(extra), 0.0, inserted=True)
             row.pending.append(extra)
         row.check(*ends)

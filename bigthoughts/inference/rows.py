@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from bigthoughts.arithmetic import CALL_OPEN
 from bigthoughts.generate import FinishReason
 
-CALC_OPEN = re.compile(r"<<([^<>=]*)=$")
+CALC_OPEN = re.compile(CALL_OPEN + "$")
 
 
 def calculator_text(text: str, calculate: Callable[[str], str | None]) -> str | None:
@@ -28,6 +29,28 @@ def calculator_text(text: str, calculate: Callable[[str], str | None]) -> str | 
         return None
     result = calculate(match.group(1))
     return None if result is None else f"{result}>>"
+
+
+def calculator_insert(before: str, piece: str, calculate: Callable[[str], str | None]
+                      ) -> tuple[bool, str | None]:
+    """What the calculator does after a row samples a token whose text is ``piece``,
+    following ``before`` (the row's text, with the prompt's tail in front):
+
+    * ``(False, "RESULT>>")``: the text now ends with an open ``<<EXPR=``; insert it;
+    * ``(True, "=RESULT>>")``: the token joined that ``=`` to more text (Gemma has
+      one token for ``=-``); drop the token and insert this instead, so the model's
+      own guess after ``=`` is replaced as ``bigthoughts.generate`` replaces it;
+    * ``(False, None)``: nothing to do.
+    """
+    found = calculator_text(before + piece, calculate)
+    if found is not None:
+        return False, found
+    cut = piece.find("=")
+    if 0 <= cut < len(piece) - 1:
+        found = calculator_text(before + piece[:cut + 1], calculate)
+        if found is not None:
+            return True, piece[:cut + 1] + found
+    return False, None
 
 
 @dataclass
@@ -52,6 +75,12 @@ class Row:
         self.inserted.append(inserted)
         self.data += piece
         self.ends.append(len(self.data))
+
+    def drop_last(self) -> None:
+        """Forgets the last token (one not yet fed to the model)."""
+        for seq in (self.ids, self.logprobs, self.inserted, self.ends):
+            seq.pop()
+        del self.data[self.ends[-1] if self.ends else 0:]
 
     def text(self, n_tokens: int | None = None) -> str:
         n = len(self.ids) if n_tokens is None else n_tokens

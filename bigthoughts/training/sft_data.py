@@ -26,13 +26,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bigthoughts.arithmetic import calculate
+from bigthoughts.arithmetic import CALL_OPEN, calculate
 from bigthoughts.data import ANSWER_STOP, Example
 
 _NOTE = re.compile(r"<<[^<>]*>>")
-# a calculator note split where the sampler inserts: "<<expr=" | "result>>"
-# the expression part is generate._CALL's, so training splits where decoding inserts
-_RESULT = re.compile(r"<<([^<>=\n]{1,160})=([^<>\n]*)>>")
+# a whole calculator note, "<<expr=result>>", opened as the samplers see a call open
+_RESULT = re.compile(CALL_OPEN + r"([^<>\n]*)>>")
 LOSS_ON = ("completion", "results")
 
 
