@@ -108,6 +108,8 @@ case "${1:?usage: results_270m.sh sft|grpo|ablation|solvable|stage3|stage4|stage
     ev grpo3-single-calc --mode single "${grpo3[@]}" --calculator "${common[@]}"
     ev grpo4-single-calc --mode single "${grpo4[@]}" --calculator "${common[@]}"
     ev grpo4-single --mode single "${grpo4[@]}" --no-calculator "${common[@]}"
+    # the same, rerun on another machine (AMD EPYC) after the llama.cpp calculator fix for "=-"
+    ev grpo4-single-calc-rerun --mode single "${grpo4[@]}" --calculator "${common[@]}"
     ev grpo5-single-calc --mode single "${grpo5[@]}" --calculator "${common[@]}"
     ev grpo5-single --mode single "${grpo5[@]}" --no-calculator "${common[@]}"
     # the ablation pair on the first 500 (a LIMIT set above still wins: the last --limit)
