@@ -82,10 +82,12 @@ def test_q4_k_m_engine_agrees_with_our_jax_forward(real_model, base_engine):
                                 base_engine.prompt_logits(prompt), tol=1.0)
     shared, a, b = greedy_agree(base_engine, Sampler(real_model.model, tok), real_model.model,
                                 tok)
-    assert min(shared) >= 8, shared
-    for x, y in zip(a, b, strict=True):  # log-probs of the shared greedy tokens
-        n = min(8, x.num_tokens)
-        np.testing.assert_allclose(x.logprobs[:n], y.logprobs[:n], atol=0.25)
+    # where the two greedy paths part, greedy_agree has checked that it is a near tie (CPUs
+    # with other float kernels part at other ties: 4 shared tokens on one AMD EPYC); most
+    # of the way they agree
+    assert sum(shared) >= 24 and max(shared) >= 16, shared
+    for x, y, n in zip(a, b, shared, strict=True):  # log-probs of the shared greedy tokens
+        np.testing.assert_allclose(x.logprobs[:min(8, n)], y.logprobs[:min(8, n)], atol=0.25)
 
 
 @pytest.fixture(scope="module")
