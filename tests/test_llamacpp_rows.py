@@ -73,12 +73,12 @@ def test_calculator_insert_replaces_a_token_that_runs_past_the_equals():
     def calc(expr):
         return {"5-8": "-3", "48/2": "24"}.get(expr)
 
-    assert calculator_insert("so <<48/2", "=", calc) == (False, "24>>")
-    assert calculator_insert("so <<5-8", "=-", calc) == (True, "=-3>>")  # Gemma's "=-"
-    assert calculator_insert("so <<5-", "8=-", calc) == (True, "8=-3>>")
-    assert calculator_insert("so <<1/0", "=-", calc) == (False, None)  # declined
-    assert calculator_insert("so 5-8 ", "=-", calc) == (False, None)  # no annotation open
-    assert calculator_insert("so <<48/2", "2", calc) == (False, None)
+    assert calculator_insert("so <<48/2=", "=", calc) == (False, "24>>")
+    assert calculator_insert("so <<5-8=-", "=-", calc) == (True, "=-3>>")  # Gemma's "=-"
+    assert calculator_insert("so <<5-8=-", "8=-", calc) == (True, "8=-3>>")
+    assert calculator_insert("so <<1/0=-", "=-", calc) == (False, None)  # declined
+    assert calculator_insert("so 5-8 =-", "=-", calc) == (False, None)  # no annotation open
+    assert calculator_insert("so <<48/22", "2", calc) == (False, None)
 
 
 def test_drop_last_forgets_exactly_one_token():

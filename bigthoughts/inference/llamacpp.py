@@ -293,7 +293,11 @@ class LlamaCppEngine:
 
     def _insertion(self, text: str, calculate) -> list[int]:
         found = calculator_text(text, calculate) if calculate is not None else None
-        return self.tokenize(found, add_bos=False)[:_MAX_INSERT] if found else []
+        return self._insert_ids(found) if found else []
+
+    def _insert_ids(self, found: str) -> list[int]:
+        """The tokens of calculator text, at most ``_MAX_INSERT`` of them."""
+        return self.tokenize(found, add_bos=False)[:_MAX_INSERT]
 
     def _prefill(self, batch, tokens, rows, inserted, chains, ends, calculate) -> None:
         """Prefills one prompt as its first row's sequence, copies it to the others and
@@ -319,18 +323,19 @@ class LlamaCppEngine:
             tok = _host_draw(logits, row.temperature, chain)
         else:
             tok = int(self._ll.llama_sampler_sample(chain, self._ctx, index))
-        done = row.text()
-        row.add(tok, self.piece(tok), float(logits[tok] - lse))
+        piece = self.piece(tok)
+        row.add(tok, piece, float(logits[tok] - lse))
         row.pending = [tok]
         if row.check(*ends) is not None or calculate is None:
             return
-        drop, found = calculator_insert(row.prefix + done, row.text()[len(done):], calculate)
+        drop, found = calculator_insert(row.prefix + row.text(),
+                                        piece.decode("utf-8", "ignore"), calculate)
         if found is None:
             return
         if drop:  # the token ran past the "=": it is replaced, never fed
             row.drop_last()
             row.pending = []
-        for extra in self.tokenize(found, add_bos=False)[:_MAX_INSERT]:
+        for extra in self._insert_ids(found):
             row.add(extra, self.piece(extra), 0.0, inserted=True)
             row.pending.append(extra)
         row.check(*ends)

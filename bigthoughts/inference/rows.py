@@ -31,10 +31,10 @@ def calculator_text(text: str, calculate: Callable[[str], str | None]) -> str | 
     return None if result is None else f"{result}>>"
 
 
-def calculator_insert(before: str, piece: str, calculate: Callable[[str], str | None]
+def calculator_insert(text: str, piece: str, calculate: Callable[[str], str | None]
                       ) -> tuple[bool, str | None]:
-    """What the calculator does after a row samples a token whose text is ``piece``,
-    following ``before`` (the row's text, with the prompt's tail in front):
+    """What the calculator does after a row samples a token whose text ``piece`` ends
+    ``text`` (the row's text, with the prompt's tail in front):
 
     * ``(False, "RESULT>>")``: the text now ends with an open ``<<EXPR=``; insert it;
     * ``(True, "=RESULT>>")``: the token joined that ``=`` to more text (Gemma has
@@ -42,12 +42,12 @@ def calculator_insert(before: str, piece: str, calculate: Callable[[str], str | 
       own guess after ``=`` is replaced as ``bigthoughts.generate`` replaces it;
     * ``(False, None)``: nothing to do.
     """
-    found = calculator_text(before + piece, calculate)
+    found = calculator_text(text, calculate)
     if found is not None:
         return False, found
     cut = piece.find("=")
-    if 0 <= cut < len(piece) - 1:
-        found = calculator_text(before + piece[:cut + 1], calculate)
+    if 0 <= cut < len(piece) - 1 and text.endswith(piece):
+        found = calculator_text(text[:len(text) - len(piece) + cut + 1], calculate)
         if found is not None:
             return True, piece[:cut + 1] + found
     return False, None
