@@ -3,7 +3,7 @@
 # on the full GSM8K test set -> report. Every step resumes when rerun (training by its
 # relay checkpoints, evaluation by its results.jsonl), so a sitting can stop anywhere.
 #   bash scripts/results_270m.sh STAGE   # sft | grpo | ablation | solvable | stage3 | stage4
-#                                        # | stage5 | nocalc | nocalc-outcome | arith | eval | ship
+#                                        # | stage5 | nocalc | nocalc-outcome | arith | sft2 | eval | ship
 #                                        # | report
 # A stage's product is committed before the next sitting (a fresh machine has only git):
 #   sft  -> adapters/gemma3-270m-sft.safetensors   grpo -> adapters/gemma3-270m-grpo.safetensors
@@ -12,6 +12,7 @@
 #   stage5 -> adapters/gemma3-270m-grpo5.safetensors
 #   nocalc -> adapters/gemma3-270m-nocalc.safetensors (and nocalc-outcome, its ablation)
 #   arith -> adapters/gemma3-270m-arith.safetensors (not committed: a null result, see RESULTS)
+#   sft2 -> adapters/gemma3-270m-sft2.safetensors (not committed: a null result, see RESULTS)
 #   eval -> docs/results/gemma3-270m-v2/<run>/{results.jsonl,summary.json,run.json}
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,7 +31,7 @@ stage() {
   fi
 }
 
-case "${1:?usage: results_270m.sh sft|grpo|ablation|solvable|stage3|stage4|stage5|nocalc|nocalc-outcome|arith|eval|ship|report}" in
+case "${1:?usage: results_270m.sh sft|grpo|ablation|solvable|stage3|stage4|stage5|nocalc|nocalc-outcome|arith|sft2|eval|ship|report}" in
   sft)
     stage sft configs/gemma3-270m-sft.yaml gemma3-270m-sft adapters/gemma3-270m-sft.safetensors ;;
   grpo)  # continues the SFT adapter's LoRA: its export is one adapter, base -> final
@@ -81,6 +82,9 @@ case "${1:?usage: results_270m.sh sft|grpo|ablation|solvable|stage3|stage4|stage
       $OUT/probe-train-grpo/results.jsonl
     stage sft configs/gemma3-270m-arith.yaml gemma3-270m-arith \
       adapters/gemma3-270m-arith.safetensors ;;
+  sft2)  # stage 4 continues supervised on more GSM8K train reference solutions
+    stage sft configs/gemma3-270m-sft2.yaml gemma3-270m-sft2 \
+      adapters/gemma3-270m-sft2.safetensors ;;
   eval)  # greedy, zero-shot prompt, all 1,319 test questions unless LIMIT is set
     # --engine auto: llama.cpp when the llamacpp extra is installed (CPU), else JAX
     common=(--engine "${ENGINE:-auto}" --max-new-tokens 256 --batch-size 16 --quiet
@@ -94,6 +98,7 @@ case "${1:?usage: results_270m.sh sft|grpo|ablation|solvable|stage3|stage4|stage
     nocalc=(--adapter adapters/gemma3-270m-nocalc.safetensors --style zeroshot)
     outcome=(--adapter adapters/gemma3-270m-nocalc-outcome.safetensors --style zeroshot)
     arith=(--adapter adapters/gemma3-270m-arith.safetensors --style zeroshot)
+    sft2=(--adapter adapters/gemma3-270m-sft2.safetensors --style zeroshot)
     vote=(--mode vote --votes 5 --engine "${ENGINE:-auto}" --max-new-tokens 256 --batch-size 8
           --quiet --limit "${VOTE_LIMIT:-500}")
     # a finished run (summary.json) is skipped: some were made elsewhere (a GPU sitting);
@@ -110,6 +115,8 @@ case "${1:?usage: results_270m.sh sft|grpo|ablation|solvable|stage3|stage4|stage
     ev grpo4-single --mode single "${grpo4[@]}" --no-calculator "${common[@]}"
     # the same, rerun on another machine (AMD EPYC) after the llama.cpp calculator fix for "=-"
     ev grpo4-single-calc-rerun --mode single "${grpo4[@]}" --calculator "${common[@]}"
+    ev sft2-single --mode single "${sft2[@]}" --no-calculator "${common[@]}"
+    ev sft2-single-calc --mode single "${sft2[@]}" --calculator --limit 500 "${common[@]}"
     ev grpo5-single-calc --mode single "${grpo5[@]}" --calculator "${common[@]}"
     ev grpo5-single --mode single "${grpo5[@]}" --no-calculator "${common[@]}"
     # the ablation pair on the first 500 (a LIMIT set above still wins: the last --limit)

@@ -284,3 +284,16 @@ def test_the_arithmetic_recipe_loads_and_learns_only_results():
     config = load_sft_config(root / "configs" / "gemma3-270m-arith.yaml")
     assert config.data.loss_on == "results" and not config.calculator
     assert (root / config.model.adapter).is_file()  # continues the committed stage-4 adapter
+
+
+def test_the_reference_solution_recipe_continues_stage_4_on_whole_completions():
+    from pathlib import Path
+
+    from bigthoughts.training.sft_config import load_sft_config
+
+    root = Path(__file__).resolve().parents[1]
+    config = load_sft_config(root / "configs" / "gemma3-270m-sft2.yaml")
+    assert config.data.loss_on == "completion" and config.data.annotations
+    assert config.data.path is None  # GSM8K train itself, not the model's traces
+    assert config.model.adapter == "adapters/gemma3-270m-grpo4.safetensors"
+    assert (root / config.model.adapter).is_file()
