@@ -120,7 +120,18 @@ def _token_logprob(logits, token):
 Calculator = Callable[[str], "str | None"]
 # an open calculator call: "<<" then an expression then "=" (GSM8K's annotation)
 _CALL = re.compile(CALL_OPEN)
-_PROMPT_CALL = re.compile(CALL_OPEN + "$")
+_CALL_AT_END = re.compile(CALL_OPEN + "$")
+
+
+def calculator_text(text: str, calculate: Calculator) -> str | None:
+    """``"RESULT>>"`` when ``text`` ends with an open ``<<EXPR=`` annotation whose
+    expression ``calculate`` can evaluate; else None. (Both samplers use it: a prompt
+    ending in an open call, and each llama.cpp row after a sampled token.)"""
+    match = _CALL_AT_END.search(text)
+    if match is None:
+        return None
+    result = calculate(match.group(1))
+    return None if result is None else f"{result}>>"
 
 
 def resolve_calculator(calculator: bool | Calculator) -> Calculator | None:
@@ -420,10 +431,9 @@ class Sampler:
     def _answer_prompt_calls(self, prompts, rows, num_samples: int, calculator) -> None:
         """A prompt ending in ``<<EXPR=`` gets its result before any sampling."""
         for i, prompt in enumerate(prompts):
-            match = _PROMPT_CALL.search(prompt)
-            result = calculator(match.group(1)) if match else None
-            if result is not None:
-                forced = self.tokenizer.encode(result + ">>")
+            found = calculator_text(prompt, calculator)
+            if found is not None:
+                forced = self.tokenizer.encode(found)
                 for row in rows[i * num_samples:(i + 1) * num_samples]:
                     row.pending = list(forced)
 

@@ -45,8 +45,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bigthoughts.generate import Generation, check_request
-from bigthoughts.inference.rows import Row, calculator_insert, calculator_text
+from bigthoughts.generate import Generation, calculator_text, check_request
+from bigthoughts.inference.rows import Row, calculator_insert
 
 _CTX_MULTIPLE = 256
 _BATCH = 512  # micro-batch (n_ubatch) and prompt chunk

@@ -9,26 +9,12 @@ row keeps the fewest tokens whose text covers the matched string; EOS ends a row
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from bigthoughts.arithmetic import CALL_OPEN
-from bigthoughts.generate import FinishReason
-
-CALC_OPEN = re.compile(CALL_OPEN + "$")
-
-
-def calculator_text(text: str, calculate: Callable[[str], str | None]) -> str | None:
-    """``"RESULT>>"`` when ``text`` ends with an open ``<<EXPR=`` annotation whose
-    expression ``calculate`` can evaluate; else None."""
-    match = CALC_OPEN.search(text)
-    if match is None:
-        return None
-    result = calculate(match.group(1))
-    return None if result is None else f"{result}>>"
+from bigthoughts.generate import FinishReason, calculator_text
 
 
 def calculator_insert(text: str, piece: str, calculate: Callable[[str], str | None]
