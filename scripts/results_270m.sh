@@ -3,7 +3,7 @@
 # on the full GSM8K test set -> report. Every step resumes when rerun (training by its
 # relay checkpoints, evaluation by its results.jsonl), so a sitting can stop anywhere.
 #   bash scripts/results_270m.sh STAGE   # sft | grpo | ablation | solvable | stage3 | stage4
-#                                        # | stage5 | nocalc | nocalc-outcome | arith | sft2 | eval | ship
+#                                        # | stage5 | nocalc | nocalc-outcome | arith | sft2 | relay | eval | ship
 #                                        # | report
 # A stage's product is committed before the next sitting (a fresh machine has only git):
 #   sft  -> adapters/gemma3-270m-sft.safetensors   grpo -> adapters/gemma3-270m-grpo.safetensors
@@ -13,6 +13,7 @@
 #   nocalc -> adapters/gemma3-270m-nocalc.safetensors (and nocalc-outcome, its ablation)
 #   arith -> adapters/gemma3-270m-arith.safetensors (not committed: a null result, see RESULTS)
 #   sft2 -> adapters/gemma3-270m-sft2.safetensors (not committed: a null result, see RESULTS)
+#   relay -> docs/results/gemma3-270m-v2/relay/ (the carry: scripts/relay_carry.py)
 #   eval -> docs/results/gemma3-270m-v2/<run>/{results.jsonl,summary.json,run.json}
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,7 +32,7 @@ stage() {
   fi
 }
 
-case "${1:?usage: results_270m.sh sft|grpo|ablation|solvable|stage3|stage4|stage5|nocalc|nocalc-outcome|arith|sft2|eval|ship|report}" in
+case "${1:?usage: results_270m.sh sft|grpo|ablation|solvable|stage3|stage4|stage5|nocalc|nocalc-outcome|arith|sft2|relay|eval|ship|report}" in
   sft)
     stage sft configs/gemma3-270m-sft.yaml gemma3-270m-sft adapters/gemma3-270m-sft.safetensors ;;
   grpo)  # continues the SFT adapter's LoRA: its export is one adapter, base -> final
@@ -82,6 +83,15 @@ case "${1:?usage: results_270m.sh sft|grpo|ablation|solvable|stage3|stage4|stage
       $OUT/probe-train-grpo/results.jsonl
     stage sft configs/gemma3-270m-arith.yaml gemma3-270m-arith \
       adapters/gemma3-270m-arith.safetensors ;;
+  relay)  # issue 28: one sitting of the keep-learning run, at low priority. A fresh machine
+    # first unpacks the committed carry; before the sitting stops, pack it again (and commit)
+    run=$RUNS/gemma3-270m-grpo-relay carry=$OUT/relay
+    [ -d $run/checkpoints ] || [ ! -f $carry/state.npz ] ||
+      .venv/bin/python scripts/relay_carry.py unpack $carry $run
+    mkdir -p $run
+    relay nice -n 19 $B train --config configs/gemma3-270m-grpo-relay.yaml --out $run \
+      --time-budget "$BUDGET" 2>&1 | tee -a $run/sittings.log
+    .venv/bin/python scripts/relay_carry.py pack $run $carry ;;
   sft2)  # stage 4 continues supervised on more GSM8K train reference solutions
     stage sft configs/gemma3-270m-sft2.yaml gemma3-270m-sft2 \
       adapters/gemma3-270m-sft2.safetensors ;;

@@ -59,7 +59,7 @@ def test_periodic_evaluation_after_updates_and_resume(setup, capsys):
     assert [x.split(" | ")[0] for x in lines] == ["step 1/2", "step 2/2"], err
     assert all(" | reward " in x and " | kl " in x and " s/step | ETA " in x for x in lines)
     evals = [r for r in records(out) if "eval/accuracy" in r]
-    assert [r["step"] for r in evals] == [1, 2]
+    assert [r["step"] for r in evals] == [0, 1, 2]  # step 0: the curve's origin
     assert all(0 <= r["eval/accuracy"] <= 1 for r in evals)
     assert train_cli(setup, "--max-steps", "3", "eval_every=1") == 0
     err = capsys.readouterr().err

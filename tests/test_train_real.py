@@ -99,5 +99,5 @@ def test_cli_periodic_evaluation_and_resume(tmp_path, gsm8k_dir):
     assert again.returncode == 0, again.stderr[-3000:]
     assert "resuming from step 2 (" in again.stderr, again.stderr[-3000:]
     records = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in records if "eval/accuracy" in r] == [1, 2, 3]
+    assert [r["step"] for r in records if "eval/accuracy" in r] == [0, 1, 2, 3]
     assert [r["step"] for r in records if "reward_mean" in r] == [1, 2, 3]

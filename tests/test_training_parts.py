@@ -112,6 +112,17 @@ class FakeStage:
         self.calls.append("close")
 
 
+def test_a_fresh_run_evaluates_once_before_its_first_step(tmp_path):
+    stage = FakeStage()
+    run_stage(stage, limit=3, save_every=3, eval_every=2, deadline=Deadline(None),
+              progress=Progress(io.StringIO()))
+    assert stage.calls == ["eval0", "step1", "step2", "eval2", "step3", "save3", "close"]
+    resumed = FakeStage(step=0, resumed_from=tmp_path / "ck")  # step 0's eval is logged
+    run_stage(resumed, limit=1, save_every=1, eval_every=2, deadline=Deadline(None),
+              progress=Progress(io.StringIO()))
+    assert resumed.calls == ["step1", "save1", "close"]
+
+
 def test_the_loop_saves_evaluates_exports_and_says_where_it_resumed(tmp_path):
     stage, stream = FakeStage(step=1, resumed_from=tmp_path / "ck"), io.StringIO()
     result = run_stage(stage, limit=5, save_every=2, eval_every=3, deadline=Deadline(None),

@@ -48,13 +48,19 @@ def _deadline(time_budget: str | float | None) -> Deadline:
 
 def _data(config: TrainConfig, examples: Sequence[Example] | None
           ) -> tuple[list[Example], list[Example]]:
-    """Training questions and (when evaluating periodically) the held-out ones."""
+    """Training questions and (when evaluating periodically) the held-out ones: the
+    first ``eval_examples`` of ``data.dev_ids_file`` (which never train), else of test."""
     data = config.data
+    dev_ids = read_ids(data.dev_ids_file) if data.dev_ids_file else None
     train_set = list(examples) if examples is not None else load_gsm8k(
         data.split, data.path, limit=data.limit,
         ids=read_ids(data.ids_file) if data.ids_file else None)
-    held = load_gsm8k("test", config.data.path, limit=config.eval_examples) \
-        if config.eval_every else []
+    if dev_ids is not None:
+        dev = set(dev_ids)
+        train_set = [e for e in train_set if e.id not in dev]
+    held = [] if not config.eval_every else (
+        load_gsm8k(data.split, data.path, ids=dev_ids)[: config.eval_examples]
+        if dev_ids is not None else load_gsm8k("test", data.path, limit=config.eval_examples))
     if not train_set:
         raise ConfigError("no training examples")
     return train_set, held
@@ -64,10 +70,11 @@ def _run_record(config: TrainConfig | SFTConfig) -> dict:
     """The config as the run directory records it; with ``data.ids_file``, also the
     SHA-256 of the id list, so a rerun with an edited list is refused, not resumed."""
     record = to_dict(config)
-    ids_file = getattr(config.data, "ids_file", None)
-    if ids_file:
-        listed = "\n".join(read_ids(ids_file)).encode()
-        record["data"]["ids_sha256"] = hashlib.sha256(listed).hexdigest()
+    for key in ("ids_file", "dev_ids_file"):
+        ids_file = getattr(config.data, key, None)
+        if ids_file:
+            listed = "\n".join(read_ids(ids_file)).encode()
+            record["data"][key.replace("file", "sha256")] = hashlib.sha256(listed).hexdigest()
     return record
 
 

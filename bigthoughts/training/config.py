@@ -67,6 +67,10 @@ class DataSection:
     split: str = "train"
     limit: int | None = None  # use only the first ``limit`` questions (after ids_file)
     ids_file: str | None = None  # train only on the ids listed there (scripts/solvable_ids.py)
+    # a fixed dev split of the same split (an id list): the periodic evaluation's questions
+    # (the first ``eval_examples`` of them), never trained on: they leave the training set.
+    # None: the periodic evaluation takes the first ``eval_examples`` of GSM8K test
+    dev_ids_file: str | None = None
     style: str | None = None  # prompt style; None = the model's (fewshot for base)
     shots: int = 1  # worked examples in a fewshot prompt
 
@@ -238,6 +242,8 @@ class TrainConfig:
     keep_checkpoints: int = 2
     eval_every: int = 0  # 0 = no periodic evaluation
     eval_examples: int = 32
+    # new tokens of the periodic greedy evaluation; None = grpo.max_new_tokens
+    eval_max_new_tokens: int | None = None
     mesh_fsdp: int = 1
     mesh_tp: int = 1
     seed: int = 0
@@ -247,6 +253,9 @@ class TrainConfig:
         if self.prompts_per_step < 1 or self.max_steps < 0 or self.save_every < 1:
             raise ValueError("need prompts_per_step >= 1, max_steps >= 0, save_every >= 1")
         check_run_fields(self)
+        if self.eval_max_new_tokens is not None and self.eval_max_new_tokens < 1:
+            raise ValueError(f"eval_max_new_tokens must be >= 1 (or null), got "
+                             f"{self.eval_max_new_tokens}")
         if self.mesh_fsdp < 1 or self.mesh_tp < 1:
             raise ValueError(f"mesh_fsdp and mesh_tp must be >= 1, got "
                              f"{self.mesh_fsdp}, {self.mesh_tp}")

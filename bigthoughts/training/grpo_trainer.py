@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -41,6 +42,7 @@ from bigthoughts.answers import answers_equal
 from bigthoughts.config import VoteConfig
 from bigthoughts.data import Example, prompt_format
 from bigthoughts.export import export_checkpoint, export_hf_gemma3, merge_lora
+from bigthoughts.files import atomic_write_text
 from bigthoughts.generate import Sampler
 from bigthoughts.models.registry import LoadedModel
 from bigthoughts.rewards import is_exact_format
@@ -57,6 +59,8 @@ from bigthoughts.training.state import (
     release_host_memory,
     shard,
 )
+
+EVAL_BATCH = 16  # held-out questions per generation call
 
 MEMORY_KNOBS = ("prompts_per_step, grpo.num_generations or grpo.max_new_tokens "
                 "(or set grpo.remat_layers=true)")
@@ -212,7 +216,7 @@ class GRPOTrainer:
         (steps logged after it, or before any checkpoint, will be redone)."""
         found = self.store.restore_latest({"lora": self.lora, "opt": self.opt_state})
         if found is None:
-            self.log.truncate_after(0)
+            self.log.truncate_after(-1)  # a fresh start redoes everything, step 0's eval too
             return None
         tree, meta, path = found
         self.lora, self.opt_state = tree["lora"], tree["opt"]
@@ -222,18 +226,37 @@ class GRPOTrainer:
         return path
 
     def evaluate(self) -> dict:
-        """Greedy accuracy and format on the held-out questions."""
+        """Greedy accuracy and format on the held-out questions, without the calculator,
+        on the rollout engine (llama.cpp when the recipe samples there, as ``eval`` does).
+        Each question's answer goes to ``evals/step_N.jsonl`` and the LoRA it was scored
+        with to ``evals/step_N.safetensors``, so any point of the curve can be evaluated
+        again (e.g. on the test set) after later steps."""
         if not self.held_out:
             raise ValueError("evaluate() needs held-out examples")
-        solver = Solver(self.sampler, format=self.format,
-                        vote=VoteConfig(votes=1, temperatures=(0.0,),
-                                        max_new_tokens=self.config.grpo.max_new_tokens))
-        sols = solver.solve([e.question for e in self.held_out])
-        record = {"step": self.step, "eval/accuracy": float(np.mean(
-            [answers_equal(s.vote.answer, e.gold) for s, e in zip(sols, self.held_out,
-                                                                   strict=True)])),
-            "eval/format_compliance": float(np.mean(
-                [is_exact_format(s.generations[0].text) for s in sols]))}
+        tokens = self.config.eval_max_new_tokens or self.config.grpo.max_new_tokens
+        solver = Solver(self.rollouts, format=self.format,
+                        vote=VoteConfig(votes=1, temperatures=(0.0,), max_new_tokens=tokens))
+        sols = [s for i in range(0, len(self.held_out), EVAL_BATCH)
+                for s in solver.solve([e.question for e in self.held_out[i:i + EVAL_BATCH]])]
+        rows = [{"id": e.id, "answer": s.vote.answer, "gold": e.gold,
+                 "correct": answers_equal(s.vote.answer, e.gold),
+                 "format": is_exact_format(s.generations[0].text),
+                 "tokens": s.generations[0].num_tokens,
+                 "finish_reason": s.generations[0].finish_reason}
+                for s, e in zip(sols, self.held_out, strict=True)]
+        evals = self.out / "evals"
+        evals.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(evals / f"step_{self.step:06d}.jsonl",
+                          "".join(json.dumps(r) + "\n" for r in rows))
+        save_adapter(evals / f"step_{self.step:06d}.safetensors", self.lora, self.config.lora,
+                     provenance={"stage": "grpo", "step": self.step})
+        record = {"step": self.step,
+                  "eval/accuracy": float(np.mean([r["correct"] for r in rows])),
+                  "eval/correct": int(sum(r["correct"] for r in rows)),
+                  "eval/questions": len(rows),
+                  "eval/format_compliance": float(np.mean([r["format"] for r in rows])),
+                  "eval/truncated": float(np.mean([r["finish_reason"] == "length"
+                                                   for r in rows]))}
         self.log.append(record)
         return record
 

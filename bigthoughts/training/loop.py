@@ -4,7 +4,8 @@
                        deadline=Deadline.from_budget("8h45m"), progress=Progress())
 
 Steps until ``limit``; checkpoints every ``save_every`` steps and at the limit;
-evaluates every ``eval_every`` steps (0: never); before a step that might not fit
+evaluates every ``eval_every`` steps (0: never), and once before the first step of a
+fresh run (the curve's origin); before a step that might not fit
 the time budget it checkpoints and stops (the caller exits with ``EXIT_RELAY``), and
 rerunning the same command resumes. A run that reaches its limit is exported.
 Running out of device or host memory becomes ``OutOfMemory`` naming the knobs to lower.
@@ -104,6 +105,8 @@ def run_stage(stage: Stage, *, limit: int, save_every: int, eval_every: int,
     result = StageResult(step=stage.step, stopped_for_deadline=False)
     clock, save_cost = _Clock(), 1.0
     try:
+        if eval_every and stage.step == 0 and stage.resumed_from is None and limit > 0:
+            result.evaluations.append(stage.evaluate())  # the curve's origin
         while stage.step < limit:
             if not deadline.allows(clock.slowest, save_cost):
                 stage.save()
