@@ -33,7 +33,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from bigthoughts.data import prompt_format
-    from bigthoughts.generate import Sampler
+    from bigthoughts.inference.jax_sampler import Sampler
     from bigthoughts.models.registry import load_model
     from bigthoughts.training.adapter import with_adapter
 

@@ -22,7 +22,7 @@ from benchmarks.common import questions  # noqa: E402
 
 
 def ours(batches, new_tokens, prompts):
-    from bigthoughts.generate import Sampler
+    from bigthoughts.inference.jax_sampler import Sampler
     from bigthoughts.models.registry import load_model
 
     lm = load_model()

@@ -61,7 +61,7 @@ def naive(steps: int) -> dict:
     from tunix.rl.grpo.grpo_learner import GRPOConfig
 
     from bigthoughts.data import ANSWER_STOP, FEWSHOT_STOP, build_prompt, load_gsm8k
-    from bigthoughts.generate import Sampler
+    from bigthoughts.inference.jax_sampler import Sampler
     from bigthoughts.models.registry import load_model
     from bigthoughts.rewards import make_reward_fns
     from bigthoughts.training import load_train_config

@@ -110,7 +110,7 @@ def main() -> None:
     prompt = prompt_of(engine, args.prompt_tokens)
     sampler = None
     if not args.no_jax:
-        from bigthoughts.generate import Sampler
+        from bigthoughts.inference.jax_sampler import Sampler
         from bigthoughts.models.registry import load_model
 
         lm = load_model()

@@ -152,7 +152,7 @@ def main() -> None:
     import httpx
 
     from bigthoughts.cli import enable_compilation_cache
-    from bigthoughts.generate import Sampler
+    from bigthoughts.inference.jax_sampler import Sampler
     from bigthoughts.models.registry import load_model
     from bigthoughts.serve.app import create_app, serving
     from bigthoughts.serve.handlers import ServeConfig

@@ -9,7 +9,7 @@ side by side in one run (each side in its own process, so peak memory is its own
   only over the completion window);
 * trl: ``trl.SFTTrainer`` with a PEFT LoRA r16 (α 32, dropout 0, q/k/v/o_proj and
   gate/up/down_proj) on a Hugging Face ``Gemma3ForCausalLM`` in f32 holding the SAME
-  weights (written by ``bigthoughts.export.export_hf_gemma3`` from the embedded GGUF),
+  weights (written by ``bigthoughts.models.export.export_hf_gemma3`` from the embedded GGUF),
   ``torch.set_num_threads(2)``, AdamW (``adamw_torch``) with the recipe's η, betas,
   warm-up, clipping and weight decay, ``completion_only_loss`` on a pre-tokenized
   prompt-completion dataset (``input_ids`` + ``completion_mask``), gradient
@@ -47,8 +47,8 @@ LORA_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 
 def prepare(steps: int, work: Path) -> dict:
     """Writes ``work/pairs.json`` (the batches both sides run) and ``work/hf`` (weights)."""
-    from bigthoughts.export import export_hf_gemma3
     from bigthoughts.models.build import flat_params
+    from bigthoughts.models.export import export_hf_gemma3
     from bigthoughts.models.registry import load_model
     from bigthoughts.training.sft import prepare_data
     from bigthoughts.training.sft_config import load_sft_config

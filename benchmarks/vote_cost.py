@@ -46,10 +46,10 @@ def main() -> None:
     parser.add_argument("--json", default=None, help="also write the numbers here")
     args = parser.parse_args()
 
-    from bigthoughts.config import VoteConfig
-    from bigthoughts.generate import Sampler
+    from bigthoughts.inference.jax_sampler import Sampler
+    from bigthoughts.inference.solve import Solver
+    from bigthoughts.inference.voting import VoteConfig
     from bigthoughts.models.registry import load_model
-    from bigthoughts.solve import Solver
 
     qs = questions(args.questions)
     lm = load_model()

@@ -18,7 +18,6 @@ from bigthoughts.answers import (
 from bigthoughts.config import (
     ConfigError,
     RewardConfig,
-    VoteConfig,
     apply_overrides,
     from_dict,
     load_yaml,
@@ -40,6 +39,22 @@ from bigthoughts.data import (
     resolve_data_dir,
     solution_to_reasoning,
 )
+from bigthoughts.inference.voting import (
+    DEFAULT_LADDER,
+    STRATEGIES,
+    AdaptiveMajority,
+    AdaptiveStop,
+    Majority,
+    Sample,
+    VoteConfig,
+    VoteResult,
+    VoteStrategy,
+    WeightedByLogprob,
+    get_strategy,
+    ladder,
+    maj_at_k,
+    temperature_schedule,
+)
 from bigthoughts.rewards import (
     DEFAULT_WEIGHTS,
     REWARD_FUNCTIONS,
@@ -50,21 +65,6 @@ from bigthoughts.rewards import (
     partial_format_reward,
     score,
     short_reasoning_penalty,
-)
-from bigthoughts.voting import (
-    DEFAULT_LADDER,
-    STRATEGIES,
-    AdaptiveMajority,
-    AdaptiveStop,
-    Majority,
-    Sample,
-    VoteResult,
-    VoteStrategy,
-    WeightedByLogprob,
-    get_strategy,
-    ladder,
-    maj_at_k,
-    temperature_schedule,
 )
 
 __version__ = "0.1.0"

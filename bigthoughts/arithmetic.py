@@ -44,7 +44,7 @@ MAX_EXPONENT = 64  # largest |n| in a ** n
 MAX_BITS = 512  # largest numerator or denominator, in bits, of any intermediate result
 CALC_DECIMALS = 6  # decimals calculate() rounds a non-terminating or long result to
 # an open calculator call, GSM8K's "<<EXPR=" (group 1: EXPR): the one pattern the samplers
-# (bigthoughts.generate, bigthoughts.inference.rows) and the SFT result targets share
+# (bigthoughts.inference.jax_sampler, bigthoughts.inference.rows) and the SFT result targets share
 CALL_OPEN = r"<<([^<>=\n]{1,160})="
 
 _TOKEN_NUMBER = re.compile(r"(\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.(\d+))?|\.(\d+)")

@@ -124,7 +124,7 @@ def _load(args):
     if getattr(args, "adapter", None) and not Path(args.adapter).expanduser().is_file():
         raise UserError(f"adapter file does not exist: {args.adapter}")
     if getattr(args, "checkpoint", None):
-        from bigthoughts.export import load_exported
+        from bigthoughts.models.export import load_exported
 
         lm = load_exported(args.checkpoint, dtype=args.dtype or "float32")
     else:
@@ -193,10 +193,10 @@ def _adapter_as_gguf(args) -> Path:
 
 
 def cmd_ask(args) -> int:
-    from bigthoughts.config import VoteConfig
     from bigthoughts.data import prompt_format
+    from bigthoughts.inference.solve import Solver
+    from bigthoughts.inference.voting import VoteConfig
     from bigthoughts.models.limits import check_loaded
-    from bigthoughts.solve import Solver
 
     question = _utf8("question", args.question)
     if not question.strip():
@@ -287,7 +287,7 @@ def cmd_generate(args) -> int:
 
 def cmd_eval(args) -> int:
     from bigthoughts.data import load_gsm8k, prompt_format, read_ids
-    from bigthoughts.evaluate import EvalConfig, run_eval
+    from bigthoughts.evaluation.evaluate import EvalConfig, run_eval
 
     config = _config(EvalConfig, mode=args.mode, split=args.split, limit=args.limit,
                      votes=args.votes, strategy=args.strategy, batch_size=args.batch_size,
@@ -311,7 +311,7 @@ def cmd_eval(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from bigthoughts.report import make_report
+    from bigthoughts.evaluation.report import make_report
 
     path = make_report([Path(p) for p in args.runs], Path(args.out))
     print(path.read_text())
@@ -341,7 +341,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_train_report(args) -> int:
-    from bigthoughts.train_report import plot_training
+    from bigthoughts.evaluation.train_report import plot_training
 
     print(f"wrote {plot_training(Path(args.run), Path(args.out or args.run), window=args.window)}")
     return 0
@@ -349,8 +349,8 @@ def cmd_train_report(args) -> int:
 
 def cmd_export(args) -> int:
     """An exported checkpoint (merged weights) -> one GGUF file for llama.cpp / Ollama."""
-    from bigthoughts.export import load_exported
     from bigthoughts.models.build import flat_params
+    from bigthoughts.models.export import load_exported
     from bigthoughts.models.gguf import open_gguf
     from bigthoughts.models.gguf_export import write_model_gguf
     from bigthoughts.models.registry import embedded_gguf_path
@@ -410,7 +410,7 @@ def cmd_serve(args) -> int:
 
 def _vote_args(p: argparse.ArgumentParser, votes: int) -> None:
     from bigthoughts.data import PROMPT_STYLES
-    from bigthoughts.voting import MAX_VOTES, STRATEGIES
+    from bigthoughts.inference.voting import MAX_VOTES, STRATEGIES
 
     p.add_argument("--votes", type=int, default=votes,
                    help=f"samples per question (k), 1 to {MAX_VOTES}")

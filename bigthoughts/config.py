@@ -18,7 +18,6 @@ dataclass, so training and evaluation configs reuse them.
 from __future__ import annotations
 
 import dataclasses
-import math
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -28,13 +27,11 @@ from typing import Any, TypeVar
 
 import yaml
 
-from bigthoughts.rewards import DEFAULT_WEIGHTS, REWARD_FUNCTIONS
-from bigthoughts.voting import MAX_VOTES, STRATEGIES, temperature_schedule
+from bigthoughts.rewards import DEFAULT_WEIGHTS, check_weights
 
 __all__ = [
     "ConfigError",
     "RewardConfig",
-    "VoteConfig",
     "apply_overrides",
     "from_dict",
     "load_yaml",
@@ -60,58 +57,11 @@ class RewardConfig:
     min_reasoning_words: int = 20
 
     def __post_init__(self) -> None:
-        unknown = [name for name in self.weights if name not in REWARD_FUNCTIONS]
-        if unknown:
-            raise ValueError(
-                f"unknown reward name(s) {', '.join(map(repr, unknown))}; "
-                f"valid names: {', '.join(REWARD_FUNCTIONS)}"
-            )
-        for name, weight in self.weights.items():
-            if isinstance(weight, bool) or not isinstance(weight, int | float):
-                raise ValueError(f"weights.{name} must be a number, got {weight!r}")
-            if not math.isfinite(weight):
-                raise ValueError(f"weights.{name} must be finite, got {weight!r}")
+        check_weights(self.weights)
         if self.min_reasoning_words < 0:
             raise ValueError(f"min_reasoning_words must be >= 0, got {self.min_reasoning_words}")
         # A private copy: later changes to the caller's dict cannot leak into the config.
         object.__setattr__(self, "weights", dict(self.weights))
-
-
-@dataclass(frozen=True, kw_only=True)
-class VoteConfig:
-    """How to answer by consensus.
-
-    ``votes`` is the number of samples k per question. ``temperatures`` None (the
-    default) draws them on the ladder ``voting.ladder(k)`` (0.2 ... 1.0; greedy for
-    k = 1); explicit temperatures are cycled. Both are decided by
-    :func:`bigthoughts.voting.temperature_schedule`, see :meth:`schedule`.
-    ``strategy`` names an entry of ``voting.STRATEGIES``; ``max_new_tokens`` bounds
-    each sample's length.
-    """
-
-    votes: int = 5
-    temperatures: tuple[float, ...] | None = None
-    strategy: str = "majority"
-    max_new_tokens: int = 256
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.votes <= MAX_VOTES:
-            raise ValueError(f"votes must be between 1 and {MAX_VOTES}, got {self.votes}")
-        if self.temperatures is not None and not self.temperatures:
-            raise ValueError("temperatures must hold at least one temperature")
-        bad = [t for t in self.temperatures or () if not (math.isfinite(t) and t >= 0)]
-        if bad:
-            raise ValueError(f"temperatures must be finite and >= 0, got {bad}")
-        if self.strategy not in STRATEGIES:
-            raise ValueError(
-                f"unknown vote strategy {self.strategy!r}; valid: {', '.join(STRATEGIES)}"
-            )
-        if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-
-    def schedule(self) -> tuple[float, ...]:
-        """The temperature of each of the ``votes`` samples (``temperature_schedule``)."""
-        return temperature_schedule(self.votes, self.temperatures)
 
 
 _TRUE_WORDS = frozenset({"true", "yes", "on", "1"})

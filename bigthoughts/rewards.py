@@ -423,7 +423,9 @@ DEFAULT_WEIGHTS: Mapping[str, float] = MappingProxyType(
 )
 
 
-def _check_weights(weights: Mapping[str, float]) -> None:
+def check_weights(weights: Mapping[str, float]) -> None:
+    """Raises ValueError for a reward name not in ``REWARD_FUNCTIONS`` (listing the valid
+    ones) or a weight that is not a finite number."""
     unknown = [name for name in weights if name not in REWARD_FUNCTIONS]
     if unknown:
         raise ValueError(
@@ -432,9 +434,9 @@ def _check_weights(weights: Mapping[str, float]) -> None:
         )
     for name, weight in weights.items():
         if isinstance(weight, bool) or not isinstance(weight, int | float):
-            raise ValueError(f"weight of reward {name!r} must be a number, got {weight!r}")
+            raise ValueError(f"weights.{name} must be a number, got {weight!r}")
         if not math.isfinite(weight):
-            raise ValueError(f"weight of reward {name!r} must be finite, got {weight!r}")
+            raise ValueError(f"weights.{name} must be finite, got {weight!r}")
 
 
 def _bind(name: str, weight: float, min_words: int) -> RewardFn:
@@ -460,7 +462,7 @@ def make_reward_fns(weights: Mapping[str, float], *, min_words: int = 20) -> lis
     of 0 disables that reward (no function is returned for it). Raises ValueError for
     unknown names (listing the valid ones) or non-finite weights.
     """
-    _check_weights(weights)
+    check_weights(weights)
     return [_bind(name, float(w), min_words) for name, w in weights.items() if w != 0]
 
 
@@ -476,7 +478,7 @@ def score(
     >>> score(["<reasoning>4</reasoning><answer>4</answer>"], ["4"], {"correctness": 25.0})
     [{'correctness': 25.0, 'total': 25.0}]
     """
-    _check_weights(weights)
+    check_weights(weights)
     texts = _texts(completions)
     prompts = [""] * len(texts)
     columns = {

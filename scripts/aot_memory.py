@@ -77,7 +77,7 @@ def place(state, mesh):
 def abstract_batch(config, prompt_len: int, jnp):
     import jax
 
-    from bigthoughts.grpo import RolloutBatch
+    from bigthoughts.training.grpo_loss import RolloutBatch
 
     g = config.grpo
     bp, b, c = config.prompts_per_step, config.prompts_per_step * g.num_generations, \

@@ -22,9 +22,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bigthoughts.evaluate import SUMMARY, read_results  # noqa: E402
+from bigthoughts.evaluation.evaluate import SUMMARY, read_results  # noqa: E402
+from bigthoughts.evaluation.metrics import mcnemar, wilson_interval  # noqa: E402
 from bigthoughts.files import atomic_write_json, file_sha256  # noqa: E402
-from bigthoughts.metrics import mcnemar, wilson_interval  # noqa: E402
 from bigthoughts.models.shipped import MANIFEST, SHIPPED_DIR  # noqa: E402
 
 NAME = "gemma3-270m-gsm8k"

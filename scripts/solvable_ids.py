@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bigthoughts.answers import answers_equal  # noqa: E402
-from bigthoughts.evaluate import RESULTS, RunDirError, read_results  # noqa: E402
+from bigthoughts.evaluation.evaluate import RESULTS, RunDirError, read_results  # noqa: E402
 from bigthoughts.files import atomic_write_bytes  # noqa: E402
 
 

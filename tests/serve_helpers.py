@@ -9,7 +9,7 @@ import time
 import httpx
 import openai
 
-from bigthoughts.generate import Generation
+from bigthoughts.inference.contract import Generation
 from bigthoughts.serve.app import create_app, serving
 from bigthoughts.serve.batcher import takes_keyword
 from bigthoughts.serve.handlers import ServeConfig

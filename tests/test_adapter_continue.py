@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bigthoughts import grpo
+from bigthoughts.training import grpo_loss as grpo
 from bigthoughts.training.adapter import (
     AdapterError,
     check_adapter_path,

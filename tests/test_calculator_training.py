@@ -5,9 +5,9 @@ import dataclasses
 import jax.numpy as jnp
 import numpy as np
 
-from bigthoughts import grpo
 from bigthoughts.data import Example
-from bigthoughts.generate import Generation
+from bigthoughts.inference.contract import Generation
+from bigthoughts.training import grpo_loss as grpo
 from bigthoughts.training import rollout as ro
 from tests.train_toy import toy_loaded
 

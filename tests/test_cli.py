@@ -125,7 +125,7 @@ def test_bad_input_is_refused_before_the_model_loads(argv, message, capsys, monk
                                                      tmp_path):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr("bigthoughts.models.registry.load_model", _no_load)
-    monkeypatch.setattr("bigthoughts.export.load_exported", _no_load)
+    monkeypatch.setattr("bigthoughts.models.export.load_exported", _no_load)
     # plenty of memory: each refusal must come from its own check, not the host's state
     monkeypatch.setattr("bigthoughts.models.limits.available_memory", lambda: 10**13)
     assert message in _one_line_error(argv, capsys)

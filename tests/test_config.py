@@ -13,12 +13,12 @@ import yaml
 from bigthoughts.config import (
     ConfigError,
     RewardConfig,
-    VoteConfig,
     apply_overrides,
     from_dict,
     load_yaml,
     to_dict,
 )
+from bigthoughts.inference.voting import VoteConfig
 from bigthoughts.rewards import DEFAULT_WEIGHTS
 
 

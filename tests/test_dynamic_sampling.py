@@ -9,7 +9,7 @@ import pytest
 import bigthoughts.training.rollout as ro
 from bigthoughts.config import ConfigError
 from bigthoughts.data import Example
-from bigthoughts.generate import Generation
+from bigthoughts.inference.contract import Generation
 from bigthoughts.training.config import GRPOSection
 from bigthoughts.training.rundir import config_differences
 

@@ -15,12 +15,12 @@ import pytest
 
 from bigthoughts.answers import answers_equal, extract_answer
 from bigthoughts.data import Example
-from bigthoughts.evaluate import EvalConfig, RunDirError, read_results, run_eval
-from bigthoughts.generate import Generation
-from bigthoughts.metrics import wilson_interval
+from bigthoughts.evaluation.evaluate import EvalConfig, RunDirError, read_results, run_eval
+from bigthoughts.evaluation.metrics import wilson_interval
+from bigthoughts.inference.contract import Generation
+from bigthoughts.inference.voting import ladder
 from bigthoughts.models.registry import LoadedModel, ModelSpec
 from bigthoughts.rewards import is_exact_format
-from bigthoughts.voting import ladder
 
 REPO = Path(__file__).resolve().parents[1]
 GOOD = "<reasoning>{r}</reasoning>\n<answer>{a}</answer>"
@@ -191,7 +191,7 @@ def test_step_counts_and_right_answer_wrong_steps(tmp_path):
 
 
 def test_summary_of_records_without_step_counts():
-    from bigthoughts.evaluate import summarize
+    from bigthoughts.evaluation.evaluate import summarize
 
     old = {"id": "q0", "correct": True, "seconds": 1.0,
            "traces": [{"format_strict": True, "format_lenient": True, "tokens": 3,
@@ -230,7 +230,7 @@ KILL_SCRIPT = textwrap.dedent("""
     import os, sys
     from pathlib import Path
     sys.path.insert(0, {repo!r})
-    from bigthoughts.evaluate import EvalConfig, run_eval
+    from bigthoughts.evaluation.evaluate import EvalConfig, run_eval
     from tests.test_evaluate import SIX, SIX_TEXTS, FakeSampler, fake_lm
 
     def after_batch(n_done):
@@ -362,7 +362,7 @@ def test_empty_run(tmp_path):
 def test_run_sources_keep_the_engine_prefix_and_adapters(tmp_path, monkeypatch):
     """Only the base model's path is made relative to the run directory: a llama.cpp
     engine's ``llama.cpp:`` prefix and an adapter's ``+ NAME#sha256=`` stay as they are."""
-    from bigthoughts.evaluate import _run_source
+    from bigthoughts.evaluation.evaluate import _run_source
 
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "runs" / "eval"

@@ -6,8 +6,8 @@ import numpy as np
 import qwix
 from flax import nnx
 
-from bigthoughts.export import export_checkpoint, export_hf_gemma3, load_exported, merge_lora
 from bigthoughts.models.build import build_model
+from bigthoughts.models.export import export_checkpoint, export_hf_gemma3, load_exported, merge_lora
 from bigthoughts.models.registry import ModelSpec
 from tests.tiny import tiny_model
 

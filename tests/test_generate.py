@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bigthoughts.generate import Sampler
+from bigthoughts.inference.jax_sampler import Sampler
 from tests.tiny import tiny_model
 
 PROMPTS = ["abc", "hello world, a longer prompt"]

@@ -13,8 +13,8 @@ import pytest
 import qwix
 from flax import nnx
 
-from bigthoughts.export import merge_lora
 from bigthoughts.models.build import flat_params
+from bigthoughts.models.export import merge_lora
 from bigthoughts.models.gguf import dequantize, open_gguf, params_from_gguf, tunix_config_from_gguf
 from bigthoughts.models.gguf_export import (
     GGUFExportError,
@@ -143,7 +143,7 @@ def test_lora_params_reads_only_lora_leaves(tmp_path):
 
 def test_cli_export_writes_a_gguf_of_an_exported_checkpoint(tmp_path, capsys):
     from bigthoughts.cli import main
-    from bigthoughts.export import export_checkpoint
+    from bigthoughts.models.export import export_checkpoint
     from bigthoughts.models.registry import ModelSpec
 
     model, tok, _, _ = tiny_model_and_gguf(tmp_path)

@@ -25,8 +25,8 @@ from tunix.rl.grpo.dapo_learner import DAPOConfig
 from tunix.rl.grpo.drgrpo_learner import DrGRPOConfig
 from tunix.rl.grpo.grpo_learner import GRPOConfig
 
-from bigthoughts import grpo
 from bigthoughts.models.build import build_model, random_params
+from bigthoughts.training import grpo_loss as grpo
 from bigthoughts.training.config import LORA_TARGETS, GRPOSection
 from tests.tiny import tiny_config
 

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 from tunix.rl import algo_core
 
-from bigthoughts import grpo
 from bigthoughts.cli import main
 from bigthoughts.config import ConfigError, load_yaml
 from bigthoughts.models import forward
+from bigthoughts.training import grpo_loss as grpo
 from bigthoughts.training.config import GRPOSection, TrainConfig
 from tests.conftest import REPO_ROOT
 from tests.tiny import tiny_model

@@ -12,7 +12,7 @@ import pytest
 
 pytest.importorskip("llama_cpp")
 
-from bigthoughts.generate import Sampler  # noqa: E402
+from bigthoughts.inference.jax_sampler import Sampler  # noqa: E402
 from bigthoughts.inference.llamacpp import LlamaCppEngine, LlamaCppError  # noqa: E402
 from tests.tiny_gguf import tiny_model_and_gguf  # noqa: E402
 
@@ -140,7 +140,7 @@ def test_calculator_inserts_the_result_after_a_prompt_ending_in_an_annotation(ti
 
 
 def test_lora_adapter_and_merged_model_match_the_jax_lora_model(tiny):
-    from bigthoughts.export import merge_lora
+    from bigthoughts.models.export import merge_lora
     from bigthoughts.models.gguf_export import write_lora_adapter, write_model_gguf
     from tests.test_gguf_export import with_lora
 

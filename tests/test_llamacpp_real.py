@@ -15,7 +15,7 @@ pytest.importorskip("llama_cpp")
 pytestmark = pytest.mark.real
 
 from bigthoughts.data import build_prompt  # noqa: E402
-from bigthoughts.generate import Sampler  # noqa: E402
+from bigthoughts.inference.jax_sampler import Sampler  # noqa: E402
 from bigthoughts.inference.llamacpp import LlamaCppEngine  # noqa: E402
 from bigthoughts.models.registry import embedded_gguf_path  # noqa: E402
 
@@ -93,7 +93,7 @@ def test_q4_k_m_engine_agrees_with_our_jax_forward(real_model, base_engine):
 @pytest.fixture(scope="module")
 def lora_case(real_model, tmp_path_factory):
     """The 270M with a random nonzero rank-8 LoRA on every target, exported both ways."""
-    from bigthoughts.export import merge_lora
+    from bigthoughts.models.export import merge_lora
     from bigthoughts.models.gguf import open_gguf
     from bigthoughts.models.gguf_export import write_lora_adapter, write_model_gguf
     from tests.test_gguf_export import with_lora

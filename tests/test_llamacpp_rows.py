@@ -4,8 +4,8 @@ calculator. Expected values are worked out by hand from the token pieces."""
 import numpy as np
 import pytest
 
-from bigthoughts.generate import calculator_text, check_request
-from bigthoughts.inference.rows import Row, calculator_insert
+from bigthoughts.inference.contract import calculator_insert, calculator_text, check_request
+from bigthoughts.inference.rows import Row
 
 EOS = 1
 

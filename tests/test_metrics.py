@@ -5,7 +5,7 @@ import math
 import pytest
 from scipy import stats
 
-from bigthoughts.metrics import (
+from bigthoughts.evaluation.metrics import (
     accuracy,
     coverage_curve,
     maj_at_k_curve,
@@ -14,7 +14,7 @@ from bigthoughts.metrics import (
     percentiles,
     wilson_interval,
 )
-from bigthoughts.voting import WeightedByLogprob
+from bigthoughts.inference.voting import WeightedByLogprob
 
 
 def test_accuracy():

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bigthoughts.generate import Sampler
+from bigthoughts.inference.jax_sampler import Sampler
 
 GOLDEN = "tests/golden/gemma3_270m_hf_logits.npz"
 pytestmark = pytest.mark.real

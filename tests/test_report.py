@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from bigthoughts.evaluate import RunDirError
-from bigthoughts.report import PLOTS, load_run, make_report, single_pass_baselines
+from bigthoughts.evaluation.evaluate import RunDirError
+from bigthoughts.evaluation.report import PLOTS, load_run, make_report, single_pass_baselines
 
 
 def trace(answer: str | None, temperature: float) -> dict:

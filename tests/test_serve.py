@@ -4,13 +4,12 @@ import math
 
 import pytest
 
-from bigthoughts.config import VoteConfig
 from bigthoughts.data import ANSWER_STOP, FEWSHOT_STOP, SYSTEM_PROMPT, build_prompt, chat_prompt
-from bigthoughts.generate import Sampler
+from bigthoughts.inference.jax_sampler import Sampler
+from bigthoughts.inference.solve import Solver
+from bigthoughts.inference.voting import VoteConfig, ladder
 from bigthoughts.serve.handlers import Plan, gemma_chat_template
 from bigthoughts.serve.schema import parse_request
-from bigthoughts.solve import Solver
-from bigthoughts.voting import ladder
 from tests.serve_helpers import TINY_LIMITS, ScriptedEngine, running, tiny_config
 from tests.tiny import tiny_model
 

@@ -7,7 +7,7 @@ import openai
 import pytest
 
 from bigthoughts.data import ANSWER_STOP, FEWSHOT_STOP, build_prompt
-from bigthoughts.generate import Sampler
+from bigthoughts.inference.jax_sampler import Sampler
 from bigthoughts.serve.batcher import Batcher, GenerationSettings, QueueFull, takes_keyword
 from tests.serve_helpers import GatedEngine, ScriptedEngine, running, tiny_config, wait_for
 from tests.tiny import tiny_model

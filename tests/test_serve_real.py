@@ -5,10 +5,10 @@ from collections import Counter
 import pytest
 
 from bigthoughts.answers import extract_answer
-from bigthoughts.generate import Sampler
+from bigthoughts.inference.jax_sampler import Sampler
+from bigthoughts.inference.voting import DEFAULT_LADDER
 from bigthoughts.serve.app import create_app, serving
 from bigthoughts.serve.handlers import ServeConfig
-from bigthoughts.voting import DEFAULT_LADDER
 
 QUESTION = "Tom has 3 apples and buys 4 more apples. How many apples does Tom have now?"
 

@@ -116,7 +116,7 @@ def test_the_committed_shipped_model_matches_its_adapter_and_its_evaluations():
     evaluation it cites is a committed run whose numbers and paired test it restates."""
     from pathlib import Path
 
-    from bigthoughts.metrics import mcnemar
+    from bigthoughts.evaluation.metrics import mcnemar
 
     root = Path(cli.__file__).resolve().parents[1]
     found = shipped_default()

@@ -118,7 +118,7 @@ def test_eval_ids_picks_the_listed_questions(monkeypatch, tmp_path, gsm8k_dir):
         seen.update(ids=[e.id for e in examples], config=config)
         return {"accuracy": 0.0}
 
-    monkeypatch.setattr("bigthoughts.evaluate.run_eval", fake_run_eval)
+    monkeypatch.setattr("bigthoughts.evaluation.evaluate.run_eval", fake_run_eval)
     monkeypatch.setattr(cli, "_engine", lambda args: SimpleNamespace(engine=None, loaded=None))
     argv = ["eval", "--split", "train", "--ids", str(tmp_path / "ids.txt"), "--limit", "2",
             "--data", str(gsm8k_dir), "--out", str(tmp_path / "run")]

@@ -8,7 +8,7 @@ import pytest
 from safetensors import safe_open
 from safetensors.numpy import load_file
 
-from bigthoughts.tensorfile import write_safetensors
+from bigthoughts.models.tensorfile import write_safetensors
 
 
 def test_round_trip_of_views_dtypes_and_metadata(tmp_path):

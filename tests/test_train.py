@@ -158,8 +158,8 @@ def test_layer_remat_gives_the_same_lora_gradients(tmp_path):
     import jax.numpy as jnp
     from flax import nnx
 
-    from bigthoughts import grpo
     from bigthoughts.training import GRPOTrainer
+    from bigthoughts.training import grpo_loss as grpo
     from tests.train_toy import lowercase_share, toy_setup
 
     config, examples, loaded = toy_setup(str(tmp_path))

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from bigthoughts.data import build_prompt, load_gsm8k
-from bigthoughts.generate import Sampler
-from bigthoughts.grpo import completion_logps
+from bigthoughts.inference.jax_sampler import Sampler
 from bigthoughts.training import load_train_config, train
+from bigthoughts.training.grpo_loss import completion_logps
 from bigthoughts.training.rollout import pad_left, pad_right
 
 ROOT = Path(__file__).resolve().parents[1]

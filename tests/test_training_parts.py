@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from bigthoughts.config import ConfigError
-from bigthoughts.grpo import group_advantages
+from bigthoughts.training.grpo_loss import group_advantages
 from bigthoughts.training.loop import OutOfMemory, run_stage
 from bigthoughts.training.progress import Progress, format_duration, step_line, where
 from bigthoughts.training.relay import Deadline

@@ -1,4 +1,4 @@
-"""Tests for bigthoughts.voting: ties, abstentions, weighting, adaptive stopping, maj@k."""
+"""bigthoughts.inference.voting: ties, abstentions, weighting, adaptive stopping, maj@k."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from bigthoughts.voting import (
+from bigthoughts.inference.voting import (
     DEFAULT_LADDER,
     STRATEGIES,
     AdaptiveMajority,
@@ -273,7 +273,7 @@ def test_registry_and_get_strategy() -> None:
 def test_docstring_examples_run() -> None:
     import doctest
 
-    import bigthoughts.voting as module
+    import bigthoughts.inference.voting as module
 
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0

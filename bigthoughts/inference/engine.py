@@ -1,15 +1,9 @@
-"""The inference engine contract, and ``make_engine`` that picks an implementation.
+"""``make_engine``: which engine serves a model, and the engine it builds.
 
-An engine is anything with the JAX sampler's ``generate`` method: rows are
-prompt-major (``num_samples`` per prompt), ``temperatures`` is one value or one per
-row, ``stop`` strings end a row and are cut off, ``stop_inclusive`` ones are kept,
-EOS ends a row, and ``calculator=True`` inserts GSM8K calculator results
-(``<<48/2=`` -> ``24>>``). The vote (``Solver``), evaluation and the server call only
-this, so a new engine is one file.
-
+Every engine honours the contract of ``inference.contract`` (its ``Engine.generate``).
 Two implementations:
 
-* ``"jax"``: ``bigthoughts.generate.Sampler`` on the Tunix model (training rollouts,
+* ``"jax"``: ``bigthoughts.inference.jax_sampler.Sampler`` on the Tunix model (training rollouts,
   TPU/GPU, any checkpoint we can load);
 * ``"llama.cpp"``: ``bigthoughts.inference.llamacpp.LlamaCppEngine`` on a GGUF file
   (CPU inference; needs the ``llamacpp`` extra).
@@ -28,12 +22,12 @@ Example::
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Literal
 
-from bigthoughts.generate import Generation
+from bigthoughts.inference.contract import Engine
 from bigthoughts.models.registry import (
     LoadedModel,
     ModelLoadError,
@@ -44,25 +38,6 @@ from bigthoughts.models.spec import portable_source
 
 EngineKind = Literal["auto", "jax", "llama.cpp"]
 ENGINE_KINDS: tuple[str, ...] = ("auto", "jax", "llama.cpp")
-
-
-class Engine(Protocol):
-    """What the vote, evaluation and the server need from an inference engine."""
-
-    def generate(
-        self,
-        prompts: Sequence[str],
-        *,
-        temperatures: float | Sequence[float] = 0.0,
-        num_samples: int = 1,
-        max_new_tokens: int = 256,
-        stop: Sequence[str] = (),
-        stop_inclusive: Sequence[str] = (),
-        seed: int = 0,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        calculator: bool = False,
-    ) -> list[Generation]: ...
 
 
 @dataclass(frozen=True)
@@ -157,7 +132,7 @@ def make_engine(
         return ChosenEngine(engine=engine, kind="llama.cpp", loaded=loaded)
     if lora is not None:
         raise ModelLoadError("a GGUF LoRA adapter needs the llama.cpp engine (--engine llama.cpp)")
-    from bigthoughts.generate import Sampler
+    from bigthoughts.inference.jax_sampler import Sampler
     from bigthoughts.models.registry import load_model
 
     loaded = load_jax() if load_jax is not None else load_model(model)

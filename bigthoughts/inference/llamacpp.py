@@ -1,6 +1,6 @@
 """A CPU inference engine on llama.cpp's batched low-level API (llama-cpp-python).
 
-Same contract as ``bigthoughts.generate.Sampler.generate`` (see ``inference.engine``),
+Same contract as ``bigthoughts.inference.jax_sampler.Sampler.generate`` (see ``inference.engine``),
 on the GGUF file itself (the embedded Q4_K_M by default), optionally with a GGUF
 LoRA adapter written by ``bigthoughts.models.gguf_export``.
 
@@ -45,8 +45,14 @@ from pathlib import Path
 
 import numpy as np
 
-from bigthoughts.generate import Generation, calculator_text, check_request
-from bigthoughts.inference.rows import Row, calculator_insert
+from bigthoughts.inference.contract import (
+    Generation,
+    calculator_insert,
+    calculator_text,
+    check_request,
+    resolve_calculator,
+)
+from bigthoughts.inference.rows import Row
 
 _CTX_MULTIPLE = 256
 _BATCH = 512  # micro-batch (n_ubatch) and prompt chunk
@@ -258,7 +264,7 @@ class LlamaCppEngine:
         temps = check_request(n_rows, temperatures, num_samples, max_new_tokens, top_k, top_p)
         if top_p is not None and top_k is None:
             top_k = 256  # as the JAX sampler: the nucleus among the 256 most likely
-        calculate = _calculate() if calculator else None
+        calculate = resolve_calculator(calculator)
         encoded = [self.tokenize(p, add_bos=True) for p in prompts]
         inserts = [self._insertion(p, calculate) for p in prompts]
         n_ctx = sum(len(e) + len(i) for e, i in zip(encoded, inserts, strict=True)) \
@@ -382,8 +388,3 @@ def _logsumexp(logits: np.ndarray) -> np.ndarray:
     top = logits.max(axis=-1)
     return top + np.log(np.exp(logits - top[:, None]).sum(axis=-1))
 
-
-def _calculate():
-    from bigthoughts.steps import calculate
-
-    return calculate

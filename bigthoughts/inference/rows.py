@@ -1,7 +1,7 @@
 """Host-side bookkeeping of one generated row: text, stop strings, EOS, calculator.
 
 Engine-independent and pure (no model), so its semantics are unit-tested directly.
-They mirror ``bigthoughts.generate.Sampler``: ``stop`` strings end a row and are cut
+They are the contract's (``inference.contract``): ``stop`` strings end a row and are cut
 off, ``stop_inclusive`` strings end it and are kept, the earliest match wins, the
 row keeps the fewest tokens whose text covers the matched string; EOS ends a row
 (kept in ``token_ids``, not in the text); ``max_new_tokens`` ends it as "length".
@@ -9,34 +9,12 @@ row keeps the fewest tokens whose text covers the matched string; EOS ends a row
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from bigthoughts.generate import FinishReason, calculator_text
-
-
-def calculator_insert(text: str, piece: str, calculate: Callable[[str], str | None]
-                      ) -> tuple[bool, str | None]:
-    """What the calculator does after a row samples a token whose text ``piece`` ends
-    ``text`` (the row's text, with the prompt's tail in front):
-
-    * ``(False, "RESULT>>")``: the text now ends with an open ``<<EXPR=``; insert it;
-    * ``(True, "=RESULT>>")``: the token joined that ``=`` to more text (Gemma has
-      one token for ``=-``); drop the token and insert this instead, so the model's
-      own guess after ``=`` is replaced as ``bigthoughts.generate`` replaces it;
-    * ``(False, None)``: nothing to do.
-    """
-    found = calculator_text(text, calculate)
-    if found is not None:
-        return False, found
-    cut = piece.find("=")
-    if 0 <= cut < len(piece) - 1 and text.endswith(piece):
-        found = calculator_text(text[:len(text) - len(piece) + cut + 1], calculate)
-        if found is not None:
-            return True, piece[:cut + 1] + found
-    return False, None
+from bigthoughts.inference.contract import FinishReason, find_stop
 
 
 @dataclass
@@ -80,12 +58,7 @@ class Row:
         if hit_eos:
             limit = self.ids.index(eos_id) + 1
         text = self.text(limit)
-        best = None  # (start, end of kept text, end of the stop string)
-        for strings, keep in ((stop, False), (stop_inclusive, True)):
-            for s in strings:
-                at = text.find(s)
-                if at >= 0 and (best is None or at < best[0]):
-                    best = (at, at + len(s) if keep else at, at + len(s))
+        best = find_stop(text, stop, stop_inclusive)
         if best is not None:
             need = len(text[: best[2]].encode("utf-8"))
             kept = int(np.searchsorted(np.asarray(self.ends[:limit]), need)) + 1

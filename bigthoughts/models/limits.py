@@ -60,7 +60,8 @@ class GenerationLimitError(ValueError):
     """A generation call that cannot fit the model's context or the available memory."""
 
 
-def _round_up(n: int, multiple: int) -> int:
+def round_up(n: int, multiple: int) -> int:
+    """``n`` rounded up to a multiple of ``multiple`` (at least one ``multiple``)."""
     return max(multiple, -(-n // multiple) * multiple)
 
 
@@ -87,7 +88,7 @@ def estimate_prompt_tokens(prompt: str) -> int:
 def generation_bytes(config: Any, *, rows: int, prompt_tokens: int, max_new_tokens: int,
                      cache_bytes: int = 4) -> int:
     """Estimated peak bytes of a generation call (KV cache and logits, see module doc)."""
-    cache_len = _round_up(prompt_tokens, PROMPT_BUCKET) + _round_up(max_new_tokens, CHUNK)
+    cache_len = round_up(prompt_tokens, PROMPT_BUCKET) + round_up(max_new_tokens, CHUNK)
     per_token = 2 * config.num_layers * config.num_kv_heads * config.head_dim * cache_bytes
     per_row = 2 * per_token * cache_len + LOGIT_COPIES * config.num_embed * 4
     return rows * per_row

@@ -28,7 +28,7 @@ from bigthoughts.models.spec import (
     portable_source,
     resolve_dtype,
 )
-from bigthoughts.tensorfile import write_safetensors
+from bigthoughts.models.tensorfile import write_safetensors
 
 __all__ = ["DEFAULT_MODEL", "EMBEDDED_PACKAGE", "REGISTRY", "LoadedModel", "ModelLoadError",
            "ModelSpec", "cache_dir", "embedded_gguf_path", "load_model", "resolve_dtype"]

@@ -55,9 +55,9 @@ def takes_keyword(fn, name: str) -> bool:
 
 
 class Engine(Protocol):
-    """What the server needs of an engine (``bigthoughts.generate.Sampler`` is one).
+    """What the server needs of an engine (``bigthoughts.inference.jax_sampler.Sampler`` is one).
 
-    ``generate`` returns prompt-major rows of ``bigthoughts.generate.Generation``;
+    ``generate`` returns prompt-major rows of ``bigthoughts.inference.jax_sampler.Generation``;
     engines that take ``calculator=True`` get it only for requests that ask for it.
     """
 

@@ -11,7 +11,7 @@ Prompts follow the model kind (``ServeConfig.prompt_style``):
   after ``</answer>``.
 
 ``/v1/completions`` sends its prompt as is. A vote (any endpoint) takes the question
-(the last user message, or the prompt) to :class:`bigthoughts.solve.Solver`, which
+(the last user message, or the prompt) to :class:`bigthoughts.inference.solve.Solver`, which
 builds the prompt, draws the temperature ladder and decides; its engine here is a
 :class:`RequestEngine` that turns each draw into a batcher job, so votes batch with
 other requests too. Request ``temperature``/``top_p``/``stop`` do not apply to a
@@ -26,13 +26,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bigthoughts.answers import extract_answer
-from bigthoughts.config import VoteConfig
 from bigthoughts.data import ANSWER_STOP, FEWSHOT_STOP, build_prompt
+from bigthoughts.inference.solve import Solution, Solver
+from bigthoughts.inference.voting import VoteConfig, ladder
 from bigthoughts.models.tokenizer import CHAT_MARKERS
 from bigthoughts.serve.batcher import Batcher, GenerationSettings, Job, takes_keyword
 from bigthoughts.serve.schema import APIError, CompletionRequest, Limits
-from bigthoughts.solve import Solution, Solver
-from bigthoughts.voting import ladder
 
 CHAT_STOP = CHAT_MARKERS[1]  # "<end_of_turn>": the model's turn is over
 SEED_MASK = 0x7FFFFFFF  # the sampler's PRNG takes a non-negative 32-bit seed

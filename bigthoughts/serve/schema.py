@@ -19,7 +19,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from bigthoughts.voting import STRATEGIES
+from bigthoughts.inference.voting import STRATEGIES
 
 MAX_STOP_STRINGS = 4  # as the OpenAI API
 CHAT_ROLES = ("system", "developer", "user", "assistant")

@@ -9,7 +9,7 @@
     rundir     run-directory identity (config.json) and logs (metrics/samples.jsonl)
     progress   the line per step a user watches
 
-The loss itself is ``bigthoughts.grpo``. Example::
+The loss itself is ``bigthoughts.training.grpo_loss``. Example::
 
     bigthoughts train --config configs/gemma3-270m-cpu.yaml --max-steps 2
 """

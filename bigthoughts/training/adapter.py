@@ -20,11 +20,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from bigthoughts.export import merge_lora
 from bigthoughts.models.build import build_model, parse_path_name, path_name
+from bigthoughts.models.export import merge_lora
 from bigthoughts.models.registry import load_model
 from bigthoughts.models.spec import LoadedModel
-from bigthoughts.tensorfile import write_safetensors
+from bigthoughts.models.tensorfile import write_safetensors
 from bigthoughts.training.config import LoraSection, ModelSection
 from bigthoughts.training.state import apply_lora
 

@@ -6,7 +6,7 @@ completions each with the current policy -> rewards -> group advantages
 further questions) -> log-probs of the completions under the reference (the frozen base
 = LoRA switched off; when β > 0) and, when μ > 1, under the sampling policy itself
 (π_θold, computed once before the updates, as Tunix does) -> μ AdamW updates of the
-LoRA weights on ``grpo.grpo_loss``. After every update the sampler is pointed at the
+LoRA weights on ``grpo_loss.grpo_loss``. After every update the sampler is pointed at the
 new LoRA arrays (the update donates the old ones).
 
 Every piece of state an exact resume needs (LoRA weights, optimizer moments, step,
@@ -36,17 +36,17 @@ import numpy as np
 import optax
 from flax import nnx
 
+import bigthoughts.training.grpo_loss as grpo_loss
 import bigthoughts.training.rollout as ro
-from bigthoughts import grpo
 from bigthoughts.answers import answers_equal
-from bigthoughts.config import VoteConfig
 from bigthoughts.data import Example, prompt_format
-from bigthoughts.export import export_checkpoint, export_hf_gemma3, merge_lora
 from bigthoughts.files import atomic_write_text
-from bigthoughts.generate import Sampler
+from bigthoughts.inference.jax_sampler import Sampler
+from bigthoughts.inference.solve import Solver
+from bigthoughts.inference.voting import VoteConfig
+from bigthoughts.models.export import export_checkpoint, export_hf_gemma3, merge_lora
 from bigthoughts.models.registry import LoadedModel
 from bigthoughts.rewards import is_exact_format
-from bigthoughts.solve import Solver
 from bigthoughts.training.adapter import adapted, save_adapter
 from bigthoughts.training.config import GRPOSection, TrainConfig
 from bigthoughts.training.relay import CheckpointStore
@@ -66,12 +66,12 @@ MEMORY_KNOBS = ("prompts_per_step, grpo.num_generations or grpo.max_new_tokens "
                 "(or set grpo.remat_layers=true)")
 
 
-def grpo_grads(graphdef, g: GRPOSection, lora, base, batch: grpo.RolloutBatch):
+def grpo_grads(graphdef, g: GRPOSection, lora, base, batch: grpo_loss.RolloutBatch):
     """``((loss, aux), grads)`` of the GRPO loss w.r.t. the LoRA weights (jit it; pure)."""
 
     def loss_fn(lora_state):
         model = nnx.merge(graphdef, lora_state, base)
-        return grpo.grpo_loss(model, batch, group=g.num_generations, beta=g.beta,
+        return grpo_loss.grpo_loss(model, batch, group=g.num_generations, beta=g.beta,
                               epsilon=g.epsilon, epsilon_high=g.epsilon_high,
                               loss_agg_mode=g.loss_agg_mode, kl_mode=g.kl_mode,
                               temperature=g.resolved_logp_temperature, remat=g.remat_layers)
@@ -80,7 +80,7 @@ def grpo_grads(graphdef, g: GRPOSection, lora, base, batch: grpo.RolloutBatch):
 
 
 def grpo_update(graphdef, tx: optax.GradientTransformation, g: GRPOSection, lora, opt_state,
-                base, batch: grpo.RolloutBatch):
+                base, batch: grpo_loss.RolloutBatch):
     """One AdamW update of the LoRA weights on the GRPO loss, as one program (pure). The
     trainer runs it as two (``SplitUpdate``); this fused form is what the accelerator
     memory estimates compile (scripts/aot_memory.py)."""
@@ -140,8 +140,9 @@ class GRPOTrainer:
         if not lora_on:
             lora = jax.tree_util.tree_map(jnp.zeros_like, lora)
         model = nnx.merge(self.graphdef, lora, base)
-        return grpo.completion_logps(model, prompt_tokens, prompt_valid, completion_tokens, group,
-                                     temperature=self.config.grpo.resolved_logp_temperature)
+        return grpo_loss.completion_logps(
+            model, prompt_tokens, prompt_valid, completion_tokens, group,
+            temperature=self.config.grpo.resolved_logp_temperature)
 
     def _sync_sampler(self) -> None:
         """Points the sampler at the current LoRA arrays (an update donates the old ones)."""
@@ -150,7 +151,7 @@ class GRPOTrainer:
             self.rollouts.sync(self.lora)
 
     # --- one step -------------------------------------------------------------------
-    def _with_logps(self, batch: grpo.RolloutBatch) -> grpo.RolloutBatch:
+    def _with_logps(self, batch: grpo_loss.RolloutBatch) -> grpo_loss.RolloutBatch:
         """Adds reference log-probs (β > 0) and, for μ > 1, π_θold's (the sampling policy)."""
         g = self.config.grpo
         args = (batch.prompt_tokens, batch.prompt_valid, batch.completion_tokens)
@@ -161,7 +162,7 @@ class GRPOTrainer:
                              lora_on=True) if g.num_iterations > 1 else None
         return dataclasses.replace(batch, ref_logps=ref, old_logps=old)
 
-    def _updates(self, batch: grpo.RolloutBatch) -> dict:
+    def _updates(self, batch: grpo_loss.RolloutBatch) -> dict:
         """μ updates on one batch; the sampler follows the weights after each."""
         self.last_updates = []
         release_host_memory()  # the rollout's freed buffers, before the update's peak

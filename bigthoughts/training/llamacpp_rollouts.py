@@ -25,7 +25,7 @@ import numpy as np
 from flax import nnx
 
 from bigthoughts.config import ConfigError
-from bigthoughts.generate import Generation
+from bigthoughts.inference.contract import Generation
 
 __all__ = ["LlamaCppRollouts", "rollout_gguf"]
 

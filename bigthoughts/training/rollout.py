@@ -22,13 +22,14 @@ from dataclasses import dataclass
 import jax.numpy as jnp
 import numpy as np
 
-from bigthoughts import grpo as grpo_loss
+import bigthoughts.training.grpo_loss as grpo_loss
 from bigthoughts.answers import answers_equal, extract_answer
 from bigthoughts.data import Example, PromptFormat
-from bigthoughts.generate import Generation, Sampler, left_pad
-from bigthoughts.grpo import RolloutBatch
+from bigthoughts.inference.contract import Engine, Generation
+from bigthoughts.inference.jax_sampler import left_pad
 from bigthoughts.rewards import is_exact_format
 from bigthoughts.training.config import GRPOSection
+from bigthoughts.training.grpo_loss import RolloutBatch
 
 PROMPT_BUCKET = 32  # prompts are left-padded to a multiple of this (fewer recompiles)
 
@@ -103,7 +104,7 @@ class Rollout:
         return [e.gold for e in self.examples for _ in range(self.group)]
 
 
-def collect(sampler: Sampler, examples: Sequence[Example], grpo: GRPOSection, *,
+def collect(sampler: Engine, examples: Sequence[Example], grpo: GRPOSection, *,
             fmt: PromptFormat, reward_fns: Sequence[RewardFn], seed: int) -> Rollout:
     """Samples G completions per question with the sampler's current weights and scores
     them."""

@@ -29,9 +29,9 @@ from flax import nnx
 
 from bigthoughts.answers import answers_equal, extract_answer
 from bigthoughts.data import Example, load_gsm8k, prompt_format
-from bigthoughts.export import export_checkpoint, merge_lora
-from bigthoughts.generate import Sampler
+from bigthoughts.inference.jax_sampler import Sampler
 from bigthoughts.models import forward
+from bigthoughts.models.export import export_checkpoint, merge_lora
 from bigthoughts.models.spec import LoadedModel
 from bigthoughts.rewards import is_exact_format
 from bigthoughts.training.adapter import adapted, save_adapter

@@ -9,7 +9,7 @@ Each training solution becomes the completion the GRPO rewards ask for::
 behind a *zero-shot* prompt, so the format no longer depends on worked examples in
 the prompt. ``annotations=True`` keeps GSM8K's ``<<expr=result>>`` calculator notes:
 a model trained on them writes ``<<48/2=`` and, with ``--calculator``, the sampler
-supplies ``24>>`` (see :mod:`bigthoughts.generate`); ``False`` strips them.
+supplies ``24>>`` (see :mod:`bigthoughts.inference.jax_sampler`); ``False`` strips them.
 
 A seeded slice of *train* is held out for validation; GSM8K *test* is never touched.
 Batches are length-bucketed: each epoch is a seeded shuffle, cut into windows of
@@ -82,7 +82,7 @@ def result_targets(text: str, tokenizer) -> tuple[tuple[int, ...], tuple[int, ..
     """``(ids, targets)`` of a completion whose only targets are calculator results.
 
     The text is encoded in pieces: ``…<<48/2`` | ``=24>>`` | the rest. The middle
-    piece is what the sampler's calculator supplies (:mod:`bigthoughts.generate`
+    piece is what the sampler's calculator supplies (:mod:`bigthoughts.inference.jax_sampler`
     encodes ``24>>`` after the model's ``=``, or ``=24>>`` when the model's token
     joined ``=`` to what follows, as Gemma's ``=-`` does); the ``=`` in it is a
     target too, so a sign that shares its token is learnt. A piece is a target (1)

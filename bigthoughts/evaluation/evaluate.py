@@ -1,6 +1,6 @@
 """GSM8K evaluation: modes, resumable results, and a summary with confidence intervals.
 
-Three modes, one code path (:class:`bigthoughts.solve.Solver`):
+Three modes, one code path (:class:`bigthoughts.inference.solve.Solver`):
 
 * ``zero-shot``: the untrained-model baseline, one greedy pass (temperature 0) with
   the model's task prompt. For a base model that prompt is the few-shot completion
@@ -44,18 +44,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from bigthoughts.answers import FAILURE_BUCKETS, answers_equal, extract, failure_bucket
-from bigthoughts.config import ConfigError, VoteConfig
+from bigthoughts.config import ConfigError
 from bigthoughts.data import PROMPT_STYLES, Example, PromptFormat, check_shots, prompt_format
+from bigthoughts.evaluation.metrics import percentiles, wilson_interval
 from bigthoughts.files import JsonlError, append_jsonl, atomic_write_json, read_jsonl
-from bigthoughts.metrics import percentiles, wilson_interval
+from bigthoughts.inference.voting import MAX_VOTES, STRATEGIES, VoteConfig
 from bigthoughts.models.spec import portable_source
 from bigthoughts.rewards import is_exact_format, reasoning_steps
-from bigthoughts.voting import MAX_VOTES, STRATEGIES
 
 if TYPE_CHECKING:
-    from bigthoughts.generate import Sampler
+    from bigthoughts.inference.jax_sampler import Sampler
+    from bigthoughts.inference.solve import Solution, Solver
     from bigthoughts.models.registry import LoadedModel
-    from bigthoughts.solve import Solution, Solver
 
 __all__ = [
     "MODES",
@@ -442,7 +442,7 @@ def run_eval(
     :class:`~bigthoughts.models.limits.GenerationLimitError` (nothing written) when a
     batch cannot fit the model's context or the memory.
     """
-    from bigthoughts.solve import Solver
+    from bigthoughts.inference.solve import Solver
 
     out_dir = Path(out_dir)
     fmt = prompt_format(config.style or lm.spec.prompt_style, config.shots)
@@ -450,7 +450,7 @@ def run_eval(
     if len(by_id) != len(examples):
         raise ValueError("examples have duplicate ids")
     if sampler is None:
-        from bigthoughts.generate import Sampler
+        from bigthoughts.inference.jax_sampler import Sampler
 
         _check_fits(lm, examples, config, fmt)
         sampler = Sampler(lm.model, lm.tokenizer)

@@ -34,8 +34,8 @@ from bigthoughts.models.spec import (
     portable_source,
     resolve_dtype,
 )
+from bigthoughts.models.tensorfile import write_safetensors
 from bigthoughts.models.tokenizer import Tokenizer
-from bigthoughts.tensorfile import write_safetensors
 
 __all__ = ["export_checkpoint", "export_hf_gemma3", "load_exported", "merge_lora"]
 

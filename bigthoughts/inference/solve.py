@@ -23,10 +23,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from bigthoughts.answers import extract_answer
-from bigthoughts.config import VoteConfig
 from bigthoughts.data import PromptFormat, prompt_format
-from bigthoughts.generate import Generation, Sampler
-from bigthoughts.voting import AdaptiveMajority, Sample, VoteResult, get_strategy
+from bigthoughts.inference.contract import Engine, Generation
+from bigthoughts.inference.voting import (
+    AdaptiveMajority,
+    Sample,
+    VoteConfig,
+    VoteResult,
+    get_strategy,
+)
 
 
 @dataclass(frozen=True)
@@ -57,7 +62,7 @@ class Solver:
     format owns both the prompt text and the stop strings.
     """
 
-    def __init__(self, sampler: Sampler, *, format: PromptFormat | None = None,
+    def __init__(self, sampler: Engine, *, format: PromptFormat | None = None,
                  style: str = "fewshot", shots: int = 2, vote: VoteConfig | None = None,
                  seed: int = 0, calculator: bool = False):
         self.sampler = sampler

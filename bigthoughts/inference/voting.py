@@ -38,6 +38,7 @@ __all__ = [
     "AdaptiveStop",
     "Majority",
     "Sample",
+    "VoteConfig",
     "VoteResult",
     "VoteStrategy",
     "WeightedByLogprob",
@@ -323,3 +324,40 @@ def maj_at_k(samples: Sequence[Sample], k: int, strategy: VoteStrategy | None = 
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"k must be an int >= 1, got {k!r}")
     return (strategy or Majority()).decide(list(samples)[:k]).answer
+
+
+@dataclass(frozen=True, kw_only=True)
+class VoteConfig:
+    """How to answer by consensus.
+
+    ``votes`` is the number of samples k per question. ``temperatures`` None (the
+    default) draws them on the ladder ``ladder(k)`` (0.2 ... 1.0; greedy for
+    k = 1); explicit temperatures are cycled. Both are decided by
+    :func:`temperature_schedule`, see :meth:`schedule`.
+    ``strategy`` names an entry of ``STRATEGIES``; ``max_new_tokens`` bounds
+    each sample's length.
+    """
+
+    votes: int = 5
+    temperatures: tuple[float, ...] | None = None
+    strategy: str = "majority"
+    max_new_tokens: int = 256
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.votes <= MAX_VOTES:
+            raise ValueError(f"votes must be between 1 and {MAX_VOTES}, got {self.votes}")
+        if self.temperatures is not None and not self.temperatures:
+            raise ValueError("temperatures must hold at least one temperature")
+        bad = [t for t in self.temperatures or () if not (math.isfinite(t) and t >= 0)]
+        if bad:
+            raise ValueError(f"temperatures must be finite and >= 0, got {bad}")
+        if self.strategy not in STRATEGIES:
+            raise ValueError(
+                f"unknown vote strategy {self.strategy!r}; valid: {', '.join(STRATEGIES)}"
+            )
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+
+    def schedule(self) -> tuple[float, ...]:
+        """The temperature of each of the ``votes`` samples (``temperature_schedule``)."""
+        return temperature_schedule(self.votes, self.temperatures)

@@ -44,7 +44,6 @@ import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
 
 import jax
 import jax.numpy as jnp
@@ -52,40 +51,16 @@ import numpy as np
 from flax import nnx
 
 from bigthoughts.arithmetic import CALL_OPEN
+from bigthoughts.inference.contract import (
+    Calculator,
+    Generation,
+    calculator_text,
+    check_request,
+    find_stop,
+    resolve_calculator,
+)
 from bigthoughts.models import forward
-
-FinishReason = Literal["stop", "eos", "length", "cancelled"]
-PROMPT_BUCKET = 64
-
-
-@dataclass(frozen=True)
-class Generation:
-    """One sampled continuation."""
-
-    text: str
-    token_ids: tuple[int, ...]
-    logprobs: tuple[float, ...]
-    finish_reason: FinishReason
-    prompt_tokens: int
-    temperature: float
-    # True where a token was inserted by the calculator rather than sampled
-    inserted: tuple[bool, ...] = ()
-
-    @property
-    def num_tokens(self) -> int:
-        return len(self.token_ids)
-
-    @property
-    def logprob(self) -> float:
-        return float(sum(self.logprobs))
-
-    @property
-    def mean_logprob(self) -> float:
-        return self.logprob / max(1, self.num_tokens)
-
-
-def _round_up(n: int, multiple: int) -> int:
-    return max(multiple, -(-n // multiple) * multiple)
+from bigthoughts.models.limits import CHUNK, PROMPT_BUCKET, round_up
 
 
 def _pow2(n: int) -> int:
@@ -117,35 +92,7 @@ def _token_logprob(logits, token):
     return jnp.take_along_axis(logits, token[:, None], -1)[:, 0] - lse
 
 
-Calculator = Callable[[str], "str | None"]
-# an open calculator call: "<<" then an expression then "=" (GSM8K's annotation)
-_CALL = re.compile(CALL_OPEN)
-_CALL_AT_END = re.compile(CALL_OPEN + "$")
-
-
-def calculator_text(text: str, calculate: Calculator) -> str | None:
-    """``"RESULT>>"`` when ``text`` ends with an open ``<<EXPR=`` annotation whose
-    expression ``calculate`` can evaluate; else None. (Both samplers use it: a prompt
-    ending in an open call, and each llama.cpp row after a sampled token.)"""
-    match = _CALL_AT_END.search(text)
-    if match is None:
-        return None
-    result = calculate(match.group(1))
-    return None if result is None else f"{result}>>"
-
-
-def resolve_calculator(calculator: bool | Calculator) -> Calculator | None:
-    """``True`` -> the safe evaluator of :mod:`bigthoughts.steps`; a function is used as
-    given (expression text -> result text or None); ``False`` -> no calculator."""
-    if calculator is True:
-        from bigthoughts.steps import calculate
-
-        return calculate
-    if calculator is False or calculator is None:
-        return None
-    if not callable(calculator):
-        raise TypeError("calculator must be a bool or a function expr -> str | None")
-    return calculator
+_CALL = re.compile(CALL_OPEN)  # an open calculator call anywhere in a text
 
 
 @dataclass
@@ -198,7 +145,7 @@ class _Batch:
 class Sampler:
     """Batched sampler over a Tunix Gemma model (see module docstring)."""
 
-    def __init__(self, model, tokenizer, *, chunk: int = 16, cache_dtype=None,
+    def __init__(self, model, tokenizer, *, chunk: int = CHUNK, cache_dtype=None,
                  compact: bool = True):
         self.tokenizer = tokenizer
         self.compact = compact
@@ -310,10 +257,10 @@ class Sampler:
 
     def _decode_rows(self, encoded, rows, temps, num_samples, seed, opts: _Options) -> None:
         """Prefills each prompt once, then decodes chunk by chunk until every row ends."""
-        p_len = _round_up(max(len(e) for e in encoded), PROMPT_BUCKET)
+        p_len = round_up(max(len(e) for e in encoded), PROMPT_BUCKET)
         tokens, valid = left_pad(encoded, p_len, self.tokenizer.pad_id())
         slack = max(4 * self.chunk, opts.max_new_tokens // 2) if opts.calculator else 0
-        capacity = _round_up(opts.max_new_tokens + slack, self.chunk)
+        capacity = round_up(opts.max_new_tokens + slack, self.chunk)
         logits, cache, pos = self._prefill(self.state, jnp.asarray(tokens), jnp.asarray(valid),
                                            cache_size=p_len + capacity)
         slot_valid = jnp.pad(jnp.asarray(valid), ((0, 0), (0, capacity)))
@@ -464,12 +411,7 @@ class Sampler:
         if hit_eos:
             limit = ids.index(eos) + 1
         text = self._text(ids[:limit])
-        best = None  # (start, end of kept text, end of the stop string)
-        for strings, keep in ((opts.stop, False), (opts.stop_inclusive, True)):
-            for s in strings:
-                at = text.find(s)
-                if at >= 0 and (best is None or at < best[0]):
-                    best = (at, at + len(s) if keep else at, at + len(s))
+        best = find_stop(text, opts.stop, opts.stop_inclusive)
         if best is not None:
             return (text[: best[1]], self._tokens_covering(ids[:limit], best[2]), "stop"), text
         if hit_eos:
@@ -488,25 +430,6 @@ class Sampler:
             else:
                 lo = mid + 1
         return hi
-
-
-def check_request(rows: int, temperatures: float | Sequence[float], num_samples: int,
-                  max_new_tokens: int, top_k: int | None, top_p: float | None) -> list[float]:
-    """Validates a ``generate`` request (any engine); returns one temperature per output
-    row, as given (not as float32)."""
-    if num_samples < 1 or max_new_tokens < 1:
-        raise ValueError("num_samples and max_new_tokens must be >= 1")
-    if top_k is not None and top_k < 1:
-        raise ValueError("top_k must be >= 1")
-    if top_p is not None and not 0.0 < top_p <= 1.0:
-        raise ValueError("top_p must be in (0, 1]")
-    requested = [float(temperatures)] * rows if np.ndim(temperatures) == 0 \
-        else [float(t) for t in temperatures]
-    if len(requested) != rows:
-        raise ValueError(f"need 1 or {rows} temperatures, got {len(requested)}")
-    if any(not t >= 0 for t in requested):
-        raise ValueError("temperatures must be >= 0")
-    return requested
 
 
 def left_pad(rows: Sequence[Sequence[int]], length: int, pad: int

@@ -35,7 +35,7 @@ from typing import Any, Literal
 import numpy as np
 
 from bigthoughts.answers import answers_equal
-from bigthoughts.voting import Majority, Sample, VoteStrategy, maj_at_k
+from bigthoughts.inference.voting import Majority, Sample, VoteStrategy, maj_at_k
 
 __all__ = [
     "EXACT_BELOW",
@@ -184,8 +184,8 @@ def maj_at_k_curve(
 
     ``records`` are result records (``traces`` with ``answer``/``temperature``/
     ``logprob``/``tokens``, and ``gold``). Traces are used in their saved order (the
-    ladder's order), with :func:`bigthoughts.voting.maj_at_k` and ``strategy``
-    (default :class:`~bigthoughts.voting.Majority`). No text is generated. A record
+    ladder's order), with :func:`bigthoughts.inference.voting.maj_at_k` and ``strategy``
+    (default :class:`~bigthoughts.inference.voting.Majority`). No text is generated. A record
     with fewer than k traces (an adaptive vote that stopped early) votes with all of
     them, as it did when it was run.
     """

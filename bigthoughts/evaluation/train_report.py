@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bigthoughts.evaluate import RunDirError
+from bigthoughts.evaluation.evaluate import RunDirError
 from bigthoughts.files import JsonlError, read_jsonl
 
 

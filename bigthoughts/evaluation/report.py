@@ -1,6 +1,6 @@
 """Compare evaluation runs: a markdown/JSON table, paired significance tests, plots.
 
-Input: run directories written by :func:`bigthoughts.evaluate.run_eval` (each with
+Input: run directories written by :func:`bigthoughts.evaluation.evaluate.run_eval` (each with
 ``summary.json`` and ``results.jsonl``). Output, in ``out_dir``:
 
 * ``report.md``: one column per run (accuracy with its 95 % Wilson interval, strict
@@ -34,9 +34,15 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, PercentFormatter
 
-from bigthoughts.evaluate import RESULTS, SUMMARY, RunDirError, adapted_kind, read_results
+from bigthoughts.evaluation.evaluate import (
+    RESULTS,
+    SUMMARY,
+    RunDirError,
+    adapted_kind,
+    read_results,
+)
+from bigthoughts.evaluation.metrics import coverage_curve, maj_at_k_curve, mcnemar, paired_diff_ci
 from bigthoughts.files import atomic_output, atomic_write_json, atomic_write_text
-from bigthoughts.metrics import coverage_curve, maj_at_k_curve, mcnemar, paired_diff_ci
 
 __all__ = ["PLOTS", "Run", "load_run", "make_report", "single_pass_baselines"]
 
