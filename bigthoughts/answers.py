@@ -40,6 +40,10 @@ from typing import Literal
 __all__ = [
     "ANSWER_CLOSE",
     "ANSWER_OPEN",
+    "REASONING_CLOSE",
+    "REASONING_OPEN",
+    "TAGS",
+    "format_completion",
     "FAILURE_BUCKETS",
     "Extraction",
     "answers_equal",
@@ -50,8 +54,19 @@ __all__ = [
     "parse_gold",
 ]
 
-ANSWER_OPEN = "<answer>"
-ANSWER_CLOSE = "</answer>"
+REASONING_OPEN, REASONING_CLOSE = "<reasoning>", "</reasoning>"
+ANSWER_OPEN, ANSWER_CLOSE = "<answer>", "</answer>"
+TAGS = (REASONING_OPEN, REASONING_CLOSE, ANSWER_OPEN, ANSWER_CLOSE)
+"""The completion format every prompt asks for, every reward checks and SFT teaches."""
+
+
+def format_completion(reasoning: str, answer: str) -> str:
+    """A completion in the format: reasoning, a newline, the answer.
+
+    >>> format_completion("2 + 2 = 4", "4")
+    '<reasoning>2 + 2 = 4</reasoning>\\n<answer>4</answer>'
+    """
+    return f"{REASONING_OPEN}{reasoning}{REASONING_CLOSE}\n{ANSWER_OPEN}{answer}{ANSWER_CLOSE}"
 
 FAILURE_BUCKETS = (
     "no_answer_tag",

@@ -34,8 +34,9 @@ import re
 from dataclasses import dataclass
 from fractions import Fraction
 
-__all__ = ["CALC_DECIMALS", "CALL_OPEN", "MAX_BITS", "MAX_CHARS", "MAX_DEPTH", "MAX_DIGITS",
-           "MAX_EXPONENT", "Refused", "calculate", "evaluate_expression", "tokenize"]
+__all__ = ["ANNOTATION", "CALC_DECIMALS", "CALL_OPEN", "MAX_BITS", "MAX_CHARS", "MAX_DEPTH",
+           "MAX_DIGITS", "MAX_EXPONENT", "NOTE", "Refused", "calculate", "evaluate_expression",
+           "tokenize"]
 
 MAX_CHARS = 500  # longest expression the evaluator reads
 MAX_DIGITS = 40  # most digits in one number (integer and decimal part together)
@@ -43,9 +44,14 @@ MAX_DEPTH = 50  # deepest nesting of parentheses, signs and powers
 MAX_EXPONENT = 64  # largest |n| in a ** n
 MAX_BITS = 512  # largest numerator or denominator, in bits, of any intermediate result
 CALC_DECIMALS = 6  # decimals calculate() rounds a non-terminating or long result to
-# an open calculator call, GSM8K's "<<EXPR=" (group 1: EXPR): the one pattern the samplers
-# (bigthoughts.inference.jax_sampler, bigthoughts.inference.rows) and the SFT result targets share
+# GSM8K's calculator annotations, one owner for every module that reads them:
+# an open call "<<EXPR=" (group 1: EXPR), where both engines answer with the calculator;
 CALL_OPEN = r"<<([^<>=\n]{1,160})="
+# a whole annotation "<<EXPR=RESULT>>" (groups: EXPR, RESULT), as the step checker and the
+# SFT result targets read it;
+ANNOTATION = CALL_OPEN + r"([^<>=\n]{0,64})>>"
+# any "<<...>>" note, as removed from a solution to leave plain reasoning
+NOTE = r"<<[^<>]*>>"
 
 _TOKEN_NUMBER = re.compile(r"(\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.(\d+))?|\.(\d+)")
 _OPERATORS = {"+": "+", "-": "-", "\u2212": "-", "*": "*", "\u00d7": "*", "\u00b7": "*",

@@ -32,7 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from bigthoughts.answers import parse_gold
+from bigthoughts.answers import ANSWER_CLOSE, format_completion, parse_gold
+from bigthoughts.arithmetic import NOTE
 from bigthoughts.files import atomic_write_bytes, file_sha256
 
 __all__ = [
@@ -287,7 +288,9 @@ SYSTEM_PROMPT = (
 
 FEWSHOT_STOP = "\nQuestion:"
 """Where a base model starts inventing the next few-shot question: stop generating."""
-ANSWER_STOP = "</answer>"
+ANSWER_STOP = ANSWER_CLOSE
+CHAT_START, CHAT_STOP = "<start_of_turn>", "<end_of_turn>"
+"""Gemma's chat turn markers; the end of the model's turn is where generation stops."""
 """Nothing after the closed answer is needed: stop generating."""
 
 
@@ -344,12 +347,28 @@ def check_shots(shots: int) -> None:
         raise ValueError(f"shots must be between 0 and {len(FEWSHOT_EXAMPLES)}, got {shots}")
 
 
+def chat_template(messages: Sequence[tuple[str, str]]) -> str:
+    """Gemma's turns of ``(role, text)`` messages, opening the model's turn. Gemma has no
+    system role: system/developer text leads the first user turn."""
+    system = "\n\n".join(t for r, t in messages if r in ("system", "developer") and t.strip())
+    turns = []
+    for role, text in messages:
+        if role in ("system", "developer"):
+            continue
+        if role == "user" and system:
+            text, system = f"{system}\n\n{text}", ""
+        speaker = "model" if role == "assistant" else "user"
+        turns.append(f"{CHAT_START}{speaker}\n{text}{CHAT_STOP}\n")
+    return "".join(turns) + f"{CHAT_START}model\n"
+
+
 def chat_prompt(question: str, *, system: str = SYSTEM_PROMPT) -> str:
     """One Gemma user turn holding the instructions and the question, opening the model turn.
 
-    Gemma's chat template has no system role, so the instructions lead the user turn.
+    >>> chat_prompt("2 + 2?", system="Be brief.")
+    '<start_of_turn>user\\nBe brief.\\n\\n2 + 2?<end_of_turn>\\n<start_of_turn>model\\n'
     """
-    return f"<start_of_turn>user\n{system}\n\n{question}<end_of_turn>\n<start_of_turn>model\n"
+    return chat_template([("system", system), ("user", question)])
 
 
 def fewshot_prompt(question: str, *, shots: int = 2, system: str = SYSTEM_PROMPT) -> str:
@@ -361,17 +380,14 @@ def fewshot_prompt(question: str, *, shots: int = 2, system: str = SYSTEM_PROMPT
     check_shots(shots)
     parts = [f"{system}\n\n"]
     for shot in FEWSHOT_EXAMPLES[:shots]:
-        parts.append(
-            f"Question: {shot.question}\nAnswer: <reasoning>{shot.reasoning}</reasoning>\n"
-            f"<answer>{shot.answer}</answer>\n\n"
-        )
+        parts.append(f"Question: {shot.question}\nAnswer: "
+                     f"{format_completion(shot.reasoning, shot.answer)}\n\n")
     parts.append(f"Question: {question}\nAnswer:")
     return "".join(parts)
 
 
 PROMPT_STYLES = ("chat", "fewshot", "zeroshot")
-CHAT_STOP = "<end_of_turn>"
-"""The end of the model's chat turn: stop generating."""
+
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -440,7 +456,7 @@ def build_prompt(
     return prompt_format(style, shots).prompt(question)
 
 
-_CALCULATOR_RE = re.compile(r"<<[^<>]*>>")
+_CALCULATOR_RE = re.compile(NOTE)
 
 
 def solution_to_reasoning(answer_text: str) -> str:

@@ -44,7 +44,13 @@ from fractions import Fraction
 from types import MappingProxyType
 from typing import Any
 
-from bigthoughts.answers import answers_equal, extract_answer, normalize_number, parse_gold
+from bigthoughts.answers import (
+    TAGS,
+    answers_equal,
+    extract_answer,
+    normalize_number,
+    parse_gold,
+)
 from bigthoughts.steps import Step, StepReport, check_steps
 
 __all__ = [
@@ -68,8 +74,7 @@ __all__ = [
 
 RewardFn = Callable[..., list[float]]
 
-R_OPEN, R_CLOSE, A_OPEN, A_CLOSE = "<reasoning>", "</reasoning>", "<answer>", "</answer>"
-TAGS = (R_OPEN, R_CLOSE, A_OPEN, A_CLOSE)
+R_OPEN, R_CLOSE, A_OPEN, A_CLOSE = TAGS
 
 _FORMAT_RE = re.compile(
     r"\s*<reasoning>(?P<reasoning>.*?)</reasoning>\s*<answer>(?P<answer>.*?)</answer>\s*",

@@ -59,6 +59,7 @@ from fractions import Fraction
 from typing import Literal
 
 from bigthoughts.arithmetic import (  # noqa: F401  (re-exported: one import for callers)
+    ANNOTATION,
     CALC_DECIMALS,
     MAX_BITS,
     MAX_CHARS,
@@ -170,7 +171,7 @@ class StepReport:
     steps: tuple[Step, ...] = field(default=(), repr=False, compare=False)
 
 
-_ANNOTATION_RE = re.compile(rf"<<([^<>=\n]{{1,{MAX_CHARS}}})=([^<>=\n]{{0,64}})>>")
+_ANNOTATION_RE = re.compile(ANNOTATION)
 _HAS_OPERATOR_RE = re.compile(r"[\d)%.][ \t]*(?:[-+*/^xX\u2212\u00d7\u00b7\u22c5\u00f7])")
 _RUN_CHARS = frozenset("0123456789.,$\u20ac\u00a3%+-\u2212*/\u00d7\u00b7\u22c5\u00f7^()xX \t")
 _STARTS = frozenset("0123456789.($\u20ac\u00a3-\u2212")

@@ -4,11 +4,18 @@ import math
 
 import pytest
 
-from bigthoughts.data import ANSWER_STOP, FEWSHOT_STOP, SYSTEM_PROMPT, build_prompt, chat_prompt
+from bigthoughts.data import (
+    ANSWER_STOP,
+    FEWSHOT_STOP,
+    SYSTEM_PROMPT,
+    build_prompt,
+    chat_prompt,
+    chat_template,
+)
 from bigthoughts.inference.jax_sampler import Sampler
 from bigthoughts.inference.solve import Solver
 from bigthoughts.inference.voting import VoteConfig, ladder
-from bigthoughts.serve.handlers import Plan, gemma_chat_template
+from bigthoughts.serve.handlers import Plan
 from bigthoughts.serve.schema import parse_request
 from tests.serve_helpers import TINY_LIMITS, ScriptedEngine, running, tiny_config
 from tests.tiny import tiny_model
@@ -142,8 +149,8 @@ def test_adaptive_vote_stops_early_and_passes_the_calculator_flag():
 
 def test_gemma_chat_template_matches_the_chat_prompt_of_ask():
     q = "What is 2 + 2?"
-    assert gemma_chat_template([("system", SYSTEM_PROMPT), ("user", q)]) == chat_prompt(q)
-    turns = gemma_chat_template([("user", "a"), ("assistant", "b"), ("user", "c")])
+    assert chat_template([("system", SYSTEM_PROMPT), ("user", q)]) == chat_prompt(q)
+    turns = chat_template([("user", "a"), ("assistant", "b"), ("user", "c")])
     assert turns == ("<start_of_turn>user\na<end_of_turn>\n<start_of_turn>model\nb<end_of_turn>\n"
                      "<start_of_turn>user\nc<end_of_turn>\n<start_of_turn>model\n")
 
@@ -155,7 +162,7 @@ def test_instruction_tuned_plan_uses_the_template_and_base_plan_the_last_questio
             "stop": "END"}
     req = parse_request(body, chat=True, limits=TINY_LIMITS)
     chat = Plan(req, tiny_config(prompt_style="chat"))
-    assert chat.prompts == [gemma_chat_template(req.messages)]
+    assert chat.prompts == [chat_template(req.messages)]
     assert chat.stop == ["<end_of_turn>", "END"] and chat.stop_inclusive == []
     base = Plan(req, tiny_config(prompt_style="fewshot", shots=2))
     assert base.prompts == [build_prompt(Q, "fewshot", shots=2)]

@@ -149,10 +149,10 @@ def calculator_insert(text: str, piece: str, calculate: Calculator
 
 
 def resolve_calculator(calculator: bool | Calculator | None) -> Calculator | None:
-    """``True`` -> the safe evaluator of :mod:`bigthoughts.steps`; a function is used as
+    """``True`` -> the safe evaluator of :mod:`bigthoughts.arithmetic`; a function is used as
     given (expression text -> result text or None); ``False``/None -> no calculator."""
     if calculator is True:
-        from bigthoughts.steps import calculate
+        from bigthoughts.arithmetic import calculate
 
         return calculate
     if calculator is False or calculator is None:

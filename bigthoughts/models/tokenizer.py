@@ -28,8 +28,10 @@ import numpy as np
 import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2 as sp_pb2
 
+from bigthoughts.data import CHAT_START, CHAT_STOP
+
 PAD_ID, EOS_ID, BOS_ID, UNK_ID = 0, 1, 2, 3
-CHAT_MARKERS = ("<start_of_turn>", "<end_of_turn>")
+CHAT_MARKERS = (CHAT_START, CHAT_STOP)  # pieces the tokenizer keeps whole
 _USER_DEFINED = 4
 
 

@@ -21,19 +21,16 @@ vote (the ladder and the prompt style's stops do).
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from bigthoughts.answers import extract_answer
-from bigthoughts.data import ANSWER_STOP, FEWSHOT_STOP, build_prompt
+from bigthoughts.data import CHAT_STOP, build_prompt, chat_template, prompt_format
 from bigthoughts.inference.solve import Solution, Solver
 from bigthoughts.inference.voting import VoteConfig, ladder
-from bigthoughts.models.tokenizer import CHAT_MARKERS
 from bigthoughts.serve.batcher import Batcher, GenerationSettings, Job, takes_keyword
 from bigthoughts.serve.schema import APIError, CompletionRequest, Limits
 
-CHAT_STOP = CHAT_MARKERS[1]  # "<end_of_turn>": the model's turn is over
 SEED_MASK = 0x7FFFFFFF  # the sampler's PRNG takes a non-negative 32-bit seed
 
 
@@ -80,20 +77,6 @@ class Result:
 def accepts_calculator(engine) -> bool:
     """Whether ``engine.generate`` takes the ``calculator`` keyword."""
     return takes_keyword(engine.generate, "calculator")
-
-
-def gemma_chat_template(messages: Sequence[tuple[str, str]]) -> str:
-    """Gemma's turns; system/developer text leads the first user turn; opens the model turn."""
-    system = "\n\n".join(t for r, t in messages if r in ("system", "developer") and t.strip())
-    turns = []
-    for role, text in messages:
-        if role in ("system", "developer"):
-            continue
-        if role == "user" and system:
-            text, system = f"{system}\n\n{text}", ""
-        speaker = "model" if role == "assistant" else "user"
-        turns.append(f"<start_of_turn>{speaker}\n{text}<end_of_turn>\n")
-    return "".join(turns) + "<start_of_turn>model\n"
 
 
 def last_question(req: CompletionRequest) -> str:
@@ -146,17 +129,17 @@ class Plan:
         self.req = req
         self.config = config
         self.tokenizer = tokenizer
-        style = config.prompt_style
+        fmt = prompt_format(config.prompt_style, config.shots)
         stop, inclusive = list(req.stop), []
         if req.vote is not None:
-            prompts = [build_prompt(last_question(req), style, shots=config.shots)]
+            prompts = [fmt.prompt(last_question(req))]
         elif not req.chat:
             prompts = list(req.prompts)
-        elif style == "chat":
-            prompts, stop = [gemma_chat_template(req.messages)], [CHAT_STOP, *stop]
-        else:
-            prompts = [build_prompt(last_question(req), style, shots=config.shots)]
-            stop, inclusive = [FEWSHOT_STOP, *stop], [ANSWER_STOP]
+        elif fmt.style == "chat":  # the conversation as sent, to the end of the model's turn
+            prompts, stop = [chat_template(req.messages)], [CHAT_STOP, *stop]
+        else:  # a GSM8K question, prompted as `ask` does
+            prompts = [fmt.prompt(last_question(req))]
+            stop, inclusive = [*fmt.stop, *stop], list(fmt.stop_inclusive)
         self.prompts, self.stop, self.stop_inclusive = prompts, stop, inclusive
         self._check_context()
 

@@ -26,12 +26,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bigthoughts.arithmetic import CALL_OPEN, calculate
-from bigthoughts.data import ANSWER_STOP, Example
+from bigthoughts.answers import format_completion
+from bigthoughts.arithmetic import ANNOTATION, NOTE, calculate
+from bigthoughts.data import Example
 
-_NOTE = re.compile(r"<<[^<>]*>>")
-# a whole calculator note, "<<expr=result>>", opened as the samplers see a call open
-_RESULT = re.compile(CALL_OPEN + r"([^<>\n]*)>>")
+_NOTE = re.compile(NOTE)
+_RESULT = re.compile(ANNOTATION)
 LOSS_ON = ("completion", "results")
 
 
@@ -49,7 +49,7 @@ def completion_text(example: Example, *, annotations: bool = True) -> str:
     reasoning = "\n".join(steps)
     if not annotations:
         reasoning = _NOTE.sub("", reasoning)
-    return f"<reasoning>{reasoning}</reasoning>\n<answer>{example.gold}{ANSWER_STOP}"
+    return format_completion(reasoning, example.gold)
 
 
 @dataclass(frozen=True)
