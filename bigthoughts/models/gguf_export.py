@@ -30,11 +30,13 @@ Example::
 
 from __future__ import annotations
 
-import os
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
+from bigthoughts.files import atomic_output
 from bigthoughts.models.build import qkv_matrices
 from bigthoughts.models.gguf import PathKey, architecture, field
 
@@ -117,33 +119,31 @@ def write_lora_adapter(path: str | Path, lora: dict[PathKey, np.ndarray] | objec
     tensors = lora_tensors(lora if isinstance(lora, dict) else lora_params(lora))
     arch = architecture(base)
     path = Path(path)
-    writer = gguf.GGUFWriter(str(_tmp(path)), arch)
-    writer.add_type(gguf.GGUFType.ADAPTER)
-    writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
-    writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, float(alpha))
-    name = field(base, "general.name")
-    if name is not None:
-        writer.add_name(f"{name} LoRA")
-    for key, value in tensors.items():
-        writer.add_tensor(key, value)
-    _finish(writer, _tmp(path), path)
+    with _gguf_writer(path, arch) as writer:
+        writer.add_type(gguf.GGUFType.ADAPTER)
+        writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
+        writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, float(alpha))
+        name = field(base, "general.name")
+        if name is not None:
+            writer.add_name(f"{name} LoRA")
+        for key, value in tensors.items():
+            writer.add_tensor(key, value)
     return path
 
 
-def _finish(writer, tmp: Path, path: Path) -> None:
-    """Writes the file under ``tmp`` and renames it into place (no half-written file)."""
-    try:
+@contextlib.contextmanager
+def _gguf_writer(path: Path, arch: str) -> Iterator:
+    """A GGUF writer whose file appears at ``path`` only once it is complete
+    (:func:`bigthoughts.files.atomic_output`): a kill leaves the old file or none."""
+    import gguf
+
+    with atomic_output(path) as tmp:
+        writer = gguf.GGUFWriter(str(tmp), arch)
+        yield writer
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
         writer.close()
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _tmp(path: Path) -> Path:
-    return path.with_name(path.name + ".tmp")
 
 
 def _copy_metadata(writer, base, skip: set[str]) -> None:
@@ -223,19 +223,18 @@ def write_model_gguf(path: str | Path, params: dict[PathKey, np.ndarray], config
         raise GGUFExportError(f"the base GGUF's vocabulary has {len(vocab.data)} tokens, the "
                               f"model {config.num_embed}: not the same tokenizer")
     path = Path(path)
-    writer = gguf.GGUFWriter(str(_tmp(path)), arch)
-    hparams = _hparams(config)
-    skip = {"general.architecture", "general.file_type", "general.quantization_version",
-            *(f"{arch}.{k}" for k in _HPARAMS)}
-    _copy_metadata(writer, base, skip)
-    for key, value in hparams.items():
-        writer.add_uint32(f"{arch}.{key}", int(value))
-    file_type = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
-                 "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[ftype]
-    writer.add_file_type(file_type)
-    writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-    for name, value in gguf_matrices(params, config).items():
-        data, raw = _encode(name, value, ftype)
-        writer.add_tensor(name, data, raw_dtype=raw)
-    _finish(writer, _tmp(path), path)
+    with _gguf_writer(path, arch) as writer:
+        hparams = _hparams(config)
+        skip = {"general.architecture", "general.file_type", "general.quantization_version",
+                *(f"{arch}.{k}" for k in _HPARAMS)}
+        _copy_metadata(writer, base, skip)
+        for key, value in hparams.items():
+            writer.add_uint32(f"{arch}.{key}", int(value))
+        file_type = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
+                     "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[ftype]
+        writer.add_file_type(file_type)
+        writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+        for name, value in gguf_matrices(params, config).items():
+            data, raw = _encode(name, value, ftype)
+            writer.add_tensor(name, data, raw_dtype=raw)
     return path

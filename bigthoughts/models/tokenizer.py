@@ -29,6 +29,7 @@ import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2 as sp_pb2
 
 from bigthoughts.data import CHAT_START, CHAT_STOP
+from bigthoughts.files import atomic_write_bytes
 
 PAD_ID, EOS_ID, BOS_ID, UNK_ID = 0, 1, 2, 3
 CHAT_MARKERS = (CHAT_START, CHAT_STOP)  # pieces the tokenizer keeps whole
@@ -130,7 +131,5 @@ def tokenizer_from_gguf(reader, cache_dir: Path | None, key: str) -> Tokenizer:
     proto = build_sentencepiece_proto(vocabulary_from_gguf_fields(reader.fields))
     if cached is not None:
         cached.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_suffix(".tmp")
-        tmp.write_bytes(proto)
-        tmp.replace(cached)
+        atomic_write_bytes(cached, proto)
     return Tokenizer(proto)

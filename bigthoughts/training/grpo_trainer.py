@@ -25,31 +25,25 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from flax import nnx
 
 import bigthoughts.training.grpo_loss as grpo_loss
+import bigthoughts.training.held_out as held_out
 import bigthoughts.training.rollout as ro
-from bigthoughts.answers import answers_equal
 from bigthoughts.data import Example, prompt_format
-from bigthoughts.files import atomic_write_text
 from bigthoughts.inference.jax_sampler import Sampler
-from bigthoughts.inference.solve import Solver
-from bigthoughts.inference.voting import VoteConfig
 from bigthoughts.models.export import export_checkpoint, export_hf_gemma3, merge_lora
 from bigthoughts.models.registry import LoadedModel
-from bigthoughts.rewards import is_exact_format
 from bigthoughts.training.adapter import adapted, save_adapter
 from bigthoughts.training.config import GRPOSection, TrainConfig
-from bigthoughts.training.relay import CheckpointStore
+from bigthoughts.training.relay import CheckpointStore, restore_stage, save_stage
 from bigthoughts.training.rundir import MetricsLog
 from bigthoughts.training.state import (
     SplitUpdate,
@@ -59,8 +53,6 @@ from bigthoughts.training.state import (
     release_host_memory,
     shard,
 )
-
-EVAL_BATCH = 16  # held-out questions per generation call
 
 MEMORY_KNOBS = ("prompts_per_step, grpo.num_generations or grpo.max_new_tokens "
                 "(or set grpo.remat_layers=true)")
@@ -208,22 +200,16 @@ class GRPOTrainer:
 
     # --- persistence ----------------------------------------------------------------
     def save(self) -> None:
-        self.store.save(self.step, {"lora": self.lora, "opt": self.opt_state},
-                        {"data_position": self.order.position, "seed": self.config.seed,
-                         "saved_at": time.time()})
+        save_stage(self.store, self.step, {"lora": self.lora, "opt": self.opt_state},
+                   position=self.order.position, seed=self.config.seed)
 
     def _restore(self) -> Path | None:
-        """Loads the latest checkpoint, if any; cuts the logs back to its step either way
-        (steps logged after it, or before any checkpoint, will be redone)."""
-        found = self.store.restore_latest({"lora": self.lora, "opt": self.opt_state})
+        """Loads the latest checkpoint, if any (``relay.restore_stage``)."""
+        found = restore_stage(self.store, self.log, {"lora": self.lora, "opt": self.opt_state})
         if found is None:
-            self.log.truncate_after(-1)  # a fresh start redoes everything, step 0's eval too
             return None
-        tree, meta, path = found
+        tree, self.step, self.order.position, path = found
         self.lora, self.opt_state = tree["lora"], tree["opt"]
-        self.step = int(meta["step"])
-        self.order.position = int(meta["data_position"])
-        self.log.truncate_after(self.step)
         return path
 
     def evaluate(self) -> dict:
@@ -234,30 +220,13 @@ class GRPOTrainer:
         again (e.g. on the test set) after later steps."""
         if not self.held_out:
             raise ValueError("evaluate() needs held-out examples")
-        tokens = self.config.eval_max_new_tokens or self.config.grpo.max_new_tokens
-        solver = Solver(self.rollouts, format=self.format,
-                        vote=VoteConfig(votes=1, temperatures=(0.0,), max_new_tokens=tokens))
-        sols = [s for i in range(0, len(self.held_out), EVAL_BATCH)
-                for s in solver.solve([e.question for e in self.held_out[i:i + EVAL_BATCH]])]
-        rows = [{"id": e.id, "answer": s.vote.answer, "gold": e.gold,
-                 "correct": answers_equal(s.vote.answer, e.gold),
-                 "format": is_exact_format(s.generations[0].text),
-                 "tokens": s.generations[0].num_tokens,
-                 "finish_reason": s.generations[0].finish_reason}
-                for s, e in zip(sols, self.held_out, strict=True)]
-        evals = self.out / "evals"
-        evals.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(evals / f"step_{self.step:06d}.jsonl",
-                          "".join(json.dumps(r) + "\n" for r in rows))
-        save_adapter(evals / f"step_{self.step:06d}.safetensors", self.lora, self.config.lora,
-                     provenance={"stage": "grpo", "step": self.step})
-        record = {"step": self.step,
-                  "eval/accuracy": float(np.mean([r["correct"] for r in rows])),
-                  "eval/correct": int(sum(r["correct"] for r in rows)),
-                  "eval/questions": len(rows),
-                  "eval/format_compliance": float(np.mean([r["format"] for r in rows])),
-                  "eval/truncated": float(np.mean([r["finish_reason"] == "length"
-                                                   for r in rows]))}
+        rows = held_out.greedy_answers(
+            self.rollouts, self.format, self.held_out,
+            max_new_tokens=self.config.eval_max_new_tokens or self.config.grpo.max_new_tokens)
+        held_out.write_answers(self.out / "evals", self.step, rows)
+        save_adapter(self.out / "evals" / f"step_{self.step:06d}.safetensors", self.lora,
+                     self.config.lora, provenance={"stage": "grpo", "step": self.step})
+        record = {"step": self.step, **held_out.summary(rows)}
         self.log.append(record)
         return record
 

@@ -9,16 +9,16 @@ Checkpoint layout (one directory per step, written then renamed into place)::
     checkpoints/step_000010/meta.json    # step, data position, seed, metrics; written last
     checkpoints/LATEST                   # "step_000010", replaced atomically
 
-A step directory only becomes visible by ``os.rename`` after its files are fsynced,
-so a kill at any moment leaves either the previous checkpoint or the new one, never
-a half-written one. We use this plain format rather than Orbax's async
-CheckpointManager so that nothing runs in background threads a kill could cut.
+A step directory only becomes visible by a rename after its files are fsynced
+(``files.atomic_directory``), so a kill at any moment leaves either the previous
+checkpoint or the new one, never a half-written one. We use this plain format rather
+than Orbax's async CheckpointManager so that nothing runs in background threads a kill
+could cut.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import time
@@ -29,6 +29,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from bigthoughts.files import atomic_directory, atomic_write_text
 
 EXIT_RELAY = 75
 _UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
@@ -66,14 +68,6 @@ class Deadline:
         return time.monotonic() + need < self.end
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class CheckpointStore:
     """Atomic step checkpoints of a pytree of arrays plus JSON metadata."""
 
@@ -82,31 +76,17 @@ class CheckpointStore:
         self.keep = keep
 
     def save(self, step: int, tree: Any, meta: dict) -> Path:
-        self.root.mkdir(parents=True, exist_ok=True)
         name = f"step_{step:06d}"
-        final = self.root / name
-        tmp = self.root / f".{name}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
         leaves = jax.tree_util.tree_leaves(tree)
-        with open(tmp / "arrays.npz", "wb") as fh:
-            np.savez(fh, **{f"a{i}": np.asarray(jax.device_get(x)) for i, x in enumerate(leaves)})
-            fh.flush()
-            os.fsync(fh.fileno())
-        with open(tmp / "meta.json", "w") as fh:
-            json.dump({**meta, "step": step, "num_leaves": len(leaves)}, fh, indent=1)
-            fh.flush()
-            os.fsync(fh.fileno())
-        _fsync_dir(tmp)
-        if final.exists():
-            shutil.rmtree(final)
-        os.rename(tmp, final)
-        latest_tmp = self.root / ".LATEST.tmp"
-        latest_tmp.write_text(name)
-        os.replace(latest_tmp, self.root / "LATEST")
-        _fsync_dir(self.root)
+        with atomic_directory(self.root / name) as tmp:
+            with open(tmp / "arrays.npz", "wb") as fh:
+                np.savez(fh, **{f"a{i}": np.asarray(jax.device_get(x))
+                                for i, x in enumerate(leaves)})
+            (tmp / "meta.json").write_text(
+                json.dumps({**meta, "step": step, "num_leaves": len(leaves)}, indent=1))
+        atomic_write_text(self.root / "LATEST", name)
         self._prune()
-        return final
+        return self.root / name
 
     def steps(self) -> list[int]:
         if not self.root.exists():
@@ -155,3 +135,25 @@ class CheckpointStore:
     def _prune(self) -> None:
         for step in self.steps()[: -self.keep] if self.keep > 0 else []:
             shutil.rmtree(self.root / f"step_{step:06d}", ignore_errors=True)
+
+
+def save_stage(store: CheckpointStore, step: int, tree: Any, *, position: int,
+               seed: int) -> Path:
+    """A stage's checkpoint: its arrays (trainable weights, optimizer state) and where its
+    data order stands; what an exact resume needs besides the recipe."""
+    return store.save(step, tree, {"data_position": position, "seed": seed,
+                                   "saved_at": time.time()})
+
+
+def restore_stage(store: CheckpointStore, log, like: Any) -> tuple[Any, int, int, Path] | None:
+    """(arrays, step, data position, checkpoint directory) of the latest checkpoint, the
+    metrics ``log`` cut back to its step (later lines will be redone); None for a fresh
+    start, the log emptied (everything is redone, the step-0 evaluation too)."""
+    found = store.restore_latest(like)
+    if found is None:
+        log.truncate_after(-1)
+        return None
+    tree, meta, path = found
+    step = int(meta["step"])
+    log.truncate_after(step)
+    return tree, step, int(meta["data_position"]), path

@@ -27,15 +27,14 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from bigthoughts.answers import answers_equal, extract_answer
+import bigthoughts.training.held_out as held_out
 from bigthoughts.data import Example, load_gsm8k, prompt_format
 from bigthoughts.inference.jax_sampler import Sampler
 from bigthoughts.models import forward
 from bigthoughts.models.export import export_checkpoint, merge_lora
 from bigthoughts.models.spec import LoadedModel
-from bigthoughts.rewards import is_exact_format
 from bigthoughts.training.adapter import adapted, save_adapter
-from bigthoughts.training.relay import CheckpointStore
+from bigthoughts.training.relay import CheckpointStore, restore_stage, save_stage
 from bigthoughts.training.rundir import MetricsLog
 from bigthoughts.training.sft_config import SFTConfig
 from bigthoughts.training.sft_data import (
@@ -139,41 +138,33 @@ class SFTStage:
         return total / max(count, 1.0)
 
     def evaluate(self) -> dict:
-        """Validation loss, and greedy accuracy/format on held-out *train* questions."""
+        """Validation loss, and greedy accuracy/format on held-out *train* questions
+        (their answers in ``evals/step_N.jsonl``)."""
         record: dict = {"step": self.step}
         if self.validation:
             record["eval/loss"] = self.validation_loss()
         questions = list(self.held_out[: self.config.eval_examples])
         if questions:
             self.sampler.state = nnx.state(nnx.merge(self.graphdef, self.params, self.frozen))
-            gens = self.sampler.generate(
-                [self.format.prompt(e.question) for e in questions], temperatures=0.0,
-                max_new_tokens=self.config.eval_max_new_tokens, stop=self.format.stop,
-                stop_inclusive=self.format.stop_inclusive, calculator=self.config.calculator)
-            record["eval/accuracy"] = float(np.mean(
-                [answers_equal(extract_answer(g.text), e.gold)
-                 for g, e in zip(gens, questions, strict=True)]))
-            record["eval/format_compliance"] = float(np.mean(
-                [is_exact_format(g.text) for g in gens]))
+            rows = held_out.greedy_answers(self.sampler, self.format, questions,
+                                           max_new_tokens=self.config.eval_max_new_tokens,
+                                           calculator=self.config.calculator)
+            held_out.write_answers(self.out / "evals", self.step, rows)
+            record.update(held_out.summary(rows))
         self.log.append(record)
         return record
 
     # --- persistence ----------------------------------------------------------------------
     def save(self) -> None:
-        self.store.save(self.step, {"params": self.params, "opt": self.opt_state},
-                        {"data_position": self.order.position, "seed": self.config.seed,
-                         "saved_at": time.time()})
+        save_stage(self.store, self.step, {"params": self.params, "opt": self.opt_state},
+                   position=self.order.position, seed=self.config.seed)
 
     def _restore(self) -> Path | None:
-        found = self.store.restore_latest({"params": self.params, "opt": self.opt_state})
+        found = restore_stage(self.store, self.log, {"params": self.params, "opt": self.opt_state})
         if found is None:
-            self.log.truncate_after(0)
             return None
-        tree, meta, path = found
+        tree, self.step, self.order.position, path = found
         self.params, self.opt_state = tree["params"], tree["opt"]
-        self.step = int(meta["step"])
-        self.order.position = int(meta["data_position"])
-        self.log.truncate_after(self.step)
         return path
 
     def close(self) -> None:
