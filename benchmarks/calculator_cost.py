@@ -34,8 +34,8 @@ def main() -> None:
 
     from bigthoughts.data import prompt_format
     from bigthoughts.inference.jax_sampler import Sampler
+    from bigthoughts.models.adapter import with_adapter
     from bigthoughts.models.registry import load_model
-    from bigthoughts.training.adapter import with_adapter
 
     lm = load_model()
     if args.adapter:

@@ -34,12 +34,12 @@ class UserError(Exception):
 def _user_errors() -> tuple[type[BaseException], ...]:
     from bigthoughts.config import ConfigError
     from bigthoughts.data import DataError
+    from bigthoughts.models.adapter import AdapterError
     from bigthoughts.models.build import ParameterMismatch
     from bigthoughts.models.gguf import GGUFError
     from bigthoughts.models.gguf_export import GGUFExportError
     from bigthoughts.models.limits import GenerationLimitError
     from bigthoughts.models.spec import ModelLoadError
-    from bigthoughts.training.adapter import AdapterError
     from bigthoughts.training.loop import OutOfMemory
 
     return (UserError, ConfigError, DataError, GGUFError, GGUFExportError, ModelLoadError,
@@ -130,7 +130,7 @@ def _load(args):
     else:
         lm = load_model(args.model, dtype=args.dtype or "float32")
     if getattr(args, "adapter", None):
-        from bigthoughts.training.adapter import with_adapter
+        from bigthoughts.models.adapter import with_adapter
 
         lm = with_adapter(lm, Path(args.adapter).expanduser())
     return lm
@@ -157,7 +157,7 @@ def _engine(args):
     chosen = make_engine(kind, model=args.checkpoint or args.model, lora=lora,
                          threads=args.threads, load_jax=lambda: _load(args))
     if lora is not None and args.adapter:
-        from bigthoughts.training.adapter import adapter_label
+        from bigthoughts.models.adapter import adapter_label
 
         chosen = dataclasses.replace(chosen, loaded=dataclasses.replace(
             chosen.loaded, source=f"{chosen.loaded.source} + {adapter_label(args.adapter)}"))
@@ -179,7 +179,7 @@ def _engine_kind(args) -> str:
 
 def _adapter_as_gguf(args) -> Path:
     from bigthoughts.inference.engine import gguf_source
-    from bigthoughts.training.adapter import adapter_gguf
+    from bigthoughts.models.adapter import adapter_gguf
 
     if args.lora:
         raise UserError("give the adapter once: --adapter (safetensors) or --lora (GGUF)")

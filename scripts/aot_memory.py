@@ -38,9 +38,9 @@ def abstract_policy(config):
     import jax.numpy as jnp
     from flax import nnx
 
+    from bigthoughts.models.adapter import apply_lora
     from bigthoughts.models.build import model_class
     from bigthoughts.models.registry import REGISTRY, resolve_dtype
-    from bigthoughts.training.state import apply_lora
 
     spec = REGISTRY[config.model.name]
     dtype = resolve_dtype(config.model.dtype)

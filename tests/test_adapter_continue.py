@@ -10,15 +10,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from bigthoughts.models.adapter import AdapterError, read_adapter, with_adapter
+from bigthoughts.models.lora import LoraSection
 from bigthoughts.training import grpo_loss as grpo
-from bigthoughts.training.adapter import (
-    AdapterError,
-    check_adapter_path,
-    load_starting_model,
-    read_adapter,
-    with_adapter,
-)
-from bigthoughts.training.config import LoraSection, ModelSection
+from bigthoughts.training.adapter import check_adapter_path, load_starting_model
+from bigthoughts.training.config import ModelSection
 from tests.test_sft import run, toy_sft
 from tests.train_toy import lowercase_share, toy_loaded, toy_setup
 

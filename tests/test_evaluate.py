@@ -308,7 +308,7 @@ def test_keyboard_interrupt_leaves_consistent_files(tmp_path):
 def test_mismatched_run_dir_is_a_clear_error(tmp_path):
     run_eval(fake_lm(), SIX[:2], EvalConfig(mode="vote", votes=3), tmp_path, progress=False,
              sampler=FakeSampler(SIX_TEXTS))
-    with pytest.raises(ValueError, match=r"votes: 3 -> 2.*another --out"):
+    with pytest.raises(ValueError, match=r"votes: 3 \(saved\) != 2 \(now\).*another --out"):
         run_eval(fake_lm(), SIX[:2], EvalConfig(mode="vote", votes=2), tmp_path,
                  progress=False, sampler=FakeSampler(SIX_TEXTS))
     with pytest.raises(RunDirError, match="ids_sha256"):  # other questions than those done
@@ -330,7 +330,7 @@ def test_a_larger_limit_extends_a_finished_run(tmp_path):
     assert summary["n"] == 4 and summary["resumed_questions"] == 2
     stored = json.loads((tmp_path / "run.json").read_text())
     assert stored["examples"]["n"] == 4 and stored["config"]["limit"] is None
-    with pytest.raises(RunDirError, match="examples.n: 4 -> 2"):  # a smaller one is not
+    with pytest.raises(RunDirError, match="examples.n: 4 \\(saved\\) != 2 \\(now\\)"):  # a smaller one is not
         run_eval(fake_lm(), SIX[:2], config, tmp_path, progress=False,
                  sampler=FakeSampler(SIX_TEXTS))
 

@@ -24,7 +24,7 @@ from bigthoughts.models.gguf_export import (
     write_lora_adapter,
     write_model_gguf,
 )
-from bigthoughts.training.config import LORA_TARGETS
+from bigthoughts.models.lora import LORA_TARGETS
 from tests.tiny_gguf import tiny_model_and_gguf
 
 

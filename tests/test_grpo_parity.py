@@ -26,8 +26,9 @@ from tunix.rl.grpo.drgrpo_learner import DrGRPOConfig
 from tunix.rl.grpo.grpo_learner import GRPOConfig
 
 from bigthoughts.models.build import build_model, random_params
+from bigthoughts.models.lora import LORA_TARGETS
 from bigthoughts.training import grpo_loss as grpo
-from bigthoughts.training.config import LORA_TARGETS, GRPOSection
+from bigthoughts.training.config import GRPOSection
 from tests.tiny import tiny_config
 
 PAD, EOS = 0, 1

@@ -11,8 +11,9 @@ import pytest
 
 from bigthoughts.answers import extract_answer
 from bigthoughts.data import Example, load_gsm8k, prompt_format
+from bigthoughts.models.lora import LoraSection
 from bigthoughts.rewards import is_exact_format
-from bigthoughts.training.config import LoraSection, OptimSection
+from bigthoughts.training.config import OptimSection
 from bigthoughts.training.sft_config import SFTConfig, SFTDataSection
 from bigthoughts.training.sft_data import (
     BucketedOrder,
@@ -174,7 +175,7 @@ def test_adapter_round_trip_reproduces_the_trained_model(tmp_path):
     from flax import nnx
 
     from bigthoughts.models import forward
-    from bigthoughts.training.adapter import AdapterError, read_adapter, with_adapter
+    from bigthoughts.models.adapter import AdapterError, read_adapter, with_adapter
 
     stage = toy_sft(tmp_path / "ad", max_steps=6)
     run(stage, 6)

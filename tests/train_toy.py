@@ -5,11 +5,11 @@ letters (about 10% for the random byte-level model at the start)."""
 from __future__ import annotations
 
 from bigthoughts.data import Example
+from bigthoughts.models.lora import LoraSection
 from bigthoughts.models.registry import LoadedModel, ModelSpec
 from bigthoughts.training.config import (
     DataSection,
     GRPOSection,
-    LoraSection,
     OptimSection,
     TrainConfig,
 )

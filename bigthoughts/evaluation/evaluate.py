@@ -51,6 +51,7 @@ from bigthoughts.files import JsonlError, append_jsonl, atomic_write_json, read_
 from bigthoughts.inference.voting import MAX_VOTES, STRATEGIES, VoteConfig
 from bigthoughts.models.spec import portable_source
 from bigthoughts.rewards import is_exact_format, reasoning_steps
+from bigthoughts.rundir import differences
 
 if TYPE_CHECKING:
     from bigthoughts.inference.jax_sampler import Sampler
@@ -194,17 +195,6 @@ def _fingerprint(lm: LoadedModel, examples: Sequence[Example], config: EvalConfi
     }
 
 
-def _differences(old: Mapping, new: Mapping, prefix: str = "") -> list[str]:
-    out = []
-    for key in sorted(set(old) | set(new)):
-        a, b = old.get(key), new.get(key)
-        if isinstance(a, Mapping) and isinstance(b, Mapping):
-            out += _differences(a, b, f"{prefix}{key}.")
-        elif a != b:
-            out.append(f"{prefix}{key}: {a!r} -> {b!r}")
-    return out
-
-
 _EXTENSIBLE = ("config.limit: ", "examples.n: ", "examples.ids_sha256: ")
 
 
@@ -233,7 +223,7 @@ def _open_run(out_dir: Path, fingerprint: dict, ids: set[str]) -> list[dict[str,
             stored = json.loads(run_path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as err:
             raise RunDirError(f"{run_path} is unreadable ({err}); use another --out") from err
-        diff = _differences({k: stored.get(k) for k in fingerprint}, fingerprint)
+        diff = differences({k: stored.get(k) for k in fingerprint}, fingerprint)
         if diff and _extends(stored, fingerprint, diff, records, ids):
             atomic_write_json(run_path, fingerprint, indent=2)  # a larger --limit: same run
             diff = []

@@ -22,10 +22,11 @@ from pathlib import Path
 
 from bigthoughts.config import ConfigError, to_dict
 from bigthoughts.data import Example, load_gsm8k, read_ids
+from bigthoughts.models.lora import LoraSection
 from bigthoughts.models.registry import LoadedModel
 from bigthoughts.rewards import make_reward_fns
 from bigthoughts.training.adapter import check_adapter_path, load_starting_model
-from bigthoughts.training.config import LoraSection, TrainConfig, load_train_config
+from bigthoughts.training.config import TrainConfig, load_train_config
 from bigthoughts.training.grpo_trainer import GRPOTrainer
 from bigthoughts.training.loop import OutOfMemory, StageResult, is_out_of_memory, run_stage
 from bigthoughts.training.progress import Progress

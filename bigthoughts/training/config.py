@@ -18,13 +18,11 @@ from pathlib import Path
 from typing import ClassVar
 
 from bigthoughts.config import RewardConfig, load_yaml
+from bigthoughts.models.lora import LoraSection
 
-__all__ = ["DataSection", "GRPOSection", "LoraSection", "ModelSection", "OptimSection",
-           "TrainConfig", "load_train_config"]
+__all__ = ["DataSection", "GRPOSection", "ModelSection", "OptimSection", "TrainConfig",
+           "load_train_config"]
 
-LORA_TARGETS = (
-    ".*q_einsum|.*kv_einsum|.*qkv_einsum|.*attn_vec_einsum|.*gate_proj|.*up_proj|.*down_proj"
-)
 DTYPES = ("float32", "bfloat16")
 ADAPTER_MODES = ("continue", "merge")
 STYLES = ("chat", "fewshot", "zeroshot")
@@ -83,22 +81,6 @@ class DataSection:
             raise ValueError(f"data.style must be one of {', '.join(STYLES)}, got {self.style!r}")
         if self.shots < 0:
             raise ValueError(f"data.shots must be >= 0, got {self.shots}")
-
-
-@dataclass(frozen=True, kw_only=True)
-class LoraSection:
-    """Low-rank adapter ΔW = A·B·(alpha/rank) on the modules matching ``targets`` (qwix)."""
-
-    rank: int = 16  # r
-    alpha: float = 32.0  # α: the update is scaled by α / r
-    targets: str = LORA_TARGETS  # regex over module paths
-
-    def __post_init__(self) -> None:
-        if self.rank < 1:
-            raise ValueError(f"lora.rank must be >= 1, got {self.rank}")
-        _finite("lora.alpha", self.alpha)
-        if self.alpha <= 0:
-            raise ValueError(f"lora.alpha must be > 0, got {self.alpha}")
 
 
 @dataclass(frozen=True, kw_only=True)

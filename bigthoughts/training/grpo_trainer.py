@@ -39,9 +39,10 @@ import bigthoughts.training.held_out as held_out
 import bigthoughts.training.rollout as ro
 from bigthoughts.data import Example, prompt_format
 from bigthoughts.inference.jax_sampler import Sampler
+from bigthoughts.models.adapter import save_adapter
 from bigthoughts.models.export import export_checkpoint, export_hf_gemma3, merge_lora
 from bigthoughts.models.registry import LoadedModel
-from bigthoughts.training.adapter import adapted, save_adapter
+from bigthoughts.training.adapter import adapted
 from bigthoughts.training.config import GRPOSection, TrainConfig
 from bigthoughts.training.relay import CheckpointStore, restore_stage, save_stage
 from bigthoughts.training.rundir import MetricsLog

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from bigthoughts.config import ConfigError
 from bigthoughts.files import atomic_write_json, atomic_write_text, read_jsonl
+from bigthoughts.rundir import differences, flatten
 
 # Keys that change no recipe: a memory knob (a relay run may resume on a machine with
 # less memory), how often to save and evaluate, and which engine samples the rollouts
@@ -25,37 +26,21 @@ RESUMABLE_CHANGES: tuple[str, ...] = ("grpo.remat_layers", "grpo.rollout_engine"
                                       "keep_checkpoints", "eval_every", "eval_examples")
 # Keys added after runs were saved, with the value that reproduces what those runs did:
 # a saved config without the key compares as if it had this value.
-ADDED_KEYS: dict[str, object] = {"grpo.dynamic_sampling": 0}
-
-
-def _flatten(data: Mapping, prefix: str = "") -> dict:
-    out = {}
-    for key, value in data.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping) and value and not name.startswith("rewards.weights"):
-            out.update(_flatten(value, f"{name}."))
-        else:
-            out[name] = value
-    return out
+ADDED_KEYS: dict[str, object] = {"grpo.dynamic_sampling": 0, "data.dev_ids_file": None,
+                                  "eval_max_new_tokens": None}
 
 
 def run_identity(config: Mapping, resumable_changes=RESUMABLE_CHANGES) -> dict:
     """The config's keys (flattened, ``grpo.beta``) that make a run directory's identity."""
-    flat = _flatten({k: v for k, v in config.items() if k != "out_dir"})
+    flat = flatten({k: v for k, v in config.items() if k != "out_dir"})
     return {k: v for k, v in flat.items() if k not in resumable_changes}
 
 
 def config_differences(saved: Mapping, now: Mapping, resumable_changes=RESUMABLE_CHANGES
                        ) -> list[str]:
     """``["grpo.beta: 0.04 (saved) != 0.0 (now)", ...]`` for each differing key."""
-    a, b = run_identity(saved, resumable_changes), run_identity(now, resumable_changes)
-    missing = "(absent)"
-
-    def value(config: dict, key: str):
-        return config.get(key, ADDED_KEYS.get(key, missing))
-
-    return [f"{k}: {json.dumps(value(a, k))} (saved) != {json.dumps(value(b, k))} (now)"
-            for k in sorted(set(a) | set(b)) if value(a, k) != value(b, k)]
+    return differences(run_identity(saved, resumable_changes),
+                       run_identity(now, resumable_changes), defaults=ADDED_KEYS)
 
 
 def check_run_dir(out: Path, config_dict: Mapping, *,

@@ -31,9 +31,10 @@ import bigthoughts.training.held_out as held_out
 from bigthoughts.data import Example, load_gsm8k, prompt_format
 from bigthoughts.inference.jax_sampler import Sampler
 from bigthoughts.models import forward
+from bigthoughts.models.adapter import save_adapter
 from bigthoughts.models.export import export_checkpoint, merge_lora
 from bigthoughts.models.spec import LoadedModel
-from bigthoughts.training.adapter import adapted, save_adapter
+from bigthoughts.training.adapter import adapted
 from bigthoughts.training.relay import CheckpointStore, restore_stage, save_stage
 from bigthoughts.training.rundir import MetricsLog
 from bigthoughts.training.sft_config import SFTConfig

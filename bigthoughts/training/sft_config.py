@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bigthoughts.config import load_yaml
+from bigthoughts.models.lora import LoraSection
 from bigthoughts.training.config import (
     STYLES,
-    LoraSection,
     ModelSection,
     OptimSection,
     check_run_fields,

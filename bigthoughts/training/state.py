@@ -12,28 +12,11 @@ import os
 from functools import cache, partial
 
 import jax
-import jax.numpy as jnp
 import optax
-import qwix
 from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding
 
-from bigthoughts.training.config import LoraSection, OptimSection
-
-
-def apply_lora(model, lora: LoraSection, seed: int):
-    """A copy of ``model`` with LoRA adapters (``nnx.LoRAParam``) on ``lora.targets``;
-    B starts at zero, so the adapted model computes what the base does."""
-    if not hasattr(model, "hidden_states"):
-        raise TypeError("LoRA needs a model built by bigthoughts.models (hidden_states)")
-    provider = qwix.LoraProvider(module_path=lora.targets, rank=lora.rank, alpha=lora.alpha)
-    x = jnp.ones((1, 4), jnp.int32)
-    return qwix.apply_lora_to_model(
-        model, provider, x, jnp.arange(4)[None], None,
-        jnp.tril(jnp.ones((1, 4, 4), dtype=bool)),
-        methods=("hidden_states",), rngs=nnx.Rngs(seed),
-    )
-
+from bigthoughts.training.config import OptimSection
 
 # XLA's CPU scheduler orders a program for concurrency by default. For a training update
 # that order starts every rematerialised layer's recomputation early and keeps all of it
