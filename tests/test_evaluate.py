@@ -330,7 +330,8 @@ def test_a_larger_limit_extends_a_finished_run(tmp_path):
     assert summary["n"] == 4 and summary["resumed_questions"] == 2
     stored = json.loads((tmp_path / "run.json").read_text())
     assert stored["examples"]["n"] == 4 and stored["config"]["limit"] is None
-    with pytest.raises(RunDirError, match="examples.n: 4 \\(saved\\) != 2 \\(now\\)"):  # a smaller one is not
+    # a smaller one is not
+    with pytest.raises(RunDirError, match=r"examples.n: 4 \(saved\) != 2 \(now\)"):
         run_eval(fake_lm(), SIX[:2], config, tmp_path, progress=False,
                  sampler=FakeSampler(SIX_TEXTS))
 

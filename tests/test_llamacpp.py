@@ -2,8 +2,6 @@
 weights (full-sequence forward, no cache) and the JAX sampler's semantics. Tolerance
 5e-3 on log-probs: llama.cpp keeps its KV cache in float16."""
 
-import sys
-import types
 
 import jax
 import jax.numpy as jnp
@@ -105,21 +103,14 @@ def test_stop_strings_cut_like_the_jax_sampler(tiny):
 
 @pytest.fixture
 def calculator(monkeypatch):
-    """A stand-in for bigthoughts.steps.calculate until that module lands here."""
+    """A stand-in for the calculator's evaluator that records its calls."""
     calls = []
 
     def calculate(expr: str):
         calls.append(expr)
         return {"3*4": "12"}.get(expr)
 
-    try:
-        import bigthoughts.steps  # noqa: F401
-    except ImportError:
-        module = types.ModuleType("bigthoughts.steps")
-        module.calculate = calculate
-        monkeypatch.setitem(sys.modules, "bigthoughts.steps", module)
-    else:
-        monkeypatch.setattr("bigthoughts.steps.calculate", calculate)
+    monkeypatch.setattr("bigthoughts.arithmetic.calculate", calculate)
     return calls
 
 

@@ -4,9 +4,9 @@ import importlib.util
 
 import pytest
 
-from bigthoughts.cli import _engine_kind, build_parser, main
-from bigthoughts.inference.engine import gguf_source, resolve_kind
+from bigthoughts.cli import _choice, build_parser, main
 from bigthoughts.models.registry import ModelLoadError
+from bigthoughts.models.resolve import engine_kind, gguf_source, resolve_kind
 
 
 def test_resolve_kind():
@@ -39,7 +39,7 @@ def test_resolve_kind():
 def test_cli_engine_kind(extra, expected):
     args = build_parser().parse_args(["ask", "2+2?", *extra])
     want = resolve_kind("auto", gguf=True) if expected == "auto" else expected
-    assert _engine_kind(args) == want
+    assert engine_kind(_choice(args)) == want
 
 
 def test_gguf_source(tmp_path):

@@ -3,8 +3,6 @@ JAX forward of the same weights (the dequantised Q4_K_M, checked against HF in
 test_models_real.py). llama.cpp quantises activations for its Q4_K/Q8_0 dot
 products, so agreement is "within quantisation tolerance", measured below."""
 
-import sys
-import types
 
 import jax
 import jax.numpy as jnp
@@ -148,9 +146,7 @@ def test_calculator_fills_in_gsm8k_annotations(base_engine, monkeypatch):
         calls.append(expr)
         return "99"  # a value the model would not write itself
 
-    module = types.ModuleType("bigthoughts.steps")
-    module.calculate = calculate
-    monkeypatch.setitem(sys.modules, "bigthoughts.steps", module)
+    monkeypatch.setattr("bigthoughts.arithmetic.calculate", calculate)
     prompt = ("Question: Natalia sold 48 clips in April and half as many in May. How many "
               "in total?\nAnswer: In May she sold 48/2 = <<48/2=24>>24 clips. In total "
               "<<48+24=72>>72.\n\nQuestion: Weng earns $12 an hour and works 5 hours. How much "

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 
@@ -11,6 +10,7 @@ import pytest
 from bigthoughts import cli
 from bigthoughts.models import shipped as shipped_mod
 from bigthoughts.models.registry import DEFAULT_MODEL
+from bigthoughts.models.resolve import ModelChoice, settle
 from bigthoughts.models.shipped import BASE_ALIAS, MANIFEST, shipped_default
 from bigthoughts.models.spec import ModelLoadError
 
@@ -31,9 +31,7 @@ def shipped_dir(tmp_path, monkeypatch):
 
 
 def _args(**kw):
-    base = {"model": None, "checkpoint": None, "adapter": None, "lora": None, "style": None,
-            "calculator": None}
-    return argparse.Namespace(**{**base, **kw})
+    return ModelChoice(**kw)
 
 
 def test_no_manifest_means_no_shipped_model(tmp_path):
@@ -61,7 +59,7 @@ def test_a_broken_manifest_is_one_clear_error(tmp_path, text):
 
 def test_no_model_named_gives_the_shipped_adapter_with_its_settings(shipped_dir):
     args = _args()
-    cli._apply_shipped(args)
+    args = settle(args)
     assert args.adapter == str(shipped_dir / "a.safetensors")
     assert (args.model, args.shipped, args.style, args.calculator) == (
         None, "gemma3-270m-gsm8k", "zeroshot", True)
@@ -69,17 +67,17 @@ def test_no_model_named_gives_the_shipped_adapter_with_its_settings(shipped_dir)
 
 def test_flags_still_win_over_the_shipped_settings(shipped_dir):
     args = _args(style="fewshot", calculator=False)
-    cli._apply_shipped(args)
+    args = settle(args)
     assert args.adapter is not None
     assert (args.style, args.calculator) == ("fewshot", False)
 
 
 def test_the_shipped_name_selects_it_explicitly(shipped_dir):
     args = _args(model="gemma3-270m-gsm8k")
-    cli._apply_shipped(args)
+    args = settle(args)
     assert args.model is None and args.shipped == "gemma3-270m-gsm8k"
-    with pytest.raises(cli.UserError, match=BASE_ALIAS):
-        cli._apply_shipped(_args(model="gemma3-270m-gsm8k", adapter="x.safetensors"))
+    with pytest.raises(ModelLoadError, match=BASE_ALIAS):
+        settle(_args(model="gemma3-270m-gsm8k", adapter="x.safetensors"))
 
 
 @pytest.mark.parametrize("kw", [{"model": BASE_ALIAS}, {"model": DEFAULT_MODEL},
@@ -87,7 +85,7 @@ def test_the_shipped_name_selects_it_explicitly(shipped_dir):
                                 {"checkpoint": "runs/x/export"}, {"model": "other.gguf"}])
 def test_naming_anything_else_leaves_the_shipped_adapter_out(shipped_dir, kw):
     args = _args(**kw)
-    cli._apply_shipped(args)
+    args = settle(args)
     assert args.shipped is None
     assert args.adapter == kw.get("adapter")
     assert args.style is None and args.calculator is False
@@ -98,7 +96,7 @@ def test_naming_anything_else_leaves_the_shipped_adapter_out(shipped_dir, kw):
 def test_without_a_shipped_adapter_the_default_is_the_base(tmp_path, monkeypatch):
     monkeypatch.setattr(shipped_mod, "SHIPPED_DIR", tmp_path)
     args = _args()
-    cli._apply_shipped(args)
+    args = settle(args)
     assert (args.model, args.adapter, args.shipped, args.calculator) == (None, None, None, False)
 
 

@@ -45,10 +45,11 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from bigthoughts.answers import FAILURE_BUCKETS, answers_equal, extract, failure_bucket
 from bigthoughts.config import ConfigError
-from bigthoughts.data import PROMPT_STYLES, Example, PromptFormat, check_shots, prompt_format
+from bigthoughts.data import PROMPT_STYLES, Example, PromptFormat, check_shots
 from bigthoughts.evaluation.metrics import percentiles, wilson_interval
 from bigthoughts.files import JsonlError, append_jsonl, atomic_write_json, read_jsonl
 from bigthoughts.inference.voting import MAX_VOTES, STRATEGIES, VoteConfig
+from bigthoughts.models.resolve import prompt_format_for
 from bigthoughts.models.spec import portable_source
 from bigthoughts.rewards import is_exact_format, reasoning_steps
 from bigthoughts.rundir import differences
@@ -435,7 +436,7 @@ def run_eval(
     from bigthoughts.inference.solve import Solver
 
     out_dir = Path(out_dir)
-    fmt = prompt_format(config.style or lm.spec.prompt_style, config.shots)
+    fmt = prompt_format_for(config.style, lm.spec, config.shots)
     by_id = {e.id: e for e in examples}
     if len(by_id) != len(examples):
         raise ValueError("examples have duplicate ids")

@@ -13,31 +13,30 @@ Two implementations:
 for the 5-trace vote), and JAX otherwise (accelerators, checkpoints that are not GGUF,
 or no llama-cpp-python).
 
+Which model and which kind are ``models.resolve``'s to decide; this module builds.
+
 Example::
 
-    chosen = make_engine("auto")
-    solver = Solver(chosen.engine, style=chosen.loaded.spec.prompt_style)
+    chosen = make_engine(settle(ModelChoice()))
+    solver = Solver(chosen.engine, format=prompt_format_for(None, chosen.loaded.spec, 2))
 """
 
 from __future__ import annotations
 
-import importlib.util
-from collections.abc import Callable
+import dataclasses
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 from bigthoughts.inference.contract import Engine
-from bigthoughts.models.registry import (
-    LoadedModel,
-    ModelLoadError,
-    embedded_package,
-    file_digest,
+from bigthoughts.models.registry import LoadedModel, ModelLoadError, embedded_package, file_digest
+from bigthoughts.models.resolve import (
+    ModelChoice,
+    engine_kind,
+    gguf_source,
+    llamacpp_lora,
+    load_jax,
 )
 from bigthoughts.models.spec import portable_source
-
-EngineKind = Literal["auto", "jax", "llama.cpp"]
-ENGINE_KINDS: tuple[str, ...] = ("auto", "jax", "llama.cpp")
 
 
 @dataclass(frozen=True)
@@ -53,88 +52,39 @@ class ChosenEngine:
     loaded: LoadedModel
 
 
-def llamacpp_available() -> bool:
-    return importlib.util.find_spec("llama_cpp") is not None
+def make_engine(choice: ModelChoice | None = None) -> ChosenEngine:
+    """Builds the engine for ``choice`` (default: the embedded Gemma 3 270M, no adapter;
+    pass ``models.resolve.settle(choice)`` for the shipped defaults)."""
+    choice = choice or ModelChoice()
+    kind = engine_kind(choice)
+    if kind == "jax":
+        if choice.lora:
+            raise ModelLoadError("a GGUF LoRA adapter needs the llama.cpp engine "
+                                 "(--engine llama.cpp)")
+        from bigthoughts.inference.jax_sampler import Sampler
 
+        loaded = load_jax(choice)
+        return ChosenEngine(engine=Sampler(loaded.model, loaded.tokenizer), kind="jax",
+                            loaded=loaded)
+    source = gguf_source(choice.checkpoint or choice.model)
+    if source is None:
+        raise ModelLoadError(
+            "the llama.cpp engine needs a GGUF model (the embedded default or a .gguf "
+            "path); convert a checkpoint with `bigthoughts export --gguf`")
+    from bigthoughts.inference.llamacpp import LlamaCppEngine, LlamaCppError
 
-def gguf_source(model: str | Path | None):
-    """``(path, spec)`` of the GGUF file that ``model`` names, or None when it is not
-    one (a checkpoint directory, a registry model that is not embedded)."""
-    from bigthoughts.models.registry import DEFAULT_MODEL, REGISTRY, ModelSpec, embedded_gguf_path
+    lora = llamacpp_lora(choice)
+    path, spec = source
+    try:
+        engine = LlamaCppEngine(path, lora=lora, threads=choice.threads, spec=spec)
+    except LlamaCppError as exc:
+        raise ModelLoadError(str(exc)) from exc
+    package = embedded_package() if spec.embedded else None
+    label = portable_source(path, package=package, digest=file_digest(path))
+    loaded = LoadedModel(model=None, tokenizer=None, spec=spec, source=f"llama.cpp:{label}")
+    if choice.adapter:
+        from bigthoughts.models.adapter import adapter_label
 
-    name = DEFAULT_MODEL if model is None else str(model)
-    spec = REGISTRY.get(name)
-    if spec is not None:
-        return (embedded_gguf_path(), spec) if spec.embedded else None
-    path = Path(name)
-    if path.is_file() and path.suffix == ".gguf":
-        it = "-it" in path.name.lower() or "instruct" in path.name.lower()
-        return path, ModelSpec(name=path.stem, family="gemma3", instruction_tuned=it)
-    return None
-
-
-def resolve_kind(kind: str, *, gguf: bool, jax_backend: str | None = None,
-                 llamacpp: bool | None = None, lora: bool = False) -> str:
-    """The concrete engine for ``kind``; "auto" is decided here.
-
-    "auto" is llama.cpp for a GGUF model with a GGUF LoRA adapter (``lora``: it runs
-    only there), or when the model is a GGUF file, llama-cpp-python is installed
-    (``llamacpp``, default: looked up) and JAX's backend (``jax_backend``, default: asked
-    of JAX) is the CPU; JAX otherwise. On a 2-core CPU our llama.cpp engine runs the
-    5-trace vote in about a third of the JAX sampler's time (``benchmarks/llamacpp.py``).
-    """
-    if kind not in ENGINE_KINDS:
-        raise ModelLoadError(f"unknown engine {kind!r}; choose one of {', '.join(ENGINE_KINDS)}")
-    if kind != "auto":
-        return kind
-    if gguf and lora:
-        return "llama.cpp"
-    if not gguf or not (llamacpp_available() if llamacpp is None else llamacpp):
-        return "jax"
-    if jax_backend is None:
-        import jax
-
-        jax_backend = jax.default_backend()
-    return "llama.cpp" if jax_backend == "cpu" else "jax"
-
-
-def make_engine(
-    kind: str = "auto",
-    *,
-    model: str | Path | None = None,
-    lora: str | Path | None = None,
-    threads: int | None = None,
-    load_jax: Callable[[], LoadedModel] | None = None,
-) -> ChosenEngine:
-    """Builds the engine ``kind`` for ``model`` (default: the embedded Gemma 3 270M).
-
-    ``model``: a registry name, a ``.gguf`` file or a checkpoint directory (JAX only).
-    ``lora``: a GGUF LoRA adapter (llama.cpp only). ``load_jax`` loads the model for
-    the JAX engine (default ``load_model(model)``), e.g. with another dtype.
-    """
-    source = gguf_source(model)
-    chosen = resolve_kind(kind, gguf=source is not None, lora=lora is not None)
-    if chosen == "llama.cpp":
-        if source is None:
-            raise ModelLoadError(
-                "the llama.cpp engine needs a GGUF model (the embedded default or a .gguf "
-                "path); convert a checkpoint with `bigthoughts export --gguf`")
-        from bigthoughts.inference.llamacpp import LlamaCppEngine, LlamaCppError
-
-        path, spec = source
-        try:
-            engine = LlamaCppEngine(path, lora=lora, threads=threads, spec=spec)
-        except LlamaCppError as exc:
-            raise ModelLoadError(str(exc)) from exc
-        package = embedded_package() if spec.embedded else None
-        source = portable_source(path, package=package, digest=file_digest(path))
-        loaded = LoadedModel(model=None, tokenizer=None, spec=spec, source=f"llama.cpp:{source}")
-        return ChosenEngine(engine=engine, kind="llama.cpp", loaded=loaded)
-    if lora is not None:
-        raise ModelLoadError("a GGUF LoRA adapter needs the llama.cpp engine (--engine llama.cpp)")
-    from bigthoughts.inference.jax_sampler import Sampler
-    from bigthoughts.models.registry import load_model
-
-    loaded = load_jax() if load_jax is not None else load_model(model)
-    return ChosenEngine(engine=Sampler(loaded.model, loaded.tokenizer), kind="jax",
-                        loaded=loaded)
+        loaded = dataclasses.replace(
+            loaded, source=f"{loaded.source} + {adapter_label(choice.adapter)}")
+    return ChosenEngine(engine=engine, kind="llama.cpp", loaded=loaded)

@@ -37,11 +37,12 @@ from flax import nnx
 import bigthoughts.training.grpo_loss as grpo_loss
 import bigthoughts.training.held_out as held_out
 import bigthoughts.training.rollout as ro
-from bigthoughts.data import Example, prompt_format
+from bigthoughts.data import Example
 from bigthoughts.inference.jax_sampler import Sampler
 from bigthoughts.models.adapter import save_adapter
 from bigthoughts.models.export import export_checkpoint, export_hf_gemma3, merge_lora
 from bigthoughts.models.registry import LoadedModel
+from bigthoughts.models.resolve import prompt_format_for
 from bigthoughts.training.adapter import adapted
 from bigthoughts.training.config import GRPOSection, TrainConfig
 from bigthoughts.training.relay import CheckpointStore, restore_stage, save_stage
@@ -94,8 +95,7 @@ class GRPOTrainer:
         self.config, self.out = config, Path(out)
         self.examples, self.held_out, self.reward_fns = list(examples), list(held_out), reward_fns
         self.tokenizer = loaded.tokenizer
-        self.format = prompt_format(config.data.style or loaded.spec.prompt_style,
-                                    config.data.shots)
+        self.format = prompt_format_for(config.data.style, loaded.spec, config.data.shots)
         self.mesh = make_mesh(config.mesh_fsdp, config.mesh_tp)
         model = adapted(loaded.model, config.lora, config.seed, lora_init, config.model.adapter)
         # qwix works on a clone: drop our reference to the original weights (~1 GB f32)

@@ -34,7 +34,7 @@ def rollout_gguf(config) -> Path:
     """The base GGUF the llama.cpp rollouts load, or a ConfigError saying why not."""
     import importlib.util
 
-    from bigthoughts.inference.engine import gguf_source
+    from bigthoughts.models.resolve import gguf_source
 
     if importlib.util.find_spec("llama_cpp") is None:
         raise ConfigError("grpo.rollout_engine=llama.cpp needs the llamacpp extra: "
