@@ -80,3 +80,52 @@ def test_the_training_loop_knows_no_grpo() -> None:
     for module in ("bigthoughts.training.loop", "bigthoughts.training.progress",
                    "bigthoughts.training.relay", "bigthoughts.training.rundir"):
         assert not {d for d in graph[module] if "grpo" in d or d.endswith("rollout")}, module
+
+
+STAGES = ("inference", "training", "evaluation", "serve")
+
+
+def _imports_of(graph: dict[str, set[str]], folder: str) -> dict[str, set[str]]:
+    prefix = f"bigthoughts.{folder}"
+    return {m: deps for m, deps in graph.items() if m == prefix or m.startswith(prefix + ".")}
+
+
+def test_inference_imports_neither_training_nor_evaluation() -> None:
+    for module, deps in _imports_of(import_graph(), "inference").items():
+        assert not {d for d in deps if d.startswith(("bigthoughts.training",
+                                                     "bigthoughts.evaluation"))}, module
+
+
+def test_models_import_no_stage() -> None:
+    stages = tuple(f"bigthoughts.{s}" for s in STAGES)
+    found = _imports_of(import_graph(), "models")
+    assert "bigthoughts.models.resolve" in found
+    for module, deps in found.items():
+        assert not {d for d in deps if d.startswith(stages)}, module
+
+
+def test_an_engine_needs_only_the_contract_of_inference() -> None:
+    """Each engine imports the contract module, never another engine."""
+    graph = import_graph()
+    engines = ("bigthoughts.inference.jax_sampler", "bigthoughts.inference.llamacpp")
+    for engine in engines:
+        assert "bigthoughts.inference.contract" in graph[engine]
+        assert not graph[engine] & set(engines), engine
+
+
+def test_the_guards_can_fail() -> None:
+    """The folder filter sees a stage import when there is one."""
+    graph = {"bigthoughts.models.x": {"bigthoughts.training.y"}, "bigthoughts.modelsx": set()}
+    assert list(_imports_of(graph, "models")) == ["bigthoughts.models.x"]
+
+
+def test_no_module_over_500_lines_and_no_function_over_60() -> None:
+    long_functions = []
+    for path in PACKAGE.rglob("*.py"):
+        text = path.read_text(encoding="utf-8")
+        assert len(text.splitlines()) <= 500, path
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                if node.end_lineno - node.lineno + 1 > 60:
+                    long_functions.append(f"{path.name}:{node.name}")
+    assert long_functions == []

@@ -206,10 +206,10 @@ def test_full_finetune_updates_the_base_weights(tmp_path):
     from flax import nnx
 
     stage = toy_sft(tmp_path / "full", max_steps=6, full=True)
-    before = {k: np.asarray(v.value) for k, v in nnx.to_flat_state(stage.params)}
+    before = {k: np.asarray(v.get_value()) for k, v in nnx.to_flat_state(stage.params)}
     assert not any("lora" in ".".join(map(str, k)) for k in before)  # no adapter at all
     result = run(stage, 6)
-    after = {k: np.asarray(v.value) for k, v in nnx.to_flat_state(stage.params)}
+    after = {k: np.asarray(v.get_value()) for k, v in nnx.to_flat_state(stage.params)}
     changed = [k for k in before if not np.array_equal(before[k], after[k])]
     assert len(changed) == len(before)  # every weight is trained
     assert result.history[-1]["loss"] < result.history[0]["loss"]

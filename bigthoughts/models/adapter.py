@@ -56,7 +56,7 @@ def save_adapter(path: str | Path, lora_state, lora: LoraSection, *, dtype: str 
     if dtype not in STORE_DTYPES:
         raise ValueError(f"dtype must be one of {STORE_DTYPES}, got {dtype!r}")
     np_dtype = ml_dtypes.bfloat16 if dtype == "bfloat16" else np.dtype(dtype)
-    tensors = {path_name(p): np.asarray(v.value if hasattr(v, "value") else v).astype(np_dtype)
+    tensors = {path_name(p): np.asarray(v.get_value() if hasattr(v, "get_value") else v).astype(np_dtype)
                for p, v in nnx.to_flat_state(lora_state)}
     meta = {"format": FORMAT, "rank": str(lora.rank), "alpha": repr(float(lora.alpha)),
             "targets": lora.targets, "dtype": dtype,
@@ -98,10 +98,10 @@ def fill_lora(model, arrays: dict, source: str | Path = "adapter") -> None:
                            f"matrices missing, {len(extra)} unknown)")
     filled = []
     for key, var in flat.items():
-        if tuple(var.value.shape) != arrays[key].shape:
+        if tuple(var.get_value().shape) != arrays[key].shape:
             raise AdapterError(f"adapter {source}: {path_name(key)} has shape "
-                               f"{arrays[key].shape}, the model needs {tuple(var.value.shape)}")
-        filled.append((key, var.replace(jnp.asarray(arrays[key], dtype=var.value.dtype))))
+                               f"{arrays[key].shape}, the model needs {tuple(var.get_value().shape)}")
+        filled.append((key, var.replace(jnp.asarray(arrays[key], dtype=var.get_value().dtype))))
     nnx.update(model, nnx.from_flat_state(filled))
 
 
@@ -111,7 +111,7 @@ def with_adapter(loaded: LoadedModel, path: str | Path) -> LoadedModel:
     model = apply_lora(loaded.model, lora, seed=0)
     fill_lora(model, arrays, path)
     params = merge_lora(model, alpha=lora.alpha, rank=lora.rank)
-    dtype = next(iter(nnx.to_flat_state(nnx.state(loaded.model, nnx.Param))))[1].value.dtype
+    dtype = next(iter(nnx.to_flat_state(nnx.state(loaded.model, nnx.Param))))[1].get_value().dtype
     merged = build_model(loaded.spec.family, loaded.model.config, params, dtype=dtype)
     return LoadedModel(model=merged, tokenizer=loaded.tokenizer, spec=loaded.spec,
                        source=f"{loaded.source} + {adapter_label(path)}")

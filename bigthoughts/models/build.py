@@ -65,10 +65,10 @@ def build_model(
     filled = []
     for path, var in flat.items():
         value = np.asarray(params[path])
-        if tuple(value.shape) != tuple(var.value.shape):
+        if tuple(value.shape) != tuple(var.get_value().shape):
             raise ParameterMismatch(
                 f"{'.'.join(map(str, path))}: checkpoint shape {value.shape}, "
-                f"model expects {var.value.shape}"
+                f"model expects {var.get_value().shape}"
             )
         filled.append((path, var.replace(jnp.asarray(value, dtype=dtype))))
     return nnx.merge(graphdef, nnx.from_flat_state(filled))
@@ -79,7 +79,7 @@ def random_params(family: str, config, *, seed: int = 0, scale: float = 0.05) ->
     _, state = nnx.split(_abstract(family, config))
     rng = np.random.default_rng(seed)
     return {
-        path: (rng.standard_normal(var.value.shape) * scale).astype(np.float32)
+        path: (rng.standard_normal(var.get_value().shape) * scale).astype(np.float32)
         for path, var in nnx.to_flat_state(state)
     }
 
@@ -87,7 +87,7 @@ def random_params(family: str, config, *, seed: int = 0, scale: float = 0.05) ->
 def flat_params(model: nnx.Module) -> dict[PathKey, np.ndarray]:
     """The model's parameters as ``{path: numpy array}`` (host copies)."""
     state = nnx.state(model, nnx.Param)
-    return {path: np.asarray(jax.device_get(v.value)) for path, v in nnx.to_flat_state(state)}
+    return {path: np.asarray(jax.device_get(v.get_value())) for path, v in nnx.to_flat_state(state)}
 
 
 def path_name(path: PathKey) -> str:

@@ -51,7 +51,7 @@ def _module_at(model, path):
 
 def merge_lora(model, *, alpha: float, rank: int) -> dict:
     """Flat ``{path: array}`` of ``model``'s base parameters with LoRA deltas folded in."""
-    params = {p: np.asarray(v.value) for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))
+    params = {p: np.asarray(v.get_value()) for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))
               if not isinstance(v, nnx.LoRAParam)}
     lora = dict(nnx.to_flat_state(nnx.state(model, nnx.LoRAParam)))
     scale = alpha / rank
@@ -60,8 +60,8 @@ def merge_lora(model, *, alpha: float, rank: int) -> dict:
         if not name.endswith("_lora_a"):
             continue
         base = name[: -len("_lora_a")]
-        a = np.asarray(var.value)
-        b = np.asarray(lora[(*path[:-1], base + "_lora_b")].value)
+        a = np.asarray(var.get_value())
+        b = np.asarray(lora[(*path[:-1], base + "_lora_b")].get_value())
         module = _module_at(model, path[:-1])
         weight_path = (*path[:-1], base)
         weight = params[weight_path]

@@ -177,7 +177,7 @@ class SFTStage:
         provenance = {"stage": "sft", "step": self.step, "base": Path(self.loaded.source).name,
                       "continued": _continued(self.config.model, self.config.full_finetune)}
         if self.config.full_finetune:
-            params = {p: np.asarray(v.value) for p, v in
+            params = {p: np.asarray(v.get_value()) for p, v in
                       nnx.to_flat_state(nnx.state(model, nnx.Param))}
         else:
             params = merge_lora(model, alpha=self.config.lora.alpha, rank=self.config.lora.rank)

@@ -66,7 +66,7 @@ def _malloc_trim():
 def optimizer_step(tx: optax.GradientTransformation, params, opt_state, grads):
     """``tx``'s update applied to ``params``; returns (params, opt_state, gradient norm)."""
     updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, optax.global_norm(grads)
+    return optax.apply_updates(params, updates), opt_state, optax.tree.norm(grads)
 
 
 class SplitUpdate:
