@@ -61,7 +61,8 @@ def test_hf_export_round_trips_through_the_hf_loader(tmp_path):
     from bigthoughts.models.checkpoints import load_checkpoint_dir
 
     model, tok = tiny_model(scale=0.3)
-    params = {p: np.asarray(v.get_value()) for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+    params = {p: np.asarray(v.get_value())
+              for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
     export_hf_gemma3(tmp_path / "hf", params, model.config, tok)
     loaded, tok2, spec = load_checkpoint_dir(tmp_path / "hf", None, dtype=jnp.float32)
     ids = tok.encode("round trip", add_bos=True)

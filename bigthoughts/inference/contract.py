@@ -62,20 +62,11 @@ class Generation:
 class Engine(Protocol):
     """What the vote, evaluation and the server need from an inference engine."""
 
-    def generate(
-        self,
-        prompts: Sequence[str],
-        *,
-        temperatures: float | Sequence[float] = 0.0,
-        num_samples: int = 1,
-        max_new_tokens: int = 256,
-        stop: Sequence[str] = (),
-        stop_inclusive: Sequence[str] = (),
-        seed: int = 0,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        calculator: bool = False,
-    ) -> list[Generation]: ...
+    def generate(self, prompts: Sequence[str], *, temperatures: float | Sequence[float] = 0.0,
+                 num_samples: int = 1, max_new_tokens: int = 256, stop: Sequence[str] = (),
+                 stop_inclusive: Sequence[str] = (), seed: int = 0, top_k: int | None = None,
+                 top_p: float | None = None, calculator: bool | Calculator = False
+                 ) -> list[Generation]: ...
 
 
 def check_request(rows: int, temperatures: float | Sequence[float], num_samples: int,

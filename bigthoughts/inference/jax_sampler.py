@@ -210,22 +210,12 @@ class Sampler:
         return carry, tokens.T, logprobs.T
 
     # --- host side -----------------------------------------------------------------
-    def generate(
-        self,
-        prompts: Sequence[str],
-        *,
-        temperatures: float | Sequence[float] = 0.0,
-        num_samples: int = 1,
-        max_new_tokens: int = 256,
-        stop: Sequence[str] = (),
-        stop_inclusive: Sequence[str] = (),
-        seed: int = 0,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        stop_at_eos: bool = True,
-        calculator: bool | Calculator = False,
-        cancelled: Callable[[int], bool] | None = None,
-    ) -> list[Generation]:
+    def generate(self, prompts: Sequence[str], *, temperatures: float | Sequence[float] = 0.0,
+                 num_samples: int = 1, max_new_tokens: int = 256, stop: Sequence[str] = (),
+                 stop_inclusive: Sequence[str] = (), seed: int = 0, top_k: int | None = None,
+                 top_p: float | None = None, stop_at_eos: bool = True,
+                 calculator: bool | Calculator = False,
+                 cancelled: Callable[[int], bool] | None = None) -> list[Generation]:
         """Samples ``num_samples`` continuations per prompt (prompt-major order).
 
         ``temperatures``: one value for all rows, or one per output row

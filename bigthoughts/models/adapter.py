@@ -56,7 +56,8 @@ def save_adapter(path: str | Path, lora_state, lora: LoraSection, *, dtype: str 
     if dtype not in STORE_DTYPES:
         raise ValueError(f"dtype must be one of {STORE_DTYPES}, got {dtype!r}")
     np_dtype = ml_dtypes.bfloat16 if dtype == "bfloat16" else np.dtype(dtype)
-    tensors = {path_name(p): np.asarray(v.get_value() if hasattr(v, "get_value") else v).astype(np_dtype)
+    tensors = {path_name(p): np.asarray(v.get_value() if hasattr(v, "get_value") else v
+                                        ).astype(np_dtype)
                for p, v in nnx.to_flat_state(lora_state)}
     meta = {"format": FORMAT, "rank": str(lora.rank), "alpha": repr(float(lora.alpha)),
             "targets": lora.targets, "dtype": dtype,
@@ -98,9 +99,10 @@ def fill_lora(model, arrays: dict, source: str | Path = "adapter") -> None:
                            f"matrices missing, {len(extra)} unknown)")
     filled = []
     for key, var in flat.items():
-        if tuple(var.get_value().shape) != arrays[key].shape:
+        need = tuple(var.get_value().shape)
+        if need != arrays[key].shape:
             raise AdapterError(f"adapter {source}: {path_name(key)} has shape "
-                               f"{arrays[key].shape}, the model needs {tuple(var.get_value().shape)}")
+                               f"{arrays[key].shape}, the model needs {need}")
         filled.append((key, var.replace(jnp.asarray(arrays[key], dtype=var.get_value().dtype))))
     nnx.update(model, nnx.from_flat_state(filled))
 

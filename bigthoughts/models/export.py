@@ -51,7 +51,8 @@ def _module_at(model, path):
 
 def merge_lora(model, *, alpha: float, rank: int) -> dict:
     """Flat ``{path: array}`` of ``model``'s base parameters with LoRA deltas folded in."""
-    params = {p: np.asarray(v.get_value()) for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))
+    params = {p: np.asarray(v.get_value())
+              for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))
               if not isinstance(v, nnx.LoRAParam)}
     lora = dict(nnx.to_flat_state(nnx.state(model, nnx.LoRAParam)))
     scale = alpha / rank
