@@ -256,9 +256,13 @@ def cmd_train(args) -> int:
 
 
 def cmd_train_report(args) -> int:
-    from bigthoughts.evaluation.train_report import plot_training
+    from bigthoughts.evaluation.train_report import plot_dev_curve, plot_training
 
-    print(f"wrote {plot_training(Path(args.run), Path(args.out or args.run), window=args.window)}")
+    out = Path(args.out or args.run)
+    print(f"wrote {plot_training(Path(args.run), out, window=args.window)}")
+    curve = plot_dev_curve(Path(args.run), out)
+    if curve is not None:
+        print(f"wrote {curve}")
     return 0
 
 

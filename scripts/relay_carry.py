@@ -6,15 +6,16 @@
 A run's own checkpoint (``RUN/checkpoints/step_N``: LoRA weights and AdamW moments in
 float32) resumes it exactly on the machine that wrote it, but it is ~44 MB for the 270M
 recipe's rank-16 LoRA, and a fresh machine has only what git has. ``pack`` writes the
-latest checkpoint with every float array in 2 bytes: float16 where that round trip is
-the more precise (the LoRA weights), else bfloat16 (the moments, whose small values
-float16 would flush to zero); integer arrays (the step count) stay exact. Next to it go
+latest checkpoint with every float array in 2 bytes: float16, scaled per array so that
+its largest value sits at 2^14 (so neither the LoRA weights nor the AdamW moments, whose
+values are ~1e-9, leave float16's range); integer arrays (the step count) stay exact. Next to it go
 the run's text files (config, metrics, samples, each sitting's log, the dev
 evaluations' answers) and the
 adapter of the best dev evaluation so far, so the curve can still be cut at its best.
 
 The carried state is not bit-exact: each float loses the bits below 2 bytes' precision
-once per carry (relative error <= 2^-11 for the weights). That is below what another
+once per carry (relative error <= 2^-11 for every value within 2^-28 of its array's
+largest, which is all but the moments' far tail). That is below what another
 machine already changes: llama.cpp's rollouts differ between CPU kinds (docs/RESULTS.md),
 so no run that moves machines can be bit-exact. ``unpack`` restores the checkpoint in the
 run's own format, and the unchanged ``train`` command resumes from it ("resuming from
@@ -41,23 +42,13 @@ TEXT_FILES = ("config.json", "metrics.jsonl", "samples.jsonl", "sittings.log")
 STATE, META = "state.npz", "state.json"
 
 
-def two_bytes(x: np.ndarray) -> tuple[np.ndarray, str]:
-    """``x`` (float32) as float16 or bfloat16, whichever round-trips it more precisely
-    (largest relative error over its non-zero elements), and that dtype's name."""
-    import ml_dtypes
-
-    nonzero = x != 0
-
-    def error(dtype) -> float:
-        back = x.astype(dtype).astype(np.float32)
-        if not np.isfinite(back).all():
-            return np.inf
-        rel = np.abs(back - x)[nonzero] / np.abs(x)[nonzero]
-        return float(rel.max()) if rel.size else 0.0
-
-    if error(np.float16) <= error(ml_dtypes.bfloat16):
-        return x.astype(np.float16), "float16"
-    return x.astype(ml_dtypes.bfloat16), "bfloat16"
+def two_bytes(x: np.ndarray) -> tuple[np.ndarray, float]:
+    """``x`` (float32) as float16 scaled so its largest magnitude is 2^14, and the scale:
+    every value within 2^-28 of the largest keeps float16's 11 significant bits (relative
+    error <= 2^-11); smaller ones (below float16's normal range) lose them."""
+    top = float(np.abs(x).max()) if x.size else 0.0
+    scale = top / 2.0 ** 14 if top > 0 else 1.0
+    return (x / scale).astype(np.float16), scale
 
 
 def best_eval(metrics: Path) -> int | None:
@@ -80,10 +71,10 @@ def pack(run: Path, carry: Path) -> None:
         for key in data.files:
             a = data[key]
             if np.issubdtype(a.dtype, np.floating):
-                arrays[key], kinds[key] = two_bytes(a.astype(np.float32))
-                arrays[key] = arrays[key].view(np.uint16)  # npz cannot store bfloat16
+                arrays[key], scale = two_bytes(a.astype(np.float32))
+                kinds[key] = {"dtype": str(a.dtype), "scale": scale}
             else:
-                arrays[key], kinds[key] = a, str(a.dtype)
+                arrays[key], kinds[key] = a, {"dtype": str(a.dtype)}
     if carry.exists():
         shutil.rmtree(carry)
     (carry / "evals").mkdir(parents=True)
@@ -103,19 +94,16 @@ def pack(run: Path, carry: Path) -> None:
 
 
 def unpack(carry: Path, run: Path) -> None:
-    import ml_dtypes
-
     if (run / "checkpoints").exists() and CheckpointStore(run / "checkpoints").latest():
         raise SystemExit(f"error: {run} has checkpoints already; it resumes from them "
                          f"(remove {run} to start from the carry instead)")
     info = json.loads((carry / META).read_text())
-    dtypes = {"float16": np.float16, "bfloat16": ml_dtypes.bfloat16}
     with np.load(carry / STATE) as data:
         leaves = []
         for i in range(len(data.files)):
-            key, kind = f"a{i}", info["dtypes"][f"a{i}"]
-            a = data[key]
-            leaves.append(a.view(dtypes[kind]).astype(np.float32) if kind in dtypes else a)
+            kind, a = info["dtypes"][f"a{i}"], data[f"a{i}"]
+            leaves.append((a.astype(np.float32) * kind["scale"]).astype(kind["dtype"])
+                          if "scale" in kind else a)
     run.mkdir(parents=True, exist_ok=True)
     for name in TEXT_FILES:
         if (carry / name).exists():

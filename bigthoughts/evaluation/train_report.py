@@ -8,6 +8,11 @@ the reference, and completion length. A supervised (``sft``) run: training loss
 with the periodic validation loss, validation accuracy and format, tokens/s and
 the share of padding. Curves are smoothed with a trailing moving
 average (window shown in the legend); raw points are drawn faintly behind.
+
+A GRPO run with a held-out evaluation (``eval_every``) also gets ``dev_curve.png``:
+held-out greedy accuracy (95% Wilson interval) against the informative groups trained
+on so far (the updates that carried a policy gradient), the curve a relay run is
+judged and cut on.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from bigthoughts.evaluation.evaluate import RunDirError
+from bigthoughts.evaluation.metrics import wilson_interval
 from bigthoughts.files import JsonlError, read_jsonl
 
 
@@ -92,5 +98,49 @@ def plot_training(run_dir: Path, out_dir: Path, *, window: int = 10) -> Path:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     dest = out_dir / "training_curves.png"
+    fig.savefig(dest)
+    return dest
+
+
+def dev_curve(rows: list[dict]) -> list[tuple[int, int, int, int]]:
+    """(informative groups so far, step, right, questions) at each held-out evaluation
+    of a GRPO run (a step logged without ``groups_informative``, i.e. without dynamic
+    sampling, counts as one group)."""
+    steps = sorted((r["step"], r.get("groups_informative", 1)) for r in rows
+                   if "reward_mean" in r)
+    out = []
+    for r in sorted((r for r in rows if "eval/correct" in r), key=lambda r: r["step"]):
+        groups = sum(n for step, n in steps if step <= r["step"])
+        out.append((groups, r["step"], r["eval/correct"], r["eval/questions"]))
+    return out
+
+
+def plot_dev_curve(run_dir: Path, out_dir: Path) -> Path | None:
+    """``dev_curve.png`` for a run with held-out evaluations; None when it has none."""
+    from matplotlib.figure import Figure
+
+    points = dev_curve(read_metrics(run_dir))
+    if not points:
+        return None
+    groups, steps, right, n = (np.array(c) for c in zip(*points, strict=True))
+    low, high = np.array([wilson_interval(int(k), int(m)) for k, m in zip(right, n,
+                                                                       strict=True)]).T
+    acc = right / n
+    fig = Figure(figsize=(8, 5), dpi=120)
+    ax = fig.subplots()
+    ax.errorbar(groups, 100 * acc, yerr=[100 * (acc - low), 100 * (high - acc)], marker="o",
+                capsize=3, label="greedy accuracy, no calculator (95% Wilson)")
+    for g, s, a, k in zip(groups, steps, acc, right, strict=True):
+        ax.annotate(f"step {s}: {k}", (g, 100 * a), textcoords="offset points", xytext=(4, 6),
+                    fontsize=7, color="gray")
+    ax.set_xlabel("informative groups trained on")
+    ax.set_ylabel(f"held-out accuracy (%), {int(n[0])} questions")
+    ax.set_title(f"Held-out curve: {Path(run_dir).name}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    dest = out_dir / "dev_curve.png"
     fig.savefig(dest)
     return dest
