@@ -3,9 +3,11 @@ through git (scripts/relay_carry.py) restores a checkpoint that resumes."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
-import subprocess
 import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -45,21 +47,34 @@ def test_the_committed_relay_recipe_keeps_its_dev_split_apart():
 
 
 def _carry(*argv):
-    return subprocess.run([sys.executable, "scripts/relay_carry.py", *argv], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
+    """``scripts/relay_carry.py ARGV`` in this process: (exit status, stdout, stderr)."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import relay_carry
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = relay_carry.main(list(argv))
+        except SystemExit as stop:  # its one-line errors
+            code = 1
+            print(stop, file=sys.stderr)
+    return types.SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())
 
 
 def test_a_carried_run_restores_its_checkpoint_within_two_bytes(tmp_path):
     rng = np.random.default_rng(0)
     weights = (rng.standard_normal((64, 16)) * 0.05).astype(np.float32)
-    moment = (rng.standard_normal((64, 16)) * 1e-9).astype(np.float32)  # below float16
-    tree = {"lora": weights, "opt": {"count": np.int32(37), "nu": moment}}
+    mu = (rng.standard_normal((64, 16)) * 1e-5).astype(np.float32)
+    nu = (rng.standard_normal((64, 16)) ** 2 * 1e-10).astype(np.float32)  # below float16
+    mu[0, :3] = 0.0
+    tree = {"lora": weights, "opt": {"a_count": np.int32(37), "mu": mu, "nu": nu}}
     run = tmp_path / "run"
     CheckpointStore(run / "checkpoints").save(35, tree, {"data_position": 81, "seed": 28})
     (run / "config.json").write_text("{}")
     evals = [{"step": 0, "eval/correct": 8}, {"step": 30, "eval/correct": 11},
              {"step": 35, "eval/correct": 11}]
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in evals))
+    assert "Adam's update direction" in _carry("pack", str(run), str(tmp_path / "c0")).stdout
     (run / "evals").mkdir()
     for step in (0, 30, 35):
         (run / "evals" / f"step_{step:06d}.safetensors").write_bytes(b"adapter %d" % step)
@@ -73,9 +88,16 @@ def test_a_carried_run_restores_its_checkpoint_within_two_bytes(tmp_path):
     assert done.returncode == 0, done.stderr
     restored, meta = CheckpointStore(tmp_path / "again" / "checkpoints").restore(35, tree)
     assert meta["data_position"] == 81 and meta["carried"] is True
-    assert restored["opt"]["count"] == 37
+    assert restored["opt"]["a_count"] == 37
     np.testing.assert_allclose(restored["lora"], weights, rtol=2 ** -11)  # float16, scaled
-    np.testing.assert_allclose(restored["opt"]["nu"], moment, rtol=2 ** -11)
+    for name, exact in (("mu", mu), ("nu", nu)):  # one byte: log2 to half a level
+        got = restored["opt"][name]
+        assert ((got == 0) == (exact == 0)).all() and (np.sign(got) == np.sign(exact)).all()
+        span = np.ptp(np.log2(np.abs(exact[exact != 0])))
+        np.testing.assert_allclose(np.log2(np.abs(got[exact != 0])),
+                                   np.log2(np.abs(exact[exact != 0])), atol=span / 252 + 1e-6)
+    info = json.loads((tmp_path / "carry" / "state.json").read_text())
+    assert 0 < info["adam_direction_error"] < 0.05
     assert not np.array_equal(restored["lora"], weights)  # it is 2 bytes, not exact
     again = _carry("unpack", str(tmp_path / "carry"), str(tmp_path / "again"))
     assert again.returncode != 0 and "has checkpoints already" in again.stderr

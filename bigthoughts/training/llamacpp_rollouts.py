@@ -69,7 +69,8 @@ class LlamaCppRollouts:
         """Samples with these LoRA matrices (an ``nnx.State`` of LoRAParams) from now on."""
         from bigthoughts.models.gguf_export import write_lora_adapter
 
-        arrays = {path: np.asarray(getattr(v, "value", v), dtype=np.float32)
+        arrays = {path: np.asarray(v.get_value() if hasattr(v, "get_value") else v,
+                                   dtype=np.float32)
                   for path, v in nnx.to_flat_state(lora_state)}
         write_lora_adapter(self.adapter_path, arrays, alpha=self.alpha, base=self._base)
         self.engine.set_lora(self.adapter_path)

@@ -137,12 +137,14 @@ class CheckpointStore:
             shutil.rmtree(self.root / f"step_{step:06d}", ignore_errors=True)
 
 
-def save_stage(store: CheckpointStore, step: int, tree: Any, *, position: int,
+def save_stage(store: CheckpointStore, step: int, tree: dict, *, position: int,
                seed: int) -> Path:
-    """A stage's checkpoint: its arrays (trainable weights, optimizer state) and where its
-    data order stands; what an exact resume needs besides the recipe."""
+    """A stage's checkpoint: its arrays (``{"lora" or "params": weights, "opt": optimizer
+    state}``) and where its data order stands; what an exact resume needs besides the
+    recipe. The metadata counts each key's leaves (the carry tells weights from moments)."""
+    counts = {k: len(jax.tree_util.tree_leaves(v)) for k, v in tree.items()}
     return store.save(step, tree, {"data_position": position, "seed": seed,
-                                   "saved_at": time.time()})
+                                   "saved_at": time.time(), "leaves_per_key": counts})
 
 
 def restore_stage(store: CheckpointStore, log, like: Any) -> tuple[Any, int, int, Path] | None:
