@@ -223,16 +223,17 @@ def test_trainer_applies_the_variant(tmp_path, monkeypatch):
         seen["gens"] = generate(*args, **kwargs)
         return seen["gens"]
 
-    def record_update(lora, opt, base, batch):
-        seen["batch"] = batch
-        return update(lora, opt, base, batch)
+    class RecordUpdate:
+        def accumulated(self, lora, opt, parts):
+            [(_, seen["batch"])] = parts  # no micro-batches: the whole step at once
+            return update.accumulated(lora, opt, parts)
 
     def record_loss(*args, **kwargs):
         temperatures.append(kwargs["temperature"])
         return real_loss(*args, **kwargs)
 
     monkeypatch.setattr(trainer.sampler, "generate", record_generate)
-    monkeypatch.setattr(trainer, "_train_fn", record_update)
+    monkeypatch.setattr(trainer, "_train_fn", RecordUpdate())
     monkeypatch.setattr(grpo, "grpo_loss", record_loss)
     record = trainer.train_step()
     gens, batch = seen["gens"], seen["batch"]

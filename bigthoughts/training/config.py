@@ -136,6 +136,12 @@ class GRPOSection:
     # together with the split update and XLA's lean CPU schedule (training.state): 8.4 ->
     # 5.5 GB on the 270M recipe (benchmarks/grpo_memory.py); the CPU recipes turn it on
     remat_layers: bool = False
+    # the update's micro-batch, in whole groups (prompts with their G completions): the
+    # step's groups go through the forward/backward this many at a time, LoRA gradients
+    # add up in float32 and one optimizer step follows. The loss keeps its meaning (each
+    # micro-batch divides by the whole step's normalisers). Memory then grows with this,
+    # not with prompts_per_step x G. None: the whole step at once
+    micro_batch_prompts: int | None = None
     # where rollouts are sampled: "jax" (our sampler, any backend) or "llama.cpp" (CPU: the
     # current LoRA re-exported as a GGUF adapter after each update; training.llamacpp_rollouts)
     rollout_engine: str = "jax"
@@ -148,6 +154,9 @@ class GRPOSection:
             raise ValueError("grpo.num_generations (G) must be >= 2 for group advantages")
         for name in ("beta", "epsilon", "temperature"):
             _finite(f"grpo.{name}", getattr(self, name))
+        if self.micro_batch_prompts is not None and self.micro_batch_prompts < 1:
+            raise ValueError(f"grpo.micro_batch_prompts must be >= 1 (or null), got "
+                             f"{self.micro_batch_prompts}")
         if self.dynamic_sampling < 0:
             raise ValueError(f"grpo.dynamic_sampling must be >= 0 (extra prompts per step), "
                              f"got {self.dynamic_sampling}")
@@ -235,6 +244,10 @@ class TrainConfig:
         if self.prompts_per_step < 1 or self.max_steps < 0 or self.save_every < 1:
             raise ValueError("need prompts_per_step >= 1, max_steps >= 0, save_every >= 1")
         check_run_fields(self)
+        micro = self.grpo.micro_batch_prompts
+        if micro is not None and self.prompts_per_step % micro:
+            raise ValueError(f"grpo.micro_batch_prompts ({micro}) must divide "
+                             f"prompts_per_step ({self.prompts_per_step})")
         if self.eval_max_new_tokens is not None and self.eval_max_new_tokens < 1:
             raise ValueError(f"eval_max_new_tokens must be >= 1 (or null), got "
                              f"{self.eval_max_new_tokens}")

@@ -56,14 +56,63 @@ class RolloutBatch:
     advantages: jax.Array
     ref_logps: jax.Array | None = None
     old_logps: jax.Array | None = None
+    # the whole step's normalisers (``step_normalisers``) when this is one micro-batch of
+    # it: the loss and metrics then add up over the micro-batches to the step's
+    normalisers: jax.Array | None = None
+
+    @property
+    def groups(self) -> int:
+        return self.prompt_tokens.shape[0]
+
+    def groups_slice(self, start: int, stop: int, group: int) -> RolloutBatch:
+        """Groups ``start .. stop - 1``: their prompts and their G completions each."""
+        rows = slice(start * group, stop * group)
+
+        def cut(x, sl):
+            return None if x is None else x[sl]
+
+        return RolloutBatch(
+            prompt_tokens=self.prompt_tokens[start:stop],
+            prompt_valid=self.prompt_valid[start:stop],
+            completion_tokens=self.completion_tokens[rows],
+            completion_mask=self.completion_mask[rows], advantages=self.advantages[rows],
+            ref_logps=cut(self.ref_logps, rows), old_logps=cut(self.old_logps, rows),
+            normalisers=self.normalisers)
 
 
 jax.tree_util.register_dataclass(
     RolloutBatch,
     data_fields=["prompt_tokens", "prompt_valid", "completion_tokens", "completion_mask",
-                 "advantages", "ref_logps", "old_logps"],
+                 "advantages", "ref_logps", "old_logps", "normalisers"],
     meta_fields=[],
 )
+
+
+def step_normalisers(mask, loss_agg_mode: str) -> jax.Array:
+    """[the loss's denominator, the count of completion tokens] of a whole step's
+    completion ``mask``. Every ``loss_agg_mode`` of Tunix's ``aggregate_loss`` is a sum
+    over rows (``_numerators``) divided by one step-wide number: the completion tokens
+    (token-mean) or the rows that have any (the sequence modes). Micro-batches that
+    divide by the step's numbers add up to the step's loss and metrics exactly."""
+    mask = jnp.asarray(mask, jnp.float32)
+    tokens = mask.sum()
+    rows = (mask.sum(axis=-1) > 0).sum().astype(jnp.float32)
+    floor = 1e-6 if loss_agg_mode == "seq-mean-token-sum" else 1.0
+    denominator = jnp.maximum(tokens, 1.0) if loss_agg_mode == "token-mean" \
+        else jnp.maximum(rows, floor)
+    return jnp.stack([denominator, jnp.maximum(tokens, 1.0)])
+
+
+def _numerator(per_token, mask, loss_agg_mode: str):
+    """The sum over rows that ``aggregate_loss`` divides by the step's denominator."""
+    summed = (per_token.astype(jnp.float32) * mask).sum(axis=-1)
+    if loss_agg_mode == "sequence-mean-token-mean":
+        return (summed / jnp.maximum(mask.sum(axis=-1), 1.0)).sum()
+    if loss_agg_mode == "sequence-mean-token-scale":
+        return (summed / per_token.shape[-1]).sum()
+    if loss_agg_mode in ("token-mean", "seq-mean-token-sum", "sequence-mean-token-sum-norm"):
+        return summed.sum()
+    raise ValueError(f"unsupported loss_agg_mode {loss_agg_mode!r}")
 
 
 def _uses_slot_positions(model) -> bool:
@@ -174,10 +223,11 @@ def grpo_loss(model, batch: RolloutBatch, *, group: int, beta: float, epsilon: f
 
         ℓ_it = max(-Â_i·ρ, -Â_i·clip(ρ, 1 - ε_low, 1 + ε_high)) + β·KL_it
 
-    aggregated over the completion mask by ``loss_agg_mode`` (Tunix's
-    ``aggregate_loss``). β = ``beta``, ε_low = ``epsilon``, ε_high = ``epsilon_high``
-    (None: = ε_low; DAPO's clip-higher sets it larger), KL by ``kl_mode``, T =
-    ``temperature`` (the rollout temperature; old/ref log-probs must use the same).
+    aggregated over the completion mask by ``loss_agg_mode`` (as Tunix's
+    ``aggregate_loss``; its normalisers are the step's when ``batch`` is a micro-batch).
+    β = ``beta``, ε_low = ``epsilon``, ε_high = ``epsilon_high`` (None: = ε_low; DAPO's
+    clip-higher sets it larger), KL by ``kl_mode``, T = ``temperature`` (the rollout
+    temperature; old/ref log-probs must use the same).
     """
     logps = completion_logps(model, batch.prompt_tokens, batch.prompt_valid,
                              batch.completion_tokens, group, remat=remat,
@@ -191,15 +241,17 @@ def grpo_loss(model, batch: RolloutBatch, *, group: int, beta: float, epsilon: f
     unclipped = -adv * ratio
     clipped = -adv * jnp.clip(ratio, 1.0 - epsilon, 1.0 + high)
     per_token = jnp.maximum(unclipped, clipped)
-    pg_loss = tunix_common.aggregate_loss(per_token, mask, loss_agg_mode)
-    denom = jnp.maximum(mask.sum(), 1.0)
+    norms = step_normalisers(mask, loss_agg_mode) if batch.normalisers is None \
+        else batch.normalisers
+    denom = norms[1]  # the step's completion tokens, for the token-weighted metrics
+    pg_loss = _numerator(per_token, mask, loss_agg_mode) / norms[0]
     aux = {"pg_loss": pg_loss,
            "clip_fraction": ((clipped > unclipped) * mask).sum() / denom,
            "policy_logp": (logps * mask).sum() / denom}
     loss = pg_loss
     if batch.ref_logps is not None:
         kl = tunix_common.compute_kl_divergence(logps, batch.ref_logps, kl_mode)
-        kl_loss = tunix_common.aggregate_loss(kl, mask, loss_agg_mode)
+        kl_loss = _numerator(kl, mask, loss_agg_mode) / norms[0]
         aux["kl"] = (kl * mask).sum() / denom
         if beta:
             loss = loss + beta * kl_loss

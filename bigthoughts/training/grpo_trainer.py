@@ -144,24 +144,42 @@ class GRPOTrainer:
             self.rollouts.sync(self.lora)
 
     # --- one step -------------------------------------------------------------------
-    def _with_logps(self, batch: grpo_loss.RolloutBatch) -> grpo_loss.RolloutBatch:
-        """Adds reference log-probs (β > 0) and, for μ > 1, π_θold's (the sampling policy)."""
+    def _micro_batches(self, batch: grpo_loss.RolloutBatch) -> list[grpo_loss.RolloutBatch]:
+        """The step's batch in ``grpo.micro_batch_prompts`` groups at a time (or whole)."""
         g = self.config.grpo
-        args = (batch.prompt_tokens, batch.prompt_valid, batch.completion_tokens)
+        if not g.micro_batch_prompts or g.micro_batch_prompts >= batch.groups:
+            return [batch]
+        size = g.micro_batch_prompts
+        return [batch.groups_slice(i, i + size, g.num_generations)
+                for i in range(0, batch.groups, size)]
+
+    def _with_logps(self, batch: grpo_loss.RolloutBatch) -> grpo_loss.RolloutBatch:
+        """Adds reference log-probs (β > 0) and, for μ > 1, π_θold's (the sampling policy),
+        a micro-batch at a time; with micro-batches, the step's loss normalisers."""
+        g = self.config.grpo
         continued = self.ref_lora is not None
-        ref = self._logps_fn(self.ref_lora if continued else self.lora, self.base, *args,
-                             group=g.num_generations, lora_on=continued) if g.beta > 0 else None
-        old = self._logps_fn(self.lora, self.base, *args, group=g.num_generations,
-                             lora_on=True) if g.num_iterations > 1 else None
-        return dataclasses.replace(batch, ref_logps=ref, old_logps=old)
+
+        def logps(lora, lora_on: bool):
+            parts = [self._logps_fn(lora, self.base, part.prompt_tokens, part.prompt_valid,
+                                    part.completion_tokens, group=g.num_generations,
+                                    lora_on=lora_on) for part in self._micro_batches(batch)]
+            return parts[0] if len(parts) == 1 else jnp.concatenate(parts)
+
+        ref = logps(self.ref_lora if continued else self.lora, continued) if g.beta > 0 \
+            else None
+        old = logps(self.lora, True) if g.num_iterations > 1 else None
+        norms = grpo_loss.step_normalisers(batch.completion_mask, g.loss_agg_mode) \
+            if g.micro_batch_prompts else None
+        return dataclasses.replace(batch, ref_logps=ref, old_logps=old, normalisers=norms)
 
     def _updates(self, batch: grpo_loss.RolloutBatch) -> dict:
         """μ updates on one batch; the sampler follows the weights after each."""
         self.last_updates = []
         release_host_memory()  # the rollout's freed buffers, before the update's peak
         for _ in range(self.config.grpo.num_iterations):
-            self.lora, self.opt_state, aux = self._train_fn(self.lora, self.opt_state,
-                                                            self.base, batch)
+            self.lora, self.opt_state, aux = self._train_fn.accumulated(
+                self.lora, self.opt_state,
+                [(self.base, part) for part in self._micro_batches(batch)])
             self._sync_sampler()
             self.last_updates.append(jax.block_until_ready(aux))
         return {k: float(v) for k, v in self.last_updates[-1].items()}

@@ -22,7 +22,8 @@ from bigthoughts.rundir import differences, flatten
 # (a relay may move between a CPU with llama.cpp and an accelerator; the draws differ,
 # the recipe does not). A run may resume with them changed, and runs saved before a
 # key existed resume as if it had its default.
-RESUMABLE_CHANGES: tuple[str, ...] = ("grpo.remat_layers", "grpo.rollout_engine", "save_every",
+RESUMABLE_CHANGES: tuple[str, ...] = ("grpo.remat_layers", "grpo.rollout_engine",
+                                      "grpo.micro_batch_prompts", "save_every",
                                       "keep_checkpoints", "eval_every", "eval_examples")
 # Keys added after runs were saved, with the value that reproduces what those runs did:
 # a saved config without the key compares as if it had this value.

@@ -12,6 +12,7 @@ import os
 from functools import cache, partial
 
 import jax
+import jax.numpy as jnp
 import optax
 from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding
@@ -87,7 +88,20 @@ class SplitUpdate:
         self._step = jax.jit(partial(optimizer_step, tx), donate_argnums=(0, 1))
 
     def __call__(self, params, opt_state, *args):
-        (loss, aux), grads = self.grads(params, *args)
+        return self.accumulated(params, opt_state, [args])
+
+    def accumulated(self, params, opt_state, parts):
+        """One optimizer step on the sum of the gradients (and losses and metrics) of
+        ``loss_and_grads(params, *args)`` over ``parts`` (micro-batches whose losses add
+        up to the step's), accumulated in float32."""
+        total = None
+        for args in parts:
+            (loss, aux), grads = self.grads(params, *args)
+            grads = jax.tree_util.tree_map(lambda g: g.astype(jnp.float32), grads)
+            part = (loss, aux, grads)
+            total = part if total is None else jax.tree_util.tree_map(jnp.add, total, part)
+        loss, aux, grads = total
+        grads = jax.tree_util.tree_map(lambda g, p: g.astype(p.dtype), grads, params)
         params, opt_state, norm = self._step(params, opt_state, grads)
         return params, opt_state, {"loss": loss, "grad_norm": norm, **aux}
 
