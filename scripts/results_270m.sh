@@ -86,7 +86,7 @@ case "${1:?usage: results_270m.sh sft|grpo|ablation|solvable|stage3|stage4|stage
   relay)  # issue 28: one sitting of the keep-learning run, at low priority. A fresh machine
     # first unpacks the committed carry; before the sitting stops, pack it again (and commit)
     run=$RUNS/gemma3-270m-grpo-relay carry=$OUT/relay
-    [ -d $run/checkpoints ] || [ ! -f $carry/state.npz ] ||
+    [ -d $run/checkpoints ] || [ ! -f $carry/state.json ] ||
       .venv/bin/python scripts/relay_carry.py unpack $carry $run
     mkdir -p $run
     relay nice -n 19 $B train --config configs/gemma3-270m-grpo-relay.yaml --out $run \
