@@ -185,6 +185,8 @@ def unpack(carry: Path, run: Path) -> None:
     if (run / "checkpoints").exists() and CheckpointStore(run / "checkpoints").latest():
         raise SystemExit(f"error: {run} has checkpoints already; it resumes from them "
                          f"(remove {run} to start from the carry instead)")
+    if not (carry / META).is_file():
+        raise SystemExit(f"error: {carry} holds no carry ({META} is missing)")
     info = json.loads((carry / META).read_text())
     arrays = {}
     for name in (WEIGHTS, OPTIMIZER):

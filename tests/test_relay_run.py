@@ -103,10 +103,12 @@ def test_a_carried_run_restores_its_checkpoint_within_two_bytes(tmp_path):
     assert again.returncode != 0 and "has checkpoints already" in again.stderr
 
 
-def test_packing_a_run_without_a_checkpoint_is_one_line(tmp_path):
+def test_packing_nothing_or_unpacking_nothing_is_one_line(tmp_path):
     done = _carry("pack", str(tmp_path), str(tmp_path / "carry"))
     assert done.returncode != 0 and done.stderr.strip().startswith("error:")
     assert "no checkpoint" in done.stderr and "Traceback" not in done.stderr
+    done = _carry("unpack", str(tmp_path / "nowhere"), str(tmp_path / "run"))
+    assert done.returncode != 0 and "holds no carry" in done.stderr
 
 
 @pytest.mark.parametrize("values", [[0.0, 1.5, -2.25], [1e-12, 3e-9, 0.0], [7e4, -1e5]])
