@@ -40,11 +40,12 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from bigthoughts.models.gguf_export import GGUFExportError
     from bigthoughts.models.limits import GenerationLimitError
     from bigthoughts.models.spec import ModelLoadError
+    from bigthoughts.rundir import RunDirBusy
     from bigthoughts.training.loop import OutOfMemory
 
     return (UserError, ConfigError, DataError, GGUFError, GGUFExportError, ModelLoadError,
             ParameterMismatch, GenerationLimitError, FileNotFoundError, OutOfMemory,
-            AdapterError)
+            AdapterError, RunDirBusy)
 
 
 def enable_compilation_cache() -> None:
@@ -66,6 +67,28 @@ def _utf8(what: str, text: str) -> str:
         raise UserError(f"the {what} is not valid UTF-8 text (byte "
                         f"{ord(text[err.start]) & 0xFF:#04x} at position {err.start})") from None
     return text
+
+
+SEED_MAX = 2**31 - 1  # the samplers take a non-negative 32-bit seed
+
+
+def _check_args(args) -> None:
+    """The numeric and string flags every command may have, checked before anything
+    loads: one line each instead of a traceback (or a silent empty run) later."""
+    seed = getattr(args, "seed", None)
+    if seed is not None and not 0 <= seed <= SEED_MAX:
+        raise UserError(f"--seed must be between 0 and {SEED_MAX}, got {seed}")
+    port = getattr(args, "port", None)
+    if port is not None and not 0 <= port <= 65535:  # 0: any free port
+        raise UserError(f"--port must be between 0 and 65535, got {port}")
+    limit = getattr(args, "limit", None)
+    if limit is not None and limit < 1:
+        raise UserError(f"--limit must be >= 1 (omit it for every question), got {limit}")
+    window = getattr(args, "window", None)
+    if window is not None and window < 1:
+        raise UserError(f"--window must be >= 1, got {window}")
+    if any(stop == "" for stop in getattr(args, "stop", None) or ()):
+        raise UserError("--stop must not be empty (an empty string would stop at once)")
 
 
 def _config(cls, **kwargs):
@@ -342,6 +365,7 @@ def main(argv: list[str] | None = None) -> int:
     # parameter access would bury our output.
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     try:
+        _check_args(args)
         if args.command not in ("report", "download", "train-report"):
             enable_compilation_cache()
         if args.command in ("ask", "eval", "generate", "serve"):

@@ -281,11 +281,14 @@ def load_yaml(cls: type[T], path: str | Path | None, overrides: Sequence[str] = 
     data: Any = {}
     if path is not None:
         try:
-            data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+            data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
         except OSError as err:
             raise ConfigError(f"could not read config {path}: {err}") from err
         except yaml.YAMLError as err:
             raise ConfigError(f"invalid YAML in {path}: {err}") from err
+        if data is None:  # an empty file would silently run every default
+            raise ConfigError(f"{path} is empty: a recipe needs at least one key (see "
+                              f"configs/ for examples)")
         if not isinstance(data, Mapping):
             raise ConfigError(f"{path}: the top level must be a mapping, got {data!r}")
     return from_dict(cls, apply_overrides(_deep_merge(_defaults(cls), data), overrides))

@@ -2,7 +2,8 @@
 
 Training (``config.json``) and evaluation (``run.json``) record what was asked when a
 run starts; a rerun into the same directory compares its own record with the stored
-one and is refused, naming each differing key with both values, unless they agree.
+one and is refused, naming each differing key with both values, unless they agree. A
+run directory has one writer at a time (:func:`lock_run_dir`).
 
     >>> differences({"grpo": {"beta": 0.04}, "seed": 0}, {"grpo": {"beta": 0.0}, "seed": 0})
     ['grpo.beta: 0.04 (saved) != 0.0 (now)']
@@ -10,8 +11,11 @@ one and is refused, naming each differing key with both values, unless they agre
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Mapping
+import os
+from collections.abc import Iterator, Mapping
+from pathlib import Path
 
 ABSENT = "(absent)"
 WHOLE = ("rewards.weights",)  # mappings compared as one value, not key by key
@@ -40,3 +44,36 @@ def differences(saved: Mapping, now: Mapping, *, defaults: Mapping = {}) -> list
 
     return [f"{k}: {json.dumps(value(a, k))} (saved) != {json.dumps(value(b, k))} (now)"
             for k in sorted(set(a) | set(b)) if value(a, k) != value(b, k)]
+
+
+class RunDirBusy(RuntimeError):
+    """Another process is writing to the run directory."""
+
+
+LOCK_NAME = ".lock"
+
+
+@contextlib.contextmanager
+def lock_run_dir(out: Path) -> Iterator[Path]:
+    """Holds ``out``'s writer lock (``out/.lock``, ``fcntl.flock``) for the block;
+    :class:`RunDirBusy` names the holder's PID when another process has it. The kernel
+    drops the lock when its holder exits, however it exits, so a killed run never
+    leaves a lock that blocks the rerun. Creates ``out`` if needed."""
+    import fcntl
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / LOCK_NAME
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise RunDirBusy(f"{out} is in use by another bigthoughts process (PID {holder}); "
+                             f"wait for it to finish or use another --out") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield path
+    finally:
+        os.close(fd)  # closing releases the lock

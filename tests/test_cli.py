@@ -97,7 +97,7 @@ BAD_INPUTS = [
 EVAL_BAD = [
     (["--votes", "0", "--mode", "vote"], "votes must be between 1 and 64, got 0"),
     (["--batch-size", "0"], "batch_size must be >= 1, got 0"),
-    (["--limit", "-5"], "limit must be >= 0 or None, got -5"),
+    (["--limit", "-5"], "--limit must be >= 1 (omit it for every question), got -5"),
     (["--max-new-tokens", "0"], "max_new_tokens must be >= 1, got 0"),
     (["--max-new-tokens", "100000"], "context of 32768 tokens"),
     (["--mode", "vote", "--votes", "64", "--batch-size", "64"],  # 20 questions x 64
@@ -149,3 +149,28 @@ def test_non_utf8_argv_bytes_end_in_one_line(tmp_path):
     assert res.returncode == 2
     assert res.stderr.startswith("error: the question is not valid UTF-8")
     assert res.stderr.count("\n") == 1 and "Traceback" not in res.stderr
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["ask", "2+2?", "--seed", str(2**70)], "--seed must be between 0 and 2147483647"),
+    (["ask", "2+2?", "--seed", "-1"], "--seed must be between 0 and"),
+    (["serve", "--port", "70000"], "--port must be between 0 and 65535, got 70000"),
+    (["eval", "--limit", "0", "--out", "runs/never"], "--limit must be >= 1"),
+    (["train-report", "runs/x", "--window", "0"], "--window must be >= 1, got 0"),
+    (["train-report", "runs/x", "--window", "-3"], "--window must be >= 1, got -3"),
+    (["generate", "x", "--stop", ""], "--stop must not be empty"),
+])
+def test_out_of_range_flags_are_one_line_errors(argv, message, capsys, tmp_path):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {message}") and err.count("\n") == 1, err
+    assert "Traceback" not in err
+
+
+def test_an_empty_recipe_is_a_one_line_error(tmp_path, capsys):
+    recipe = tmp_path / "empty.yaml"
+    recipe.write_text("")
+    assert main(["train", "--config", str(recipe), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "is empty: a recipe needs at least one key" in err and err.count("\n") == 1
+    assert not (tmp_path / "run").exists()  # nothing written

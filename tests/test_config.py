@@ -244,11 +244,14 @@ def test_load_yaml_with_overrides(tmp_path: Path) -> None:
     }
 
 
-def test_load_yaml_defaults_and_empty_file(tmp_path: Path) -> None:
+def test_load_yaml_defaults_and_an_empty_file_refused(tmp_path: Path) -> None:
     assert load_yaml(RewardConfig, None) == RewardConfig()
+    assert load_yaml(VoteConfig, None, ["votes=9"]) == VoteConfig(votes=9)
     empty = tmp_path / "empty.yaml"
-    empty.write_text("", encoding="utf-8")
-    assert load_yaml(VoteConfig, empty, ["votes=9"]) == VoteConfig(votes=9)
+    for text in ("", "# only a comment\n"):  # it would silently run every default
+        empty.write_text(text, encoding="utf-8")
+        with pytest.raises(ConfigError, match="is empty: a recipe needs at least one key"):
+            load_yaml(VoteConfig, empty, ["votes=9"])
 
 
 def test_load_yaml_errors(tmp_path: Path) -> None:

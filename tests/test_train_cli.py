@@ -134,3 +134,17 @@ def test_a_crash_before_the_first_checkpoint_leaves_each_step_once(setup, capsys
     assert [r["step"] for r in records(out)] == [1, 2]
     samples = [json.loads(x)["step"] for x in (out / "samples.jsonl").read_text().splitlines()]
     assert samples == [1, 2]
+
+
+def test_a_second_train_into_a_busy_run_directory_is_one_line(setup, capsys):
+    from tests.test_run_lock import _holder
+
+    proc = _holder(setup[2])
+    try:
+        assert train_cli(setup, "--max-steps", "1") == 2
+    finally:
+        proc.kill()
+        proc.wait()
+    err = one_line_error(capsys)
+    assert f"(PID {proc.pid})" in err and not (setup[2] / "metrics.jsonl").exists()
+    assert train_cli(setup, "--max-steps", "1") == 0  # the killed holder left no lock

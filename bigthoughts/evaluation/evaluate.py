@@ -52,7 +52,7 @@ from bigthoughts.inference.voting import MAX_VOTES, STRATEGIES, VoteConfig
 from bigthoughts.models.resolve import prompt_format_for
 from bigthoughts.models.spec import portable_source
 from bigthoughts.rewards import is_exact_format, reasoning_steps
-from bigthoughts.rundir import differences
+from bigthoughts.rundir import differences, lock_run_dir
 
 if TYPE_CHECKING:
     from bigthoughts.inference.jax_sampler import Sampler
@@ -446,14 +446,20 @@ def run_eval(
         _check_fits(lm, examples, config, fmt)
         sampler = Sampler(lm.model, lm.tokenizer)
     fingerprint = _fingerprint(lm, examples, config, out_dir)
-    done = {r["id"]: r for r in _open_run(out_dir, fingerprint, set(by_id))}
-    resumed = len(done)
     solver = Solver(sampler, format=fmt, vote=config.vote_config(), seed=config.seed,
                     calculator=config.calculator)
-    started = time.perf_counter()
-    _solve_missing(solver, examples, config, out_dir / RESULTS, done, progress=progress,
-                   after_batch=after_batch)
-    elapsed = time.perf_counter() - started
+    with lock_run_dir(out_dir):  # one writer: a second eval into out_dir is refused
+        done = {r["id"]: r for r in _open_run(out_dir, fingerprint, set(by_id))}
+        resumed = len(done)
+        started = time.perf_counter()
+        _solve_missing(solver, examples, config, out_dir / RESULTS, done, progress=progress,
+                       after_batch=after_batch)
+        elapsed = time.perf_counter() - started
+        return _finish(lm, examples, config, out_dir, fingerprint, fmt, done, resumed, elapsed)
+
+
+def _finish(lm, examples, config, out_dir, fingerprint, fmt, done, resumed, elapsed) -> dict:
+    """Writes and returns the run's ``summary.json``."""
     summary = {
         **summarize([done[e.id] for e in examples]),
         "mode": config.mode,

@@ -25,6 +25,7 @@ from bigthoughts.data import Example, load_gsm8k, read_ids
 from bigthoughts.models.lora import LoraSection
 from bigthoughts.models.registry import LoadedModel
 from bigthoughts.rewards import make_reward_fns
+from bigthoughts.rundir import lock_run_dir
 from bigthoughts.training.adapter import check_adapter_path, load_starting_model
 from bigthoughts.training.config import TrainConfig, load_train_config
 from bigthoughts.training.grpo_trainer import GRPOTrainer
@@ -118,21 +119,22 @@ def train(config: TrainConfig, *, max_steps: int | None = None,
         from bigthoughts.training.llamacpp_rollouts import rollout_gguf
 
         rollout_gguf(config)  # refused before the model loads
-    try:
-        lm, init = (loaded, None) if loaded else load_starting_model(config.model, config.lora)
-        prepare_run_dir(out, _run_record(config))
-        stage = GRPOTrainer(config, out, examples=train_set, loaded=lm, reward_fns=fns,
-                            held_out=held, lora_init=init)
-    except (MemoryError, RuntimeError) as exc:
-        if is_out_of_memory(exc):
-            raise OutOfMemory(f"out of memory while loading the model; use a smaller "
-                              f"model.dtype or lower {GRPOTrainer.memory_knobs}") from exc
-        raise
-    del lm, loaded  # the stage holds the LoRA-wrapped copy: free the original (~1 GB f32)
-    return run_stage(stage, limit=limit, save_every=config.save_every,
-                     eval_every=config.eval_every, deadline=deadline,
-                     progress=progress or Progress(),
-                     export_dir=out / "export")
+    with lock_run_dir(out):  # one writer: a second run into out is refused
+        try:
+            lm, init = (loaded, None) if loaded else load_starting_model(config.model,
+                                                                         config.lora)
+            prepare_run_dir(out, _run_record(config))
+            stage = GRPOTrainer(config, out, examples=train_set, loaded=lm, reward_fns=fns,
+                                held_out=held, lora_init=init)
+        except (MemoryError, RuntimeError) as exc:
+            if is_out_of_memory(exc):
+                raise OutOfMemory(f"out of memory while loading the model; use a smaller "
+                                  f"model.dtype or lower {GRPOTrainer.memory_knobs}") from exc
+            raise
+        del lm, loaded  # the stage holds the LoRA-wrapped copy: free the original (~1 GB)
+        return run_stage(stage, limit=limit, save_every=config.save_every,
+                         eval_every=config.eval_every, deadline=deadline,
+                         progress=progress or Progress(), export_dir=out / "export")
 
 
 def sft(config: SFTConfig, *, max_steps: int | None = None,
@@ -150,16 +152,24 @@ def sft(config: SFTConfig, *, max_steps: int | None = None,
         pairs, val_pairs, held, dropped = prepare_data(config, lm.tokenizer, examples)
     except ValueError as err:
         raise ConfigError(str(err)) from err
-    prepare_run_dir(out, _run_record(config))
-    shown = progress or Progress()
+    with lock_run_dir(out):  # one writer: a second run into out is refused
+        prepare_run_dir(out, _run_record(config))
+        shown = progress or Progress()
+        stage = _sft_stage(config, out, lm, init, (pairs, val_pairs, held), dropped, shown)
+        del lm, loaded  # the stage keeps what it needs: free the original weights (~1 GB)
+        return run_stage(stage, limit=limit, save_every=config.save_every,
+                         eval_every=config.eval_every, deadline=deadline, progress=shown,
+                         export_dir=out / "export")
+
+
+def _sft_stage(config, out, lm, init, data, dropped: int, shown: Progress) -> SFTStage:
+    """The supervised stage over ``data`` (train pairs, validation pairs, held-out
+    questions), after saying what was skipped."""
+    pairs, val_pairs, held = data
     why = f"longer than data.max_length={config.data.max_length}"
     if config.data.loss_on == "results":
         why += " or with no result the calculator agrees with"
     shown.note(f"sft: {len(pairs)} training pairs ({dropped} {why} skipped), "
                f"{len(val_pairs)} held out")
-    stage = SFTStage(config, out, train=pairs, validation=val_pairs, held_out=held, loaded=lm,
-                     lora_init=init)
-    del lm, loaded  # the stage keeps what it needs: free the original weights (~1 GB f32)
-    return run_stage(stage, limit=limit, save_every=config.save_every,
-                     eval_every=config.eval_every, deadline=deadline, progress=shown,
-                     export_dir=out / "export")
+    return SFTStage(config, out, train=pairs, validation=val_pairs, held_out=held, loaded=lm,
+                    lora_init=init)
