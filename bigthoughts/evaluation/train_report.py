@@ -94,10 +94,15 @@ def plot_training(run_dir: Path, out_dir: Path, *, window: int = 10) -> Path:
             ax.legend(fontsize=8, loc="best")
     n_steps = sum(1 for r in rows if "reward_mean" in r or "loss" in r)
     fig.suptitle(f"{kind}: {Path(run_dir).name} ({n_steps} steps)")
+    return _save(fig, out_dir, "training_curves.png")
+
+
+def _save(fig, out_dir: Path, name: str) -> Path:
+    """``out_dir/name`` (the folder made if needed), the figure laid out and written."""
     fig.tight_layout()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    dest = out_dir / "training_curves.png"
+    dest = out_dir / name
     fig.savefig(dest)
     return dest
 
@@ -138,9 +143,4 @@ def plot_dev_curve(run_dir: Path, out_dir: Path) -> Path | None:
     ax.set_title(f"Held-out curve: {Path(run_dir).name}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
-    fig.tight_layout()
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    dest = out_dir / "dev_curve.png"
-    fig.savefig(dest)
-    return dest
+    return _save(fig, out_dir, "dev_curve.png")
