@@ -69,12 +69,11 @@ def _utf8(what: str, text: str) -> str:
     return text
 
 
-SEED_MAX = 2**31 - 1  # the samplers take a non-negative 32-bit seed
-
-
 def _check_args(args) -> None:
     """The numeric and string flags every command may have, checked before anything
     loads: one line each instead of a traceback (or a silent empty run) later."""
+    from bigthoughts.inference.contract import SEED_MAX
+
     seed = getattr(args, "seed", None)
     if seed is not None and not 0 <= seed <= SEED_MAX:
         raise UserError(f"--seed must be between 0 and {SEED_MAX}, got {seed}")

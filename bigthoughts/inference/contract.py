@@ -26,10 +26,11 @@ import numpy as np
 
 from bigthoughts.arithmetic import CALL_OPEN
 
-__all__ = ["Calculator", "Engine", "FinishReason", "Generation", "calculator_insert",
+__all__ = ["SEED_MAX", "Calculator", "Engine", "FinishReason", "Generation", "calculator_insert",
            "calculator_text", "check_request", "find_stop", "resolve_calculator"]
 
 FinishReason = Literal["stop", "eos", "length", "cancelled"]
+SEED_MAX = 0x7FFFFFFF  # the samplers take a non-negative 32-bit seed
 Calculator = Callable[[str], "str | None"]
 
 

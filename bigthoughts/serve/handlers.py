@@ -26,12 +26,11 @@ from typing import Any
 
 from bigthoughts.answers import extract_answer
 from bigthoughts.data import CHAT_STOP, build_prompt, chat_template, prompt_format
+from bigthoughts.inference.contract import SEED_MAX
 from bigthoughts.inference.solve import Solution, Solver
 from bigthoughts.inference.voting import VoteConfig, ladder
 from bigthoughts.serve.batcher import Batcher, GenerationSettings, Job, takes_keyword
 from bigthoughts.serve.schema import APIError, CompletionRequest, Limits
-
-SEED_MASK = 0x7FFFFFFF  # the sampler's PRNG takes a non-negative 32-bit seed
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -110,7 +109,7 @@ class RequestEngine:
             else list(temperatures)
         settings = GenerationSettings(
             max_new_tokens=max_new_tokens, stop=tuple(stop), stop_inclusive=tuple(stop_inclusive),
-            seed=seed & SEED_MASK, top_k=top_k, top_p=top_p, calculator=self.calculator)
+            seed=seed & SEED_MAX, top_k=top_k, top_p=top_p, calculator=self.calculator)
         job = self.batcher.submit(prompts, temperatures=temps, num_samples=num_samples,
                                   settings=settings, cancelled=self.cancelled)
         self.jobs.append(job)
@@ -179,7 +178,7 @@ class Plan:
         config = VoteConfig(votes=vote.k, temperatures=ladder(vote.k), strategy=vote.strategy,
                             max_new_tokens=req.max_tokens)
         solver = Solver(engine, style=self.config.prompt_style, shots=self.config.shots,
-                        vote=config, seed=(req.seed or 0) & SEED_MASK)
+                        vote=config, seed=(req.seed or 0) & SEED_MAX)
         [solution] = solver.solve([last_question(req)])
         return vote_result(solution, vote.strategy)
 

@@ -2,8 +2,9 @@
 
 The objective is Tunix's (``tunix.rl.algo_core.grpo_loss_fn``): the clipped
 importance-ratio surrogate with group-relative advantages plus β·KL to a frozen
-reference, aggregated with ``tunix.rl.common.aggregate_loss`` and the KL estimator
-of ``tunix.rl.common.compute_kl_divergence``. What differs is how the per-token
+reference, aggregated as ``tunix.rl.common.aggregate_loss`` does (re-stated as a row
+sum over a step-wide normaliser, so micro-batches add up: ``step_normalisers``) and the
+KL estimator of ``tunix.rl.common.compute_kl_divergence``. What differs is how the per-token
 log-probabilities are computed:
 
 * Tunix runs every one of the B·G sequences through the whole prompt and
