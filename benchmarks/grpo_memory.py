@@ -121,7 +121,7 @@ def main() -> None:
 
         def updates(self, batch):
             if not analyses:  # XLA's own plan for the loss + gradients: one more compile
-                compiled = self._train_fn.grads.lower(self.lora, self.base, batch).compile()
+                compiled = self.programs.update.grads.lower(self.lora, self.base, batch).compile()
                 m = compiled.memory_analysis()
                 analyses["loss + gradients program"] = {k: getattr(m, k) / GB for k in (
                     "argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes",

@@ -258,13 +258,26 @@ def cmd_report(args) -> int:
 
 def cmd_train(args) -> int:
     """``train`` (GRPO) and ``sft`` (supervised warm start): same relay, same output."""
-    from bigthoughts.training import EXIT_RELAY, load_sft_config, load_train_config, sft, train
+    from bigthoughts.config import ConfigError
+    from bigthoughts.training import (
+        EXIT_RELAY,
+        hosts,
+        load_sft_config,
+        load_train_config,
+        sft,
+        train,
+    )
 
     overrides = list(args.overrides or [])
     if args.data:
         overrides.append(f"data.path={args.data}")
     load, run = (load_sft_config, sft) if args.command == "sft" else (load_train_config, train)
     config = load(args.config, overrides)
+    try:
+        distributed = hosts.settings(args.coordinator, args.num_processes, args.process_id)
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
+    hosts.start(distributed)  # before JAX computes anything
     out = Path(args.out or config.out_dir)
     result = run(config, max_steps=args.max_steps, time_budget=args.time_budget, out_dir=out)
     print(json.dumps({"step": result.step, "stopped_for_deadline": result.stopped_for_deadline,

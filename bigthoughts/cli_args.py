@@ -106,6 +106,12 @@ def _add_other_commands(sub) -> None:
                        help="e.g. 8h45m: checkpoint and exit (75) before it ends")
         p.add_argument("--out", default=None, help="run directory (default from the config)")
         p.add_argument("--data", default=None, help="GSM8K dir (default: $BIGTHOUGHTS_DATA)")
+        p.add_argument("--coordinator", default=None, metavar="HOST:PORT",
+                       help="multi-host: process 0's address (or $JAX_COORDINATOR_ADDRESS)")
+        p.add_argument("--num-processes", type=int, default=None,
+                       help="multi-host: processes in the run (or $JAX_NUM_PROCESSES)")
+        p.add_argument("--process-id", type=int, default=None,
+                       help="multi-host: this process, 0.. (or $JAX_PROCESS_ID)")
         p.add_argument("overrides", nargs="*", help=f"config overrides like {example}")
 
     p = sub.add_parser("train-report", help="plot training curves of a train run")

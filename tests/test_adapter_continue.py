@@ -93,13 +93,13 @@ def test_continued_grpo_takes_the_adapter_as_its_kl_reference(sft_adapter, tmp_p
                                advantages=jnp.zeros(8))
         return np.asarray(trainer._with_logps(rb).ref_logps)
 
-    policy = np.asarray(trainer._logps_fn(trainer.lora, trainer.base, *args, group=4,
+    policy = np.asarray(trainer.programs.logps(trainer.lora, trainer.base, *args, group=4,
                                           lora_on=True))
     np.testing.assert_allclose(policy, want, atol=1e-4)  # the policy starts at the adapter
     np.testing.assert_allclose(ref(), want, atol=1e-4)  # and so does the reference (KL 0)
     for _ in range(2):
         trainer.train_step()
-    now = np.asarray(trainer._logps_fn(trainer.lora, trainer.base, *args, group=4,
+    now = np.asarray(trainer.programs.logps(trainer.lora, trainer.base, *args, group=4,
                                        lora_on=True))
     assert np.abs(now - want).max() > 1e-4  # the policy moved; the reference did not
     np.testing.assert_allclose(ref(), want, atol=1e-4)

@@ -108,3 +108,34 @@ def test_shapes_are_checked():
     hidden, embedding, targets = data()
     with pytest.raises(ValueError, match="need hidden"):
         fused_logprobs(hidden[None], embedding, targets)
+
+
+def test_bfloat16_weights_take_the_bit_path_and_agree_with_float32():
+    """A bfloat16 embedding is tiled as its raw bits (no float32 copy of it); values and
+    the hidden states' gradient equal float32 arithmetic on the same bfloat16 numbers."""
+    hidden, embedding, targets = data(seed=4)
+    h16, e16 = hidden.astype(jnp.bfloat16), embedding.astype(jnp.bfloat16)
+    h32, e32 = h16.astype(jnp.float32), e16.astype(jnp.float32)
+    got = fused_logprobs(h16, e16, targets, softcap=5.0, temperature=0.7, row_tile=16,
+                         vocab_tile=32)
+    want = fused_logprobs(h32, e32, targets, softcap=5.0, temperature=0.7, row_tile=16,
+                          vocab_tile=32)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    grad = jax.grad(lambda h: fused_logprobs(h, e16, targets, row_tile=16, vocab_tile=32,
+                                             embedding_grad=False).sum())(h16)
+    want_h = jax.grad(lambda h: plain(h, e32, targets, None, 1.0)[0].sum())(h32)
+    assert grad.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(grad, np.float32), want_h, rtol=2e-2, atol=2e-3)
+
+
+def test_a_frozen_embedding_gets_no_gradient_work():
+    """``embedding_grad=False``: the hidden states' gradient is unchanged, the embedding's
+    is zero."""
+    hidden, embedding, targets = data(n=64, v=4096, d=16)
+    both = jax.grad(lambda h, e: fused_logprobs(h, e, targets, row_tile=16, vocab_tile=256)
+                    .sum(), argnums=(0, 1))(hidden, embedding)
+    frozen = jax.grad(lambda h, e: fused_logprobs(h, e, targets, row_tile=16, vocab_tile=256,
+                                                  embedding_grad=False).sum(),
+                      argnums=(0, 1))(hidden, embedding)
+    np.testing.assert_allclose(frozen[0], both[0], rtol=1e-6, atol=1e-7)
+    assert float(jnp.abs(frozen[1]).max()) == 0.0 and float(jnp.abs(both[1]).max()) > 0

@@ -35,7 +35,8 @@ def test_token_logprobs_at_a_temperature_match_numpy(family, temperature):
     hidden = rng.normal(size=(2, 7, model.config.embed_dim)).astype(np.float32)
     targets = rng.integers(0, model.config.num_embed, (2, 7))
     got = np.asarray(forward.token_logprobs(model, jnp.asarray(hidden), jnp.asarray(targets),
-                                            chunk=3, temperature=temperature))
+                                            row_tile=3, vocab_tile=64,
+                                            temperature=temperature))
     table = np.asarray(model.embedder.input_embedding[...], dtype=np.float64)
     logits = hidden.astype(np.float64) @ table.T  # Gemma ties the output to the input table
     cap = getattr(model, "final_logits_softcap", None)
@@ -216,7 +217,7 @@ def test_trainer_applies_the_variant(tmp_path, monkeypatch):
                           reward_fns=[lambda prompts, completions, answer, **kw:
                                       [float(len(c)) for c in completions]])
     seen, temperatures = {}, []
-    generate, update = trainer.sampler.generate, trainer._train_fn
+    generate, update = trainer.sampler.generate, trainer.programs.update
     real_loss = grpo.grpo_loss
 
     def record_generate(*args, **kwargs):
@@ -233,7 +234,8 @@ def test_trainer_applies_the_variant(tmp_path, monkeypatch):
         return real_loss(*args, **kwargs)
 
     monkeypatch.setattr(trainer.sampler, "generate", record_generate)
-    monkeypatch.setattr(trainer, "_train_fn", RecordUpdate())
+    monkeypatch.setattr(trainer, "programs",
+                        dataclasses.replace(trainer.programs, update=RecordUpdate()))
     monkeypatch.setattr(grpo, "grpo_loss", record_loss)
     record = trainer.train_step()
     gens, batch = seen["gens"], seen["batch"]

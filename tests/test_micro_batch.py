@@ -93,9 +93,15 @@ def test_the_accumulated_update_equals_the_whole_one():
         (base, micro.groups_slice(0, 2, GROUP)), (base, micro.groups_slice(2, 4, GROUP))])
     np.testing.assert_allclose(float(aux2["loss"]), float(aux["loss"]), rtol=1e-5)
     np.testing.assert_allclose(float(aux2["grad_norm"]), float(aux["grad_norm"]), rtol=1e-5)
+    # Adam's first step moves each weight by about ±lr whatever its gradient's size, so
+    # a near-zero gradient's last-bit rounding can flip a tiny share of that step: the
+    # weights must agree to 0.1% of one step (lr = 1e-2)
     for a, b in zip(jax.tree_util.tree_leaves(new2), jax.tree_util.tree_leaves(new),
                     strict=True):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    moved = [float(jnp.abs(a - b).max()) for a, b in zip(
+        jax.tree_util.tree_leaves(new2), jax.tree_util.tree_leaves(lora), strict=True)]
+    assert max(moved) > 1e-3  # the step did move the weights
 
 
 def test_the_micro_batch_must_divide_the_step():

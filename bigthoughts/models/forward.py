@@ -13,6 +13,12 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from bigthoughts.models.fused_logprobs import fused_logprobs
+
+# fused log-prob tiles: rows (positions) × vocabulary entries, 256 × 8192 float32 = 8 MiB
+ROW_TILE = 256
+VOCAB_TILE = 8192
+
 
 def hidden_states(model, tokens, positions, cache, attention_mask, *, remat: bool = False):
     """Runs embedder, decoder layers and final norm. Returns ``(hidden [B,L,D], cache)``.
@@ -66,36 +72,29 @@ def logits(model, hidden):
     return out
 
 
-def token_logprobs(model, hidden, targets, *, chunk: int = 128, remat: bool = False,
-                   temperature: float = 1.0):
-    """log p_T(target) for each position, never materialising more than ``chunk``
-    positions' worth of full-vocabulary logits at once.
+def token_logprobs(model, hidden, targets, *, temperature: float = 1.0,
+                   with_entropy: bool = False, row_tile: int = ROW_TILE,
+                   vocab_tile: int = VOCAB_TILE):
+    """log p_T(target) for each position (and, ``with_entropy``, the entropy of p_T),
+    through :func:`~bigthoughts.models.fused_logprobs.fused_logprobs`: no tensor of
+    logits larger than ``row_tile`` × ``vocab_tile`` exists in the forward or the
+    backward pass, which recomputes its tiles.
 
-    ``hidden``: [B, L, D]; ``targets``: [B, L] int. Returns [B, L] float32. With
-    ``remat`` the chunk's logits are recomputed in the backward pass instead of
-    being stored, so a gradient through this costs one chunk of logits, not L.
+    ``hidden``: [B, L, D]; ``targets``: [B, L] int. Returns [B, L] float32 (or a pair).
     ``temperature`` T divides the (soft-capped) logits before the log-softmax, as
     Tunix's ``compute_per_token_logps`` does; T = 0 (greedy) or 1 leaves them as
-    they are, also as Tunix does.
+    they are, also as Tunix does. The embedding gets no gradient: it is frozen in
+    every stage that calls this (LoRA adapts only the projections).
     """
-    scaled = temperature not in (0.0, 1.0)
     b, length, d = hidden.shape
-    pad = (-length) % chunk
-    h = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0))).reshape(b, -1, chunk, d)
-    t = jnp.pad(targets, ((0, 0), (0, pad))).reshape(b, -1, chunk)
-
-    def one(carry, xs):
-        hc, tc = xs  # [B, chunk, D], [B, chunk]
-        lg = logits(model, hc).astype(jnp.float32)
-        if scaled:
-            lg = lg / temperature
-        lse = jax.nn.logsumexp(lg, axis=-1)
-        picked = jnp.take_along_axis(lg, tc[..., None], axis=-1)[..., 0]
-        return carry, picked - lse
-
-    body = jax.checkpoint(one) if remat else one
-    _, out = jax.lax.scan(body, None, (jnp.moveaxis(h, 1, 0), jnp.moveaxis(t, 1, 0)))
-    return jnp.moveaxis(out, 0, 1).reshape(b, -1)[:, :length]
+    out = fused_logprobs(hidden.reshape(b * length, d), model.embedder.input_embedding[...],
+                         targets.reshape(b * length),
+                         softcap=getattr(model, "final_logits_softcap", None),
+                         temperature=temperature, row_tile=row_tile, vocab_tile=vocab_tile,
+                         with_entropy=with_entropy, embedding_grad=False)
+    if with_entropy:
+        return out[0].reshape(b, length), out[1].reshape(b, length)
+    return out.reshape(b, length)
 
 
 def init_cache(config, batch_size: int, cache_size: int, dtype) -> dict:

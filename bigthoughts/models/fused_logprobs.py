@@ -21,7 +21,8 @@ and applies, per tile,
 
 then the soft-cap and temperature's chain rule, so neither pass holds more than one
 [row_tile, vocab_tile] block of logits. Gradients flow to ``hidden`` (hence the LoRA
-weights below it) and to ``embedding``.
+weights below it) and, unless ``embedding_grad=False``, to ``embedding`` (one
+[V, D] float32 sum carried over the row tiles).
 """
 
 from __future__ import annotations
@@ -52,8 +53,26 @@ def _tiles(hidden, embedding, targets, row_tile: int, vocab_tile: int):
     cols = (-v) % vocab_tile
     h = jnp.pad(hidden, ((0, rows), (0, 0))).reshape(-1, row_tile, d)
     t = jnp.pad(targets, (0, rows)).reshape(-1, row_tile)
-    e = jnp.pad(embedding, ((0, cols), (0, 0))).reshape(-1, vocab_tile, d)
+    e = jnp.pad(_as_bits(embedding), ((0, cols), (0, 0))).reshape(-1, vocab_tile, d)
     return h, e, t, v
+
+
+def _as_bits(embedding):
+    """A 16-bit float embedding as its raw bits (uint16), anything else as it is. Where
+    the backend has no bfloat16 dot (XLA's CPU) it casts the operands to float32, and
+    XLA hoisted that cast out of the tile loop as one float32 copy of the whole
+    embedding (1.2 GB for Gemma 3 1B); a tile sliced from the bits and turned back into
+    floats in the loop body (:func:`_own_tile`) is cast one tile at a time."""
+    if jnp.dtype(embedding.dtype).itemsize == 2:
+        return jax.lax.bitcast_convert_type(embedding, jnp.uint16)
+    return embedding
+
+
+def _own_tile(e_tile, dtype):
+    """One tile of :func:`_as_bits`'s array back in ``dtype``."""
+    if e_tile.dtype == dtype:
+        return e_tile
+    return jax.lax.bitcast_convert_type(jax.lax.optimization_barrier(e_tile), dtype)
 
 
 def _tile_logits(h, e_tile, start, vocab: int, softcap, temperature):
@@ -64,7 +83,7 @@ def _tile_logits(h, e_tile, start, vocab: int, softcap, temperature):
     return jnp.where(real, z, -jnp.inf), dz, real
 
 
-def _forward_rows(h, t, e, vocab: int, softcap, temperature):
+def _forward_rows(h, t, e, dtype, vocab: int, softcap, temperature):
     """One row tile: (log-normaliser, target's z, entropy) by an online pass over the
     vocabulary tiles. Against the running maximum m it keeps r = Σ exp(z - m) over all
     but one maximal entry and sz = Σ exp(z - m)·(z - m), so that lse = m + log1p(r) and
@@ -75,6 +94,7 @@ def _forward_rows(h, t, e, vocab: int, softcap, temperature):
     def step(carry, xs):
         m, r, sz, picked = carry
         e_tile, index = xs
+        e_tile = _own_tile(e_tile, dtype)
         start = index * width
         z, _, real = _tile_logits(h, e_tile, start, vocab, softcap, temperature)
         tile_max = z.max(axis=1)
@@ -102,12 +122,22 @@ def _forward_rows(h, t, e, vocab: int, softcap, temperature):
     return m + log_s, picked, log_s - sz / (1.0 + r)
 
 
-def _backward_rows(h, t, e, lse, entropy, g_logp, g_ent, vocab: int, softcap, temperature):
-    """One row tile's cotangents: (d hidden [r, D], d embedding [Vt, v, D])."""
+def _dot(a, b):
+    """a @ b in float32 from float32 ``a`` and ``b`` of any float type, without an
+    explicit cast of ``b`` (one mixed-type dot)."""
+    return jax.lax.dot_general(a, b, (((a.ndim - 1,), (0,)), ((), ())),
+                               preferred_element_type=jnp.float32)
+
+
+def _backward_rows(h, t, e, dtype, lse, entropy, g_logp, g_ent, vocab: int, softcap,
+                   temperature, de=None):
+    """One row tile's cotangents: (d hidden [r, D], d embedding [Vt, v, D] added to
+    ``de``, or None when ``de`` is None: the embedding's gradient is not wanted)."""
     width = e.shape[1]
 
     def step(dh, xs):
-        e_tile, index = xs
+        e_tile, index, de_tile = xs
+        e_tile = _own_tile(e_tile, dtype)
         start = index * width
         z, dz_dx, real = _tile_logits(h, e_tile, start, vocab, softcap, temperature)
         p = jnp.where(real, jnp.exp(z - lse[:, None]), 0.0)
@@ -118,33 +148,37 @@ def _backward_rows(h, t, e, lse, entropy, g_logp, g_ent, vocab: int, softcap, te
             centred = jnp.where(real, z - lse[:, None], 0.0) + entropy[:, None]
             dz = dz - g_ent[:, None] * p * centred
         dx = dz * dz_dx
-        de = jnp.dot(dx.T, h.astype(jnp.float32))
-        return dh + jnp.dot(dx, e_tile.astype(jnp.float32)), de
+        if de_tile is not None:
+            de_tile = de_tile + _dot(dx.T, h)
+        return dh + _dot(dx, e_tile), de_tile
 
-    dh, de = jax.lax.scan(step, jnp.zeros(h.shape, jnp.float32), (e, jnp.arange(e.shape[0])))
+    dh, de = jax.lax.scan(step, jnp.zeros(h.shape, jnp.float32),
+                          (e, jnp.arange(e.shape[0]), de))
     return dh, de
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6, 7))
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6, 7, 8))
 def _fused(hidden, embedding, targets, softcap, temperature, row_tile, vocab_tile,
-           with_entropy):
+           with_entropy, embedding_grad):
     out, _ = _fused_fwd(hidden, embedding, targets, softcap, temperature, row_tile,
-                        vocab_tile, with_entropy)
+                        vocab_tile, with_entropy, embedding_grad)
     return out
 
 
 def _fused_fwd(hidden, embedding, targets, softcap, temperature, row_tile, vocab_tile,
-               with_entropy):
+               with_entropy, embedding_grad):
     n = hidden.shape[0]
     h, e, t, vocab = _tiles(hidden, embedding, targets, row_tile, vocab_tile)
     lse, picked, entropy = jax.lax.map(
-        lambda xs: _forward_rows(xs[0], xs[1], e, vocab, softcap, temperature), (h, t))
+        lambda xs: _forward_rows(xs[0], xs[1], e, embedding.dtype, vocab, softcap, temperature),
+        (h, t))
     lse, picked, entropy = (x.reshape(-1)[:n] for x in (lse, picked, entropy))
     out = (picked - lse, entropy if with_entropy else None)
     return out, (hidden, embedding, targets, lse, entropy)
 
 
-def _fused_bwd(softcap, temperature, row_tile, vocab_tile, with_entropy, res, g):
+def _fused_bwd(softcap, temperature, row_tile, vocab_tile, with_entropy, embedding_grad,
+               res, g):
     hidden, embedding, targets, lse, entropy = res
     g_logp, g_ent = g
     n = hidden.shape[0]
@@ -155,16 +189,24 @@ def _fused_bwd(softcap, temperature, row_tile, vocab_tile, with_entropy, res, g)
         return jnp.pad(x, (0, pad)).reshape(-1, row_tile)
 
     ent = rows(g_ent) if with_entropy and g_ent is not None else None
+    xs = (h, t, rows(lse), rows(entropy), rows(g_logp), ent)
 
-    def one(xs):
-        return _backward_rows(xs[0], xs[1], e, xs[2], xs[3], xs[4],
-                              None if ent is None else xs[5], vocab, softcap, temperature)
+    def one(de, xs):
+        h_, t_, lse_, entropy_, g_, ent_ = xs
+        dh, de = _backward_rows(h_, t_, e, embedding.dtype, lse_, entropy_, g_, ent_, vocab,
+                                softcap, temperature, de)
+        return de, dh
 
-    xs = (h, t, rows(lse), rows(entropy), rows(g_logp)) + ((ent,) if ent is not None else ())
-    dh, de = jax.lax.map(one, xs)
+    # the embedding's gradient, when wanted, is one [V, D] float32 sum carried across
+    # the row tiles (never one per row tile)
+    de0 = jnp.zeros(e.shape, jnp.float32) if embedding_grad else None
+    de, dh = jax.lax.scan(one, de0, xs)
     dh = dh.reshape(-1, hidden.shape[1])[:n].astype(hidden.dtype)
-    de = de.sum(axis=0).reshape(-1, embedding.shape[1])[:embedding.shape[0]]
-    return dh, de.astype(embedding.dtype), None
+    if de is None:
+        de = jnp.zeros_like(embedding)  # unused: the caller does not train the embedding
+    else:
+        de = de.reshape(-1, embedding.shape[1])[:embedding.shape[0]].astype(embedding.dtype)
+    return dh, de, None
 
 
 _fused.defvjp(_fused_fwd, _fused_bwd)
@@ -172,8 +214,11 @@ _fused.defvjp(_fused_fwd, _fused_bwd)
 
 def fused_logprobs(hidden, embedding, targets, *, softcap: float | None = None,
                    temperature: float = 1.0, row_tile: int = 256, vocab_tile: int = 8192,
-                   with_entropy: bool = False):
-    """log p(target) [N] (and, ``with_entropy``, the entropy [N]); see the module."""
+                   with_entropy: bool = False, embedding_grad: bool = True):
+    """log p(target) [N] (and, ``with_entropy``, the entropy [N]); see the module.
+
+    ``embedding_grad=False`` skips the embedding's gradient (returned as zeros, which
+    XLA drops when nothing reads them): for a frozen embedding, as under LoRA."""
     if hidden.ndim != 2 or embedding.ndim != 2 or targets.shape != hidden.shape[:1]:
         raise ValueError(f"need hidden [N, D], embedding [V, D], targets [N]; got "
                          f"{hidden.shape}, {embedding.shape}, {targets.shape}")
@@ -182,5 +227,5 @@ def fused_logprobs(hidden, embedding, targets, *, softcap: float | None = None,
     logp, entropy = _fused(hidden, embedding, targets.astype(jnp.int32),
                            None if softcap is None else float(softcap), float(temperature),
                            int(row_tile), min(int(vocab_tile), embedding.shape[0]),
-                           bool(with_entropy))
+                           bool(with_entropy), bool(embedding_grad))
     return (logp, entropy) if with_entropy else logp

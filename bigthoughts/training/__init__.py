@@ -16,10 +16,12 @@ The loss itself is ``bigthoughts.training.grpo_loss``. Example::
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 
+import bigthoughts.training.hosts as hosts
 from bigthoughts.config import ConfigError, to_dict
 from bigthoughts.data import Example, load_gsm8k, read_ids
 from bigthoughts.models.lora import LoraSection
@@ -80,6 +82,19 @@ def _run_record(config: TrainConfig | SFTConfig) -> dict:
     return record
 
 
+def _one_writer(out: Path):
+    """The run directory's writer lock, held by the process that writes it (process 0
+    of a multi-process run, ``hosts``); the others write nothing there."""
+    return lock_run_dir(out) if hosts.writer() else contextlib.nullcontext()
+
+
+def _prepare(out: Path, record: dict) -> None:
+    """``prepare_run_dir`` by the writer; the other processes wait until it is done."""
+    if hosts.writer():
+        prepare_run_dir(out, record)
+    hosts.barrier("run directory ready")
+
+
 def _checked_start(config: TrainConfig | SFTConfig, max_steps: int | None,
                    time_budget: str | float | None, out_dir: str | Path | None
                    ) -> tuple[int, Path, Deadline]:
@@ -119,11 +134,11 @@ def train(config: TrainConfig, *, max_steps: int | None = None,
         from bigthoughts.training.llamacpp_rollouts import rollout_gguf
 
         rollout_gguf(config)  # refused before the model loads
-    with lock_run_dir(out):  # one writer: a second run into out is refused
+    with _one_writer(out):  # a second run into out is refused
         try:
             lm, init = (loaded, None) if loaded else load_starting_model(config.model,
                                                                          config.lora)
-            prepare_run_dir(out, _run_record(config))
+            _prepare(out, _run_record(config))
             stage = GRPOTrainer(config, out, examples=train_set, loaded=lm, reward_fns=fns,
                                 held_out=held, lora_init=init)
         except (MemoryError, RuntimeError) as exc:
@@ -152,8 +167,8 @@ def sft(config: SFTConfig, *, max_steps: int | None = None,
         pairs, val_pairs, held, dropped = prepare_data(config, lm.tokenizer, examples)
     except ValueError as err:
         raise ConfigError(str(err)) from err
-    with lock_run_dir(out):  # one writer: a second run into out is refused
-        prepare_run_dir(out, _run_record(config))
+    with _one_writer(out):  # a second run into out is refused
+        _prepare(out, _run_record(config))
         shown = progress or Progress()
         stage = _sft_stage(config, out, lm, init, (pairs, val_pairs, held), dropped, shown)
         del lm, loaded  # the stage keeps what it needs: free the original weights (~1 GB)

@@ -11,8 +11,9 @@ log-probabilities are computed:
   materialises full-vocabulary logits for every position (262k floats per token:
   ~20 GB at 8 × 512 tokens for Gemma 3 270M). We prefill each *prompt* once, repeat
   its KV cache G times (the gradient still flows into the prompt's keys/values),
-  run only the completions through the layers, and project onto the vocabulary a
-  chunk of positions at a time under ``jax.checkpoint``;
+  run only the completions through the layers, and take each token's log-probability
+  from tiles of rows × vocabulary with an online logsumexp, recomputed in the
+  backward pass (``models.fused_logprobs``: no tensor of logits larger than a tile);
 * Tunix also computes the entropy of the full logits for logging; we do not.
 
 When prompt + completion exceed Gemma 3's sliding window the cache trick would see
@@ -125,7 +126,7 @@ def _window(model) -> int | None:
 
 
 def completion_logps(model, prompt_tokens, prompt_valid, completion_tokens, group: int,
-                     *, chunk: int = 32, remat: bool = False, temperature: float = 1.0):
+                     *, remat: bool = False, temperature: float = 1.0):
     """log π_T(completion token | prefix) for each completion position: [Bp*G, C].
 
     π_T is the policy at temperature T (softmax of logits / T; T = 0 or 1: plain).
@@ -135,7 +136,7 @@ def completion_logps(model, prompt_tokens, prompt_valid, completion_tokens, grou
     window = _window(model)
     if not _uses_slot_positions(model) and window is not None and p + c > window:
         return _full_sequence_logps(model, prompt_tokens, prompt_valid, completion_tokens,
-                                    group, chunk=chunk, remat=remat, temperature=temperature)
+                                    group, remat=remat, temperature=temperature)
     cache_size = p + c
     if _uses_slot_positions(model):
         positions = jnp.broadcast_to(jnp.arange(p), (bp, p))
@@ -158,11 +159,10 @@ def completion_logps(model, prompt_tokens, prompt_valid, completion_tokens, grou
     comp_hidden, _ = forward.hidden_states(model, inputs, comp_pos, cache, comp_mask,
                                            remat=remat)
     all_hidden = jnp.concatenate([last_hidden[:, None], comp_hidden], axis=1)
-    return forward.token_logprobs(model, all_hidden, completion_tokens, chunk=chunk, remat=True,
-                                  temperature=temperature)
+    return forward.token_logprobs(model, all_hidden, completion_tokens, temperature=temperature)
 
 
-def _full_sequence_logps(model, prompt_tokens, prompt_valid, completion_tokens, group, *, chunk,
+def _full_sequence_logps(model, prompt_tokens, prompt_valid, completion_tokens, group, *,
                          remat=False, temperature=1.0):
     rep = lambda x: jnp.repeat(x, group, axis=0)  # noqa: E731
     p = prompt_tokens.shape[1]
@@ -175,7 +175,7 @@ def _full_sequence_logps(model, prompt_tokens, prompt_valid, completion_tokens, 
     mask = jnp.tril(jnp.ones((length, length), dtype=bool))[None] & valid[:, None, :]
     hidden, _ = forward.hidden_states(model, tokens, positions, None, mask, remat=remat)
     return forward.token_logprobs(model, hidden[:, p - 1: p + c - 1], completion_tokens,
-                                  chunk=chunk, remat=True, temperature=temperature)
+                                  temperature=temperature)
 
 
 def group_advantages(rewards: np.ndarray, group: int, *,

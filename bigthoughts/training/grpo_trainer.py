@@ -24,18 +24,17 @@ Tunix's model, its LoRA (qwix), its GRPO objective and its ``GRPOConfig`` semant
 from __future__ import annotations
 
 import dataclasses
-import functools
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import optax
 from flax import nnx
 
 import bigthoughts.training.grpo_loss as grpo_loss
 import bigthoughts.training.held_out as held_out
+import bigthoughts.training.hosts as hosts
 import bigthoughts.training.rollout as ro
 from bigthoughts.data import Example
 from bigthoughts.inference.jax_sampler import Sampler
@@ -44,43 +43,14 @@ from bigthoughts.models.export import export_checkpoint, export_hf_gemma3, merge
 from bigthoughts.models.registry import LoadedModel
 from bigthoughts.models.resolve import prompt_format_for
 from bigthoughts.training.adapter import adapted
-from bigthoughts.training.config import GRPOSection, TrainConfig
+from bigthoughts.training.config import TrainConfig
+from bigthoughts.training.programs import grpo_programs
 from bigthoughts.training.relay import CheckpointStore, restore_stage, save_stage
 from bigthoughts.training.rundir import MetricsLog
-from bigthoughts.training.state import (
-    SplitUpdate,
-    make_mesh,
-    make_optimizer,
-    optimizer_step,
-    release_host_memory,
-    shard,
-)
+from bigthoughts.training.state import make_mesh, make_optimizer, release_host_memory, shard
 
 MEMORY_KNOBS = ("prompts_per_step, grpo.num_generations or grpo.max_new_tokens "
                 "(or set grpo.remat_layers=true)")
-
-
-def grpo_grads(graphdef, g: GRPOSection, lora, base, batch: grpo_loss.RolloutBatch):
-    """``((loss, aux), grads)`` of the GRPO loss w.r.t. the LoRA weights (jit it; pure)."""
-
-    def loss_fn(lora_state):
-        model = nnx.merge(graphdef, lora_state, base)
-        return grpo_loss.grpo_loss(model, batch, group=g.num_generations, beta=g.beta,
-                              epsilon=g.epsilon, epsilon_high=g.epsilon_high,
-                              loss_agg_mode=g.loss_agg_mode, kl_mode=g.kl_mode,
-                              temperature=g.resolved_logp_temperature, remat=g.remat_layers)
-
-    return jax.value_and_grad(loss_fn, has_aux=True)(lora)
-
-
-def grpo_update(graphdef, tx: optax.GradientTransformation, g: GRPOSection, lora, opt_state,
-                base, batch: grpo_loss.RolloutBatch):
-    """One AdamW update of the LoRA weights on the GRPO loss, as one program (pure). The
-    trainer runs it as two (``SplitUpdate``); this fused form is what the accelerator
-    memory estimates compile (scripts/aot_memory.py)."""
-    (loss, aux), grads = grpo_grads(graphdef, g, lora, base, batch)
-    lora, opt_state, norm = optimizer_step(tx, lora, opt_state, grads)
-    return lora, opt_state, {"loss": loss, "grad_norm": norm, **aux}
 
 
 class GRPOTrainer:
@@ -120,22 +90,10 @@ class GRPOTrainer:
         self.store = CheckpointStore(self.out / "checkpoints", keep=config.keep_checkpoints)
         self.log = log or MetricsLog(self.out)
         self.last_updates: list[dict] = []  # aux of each of the μ updates of the last step
-        self._train_fn = SplitUpdate(functools.partial(grpo_grads, self.graphdef, config.grpo),
-                                     self.tx)
-        self._logps_fn = jax.jit(self._logps, static_argnames=("group", "lora_on"))
+        # the compiled programs, from the function scripts/aot_memory.py measures
+        self.programs = grpo_programs(self.graphdef, config, self.tx)
         self.resumed_from = self._restore()
         self._sync_sampler()
-
-    # --- jitted pieces ------------------------------------------------------------
-    def _logps(self, lora, base, prompt_tokens, prompt_valid, completion_tokens, *, group,
-               lora_on: bool):
-        """log π of each completion token: the policy, or (LoRA off) the frozen base."""
-        if not lora_on:
-            lora = jax.tree_util.tree_map(jnp.zeros_like, lora)
-        model = nnx.merge(self.graphdef, lora, base)
-        return grpo_loss.completion_logps(
-            model, prompt_tokens, prompt_valid, completion_tokens, group,
-            temperature=self.config.grpo.resolved_logp_temperature)
 
     def _sync_sampler(self) -> None:
         """Points the sampler at the current LoRA arrays (an update donates the old ones)."""
@@ -160,7 +118,7 @@ class GRPOTrainer:
         continued = self.ref_lora is not None
 
         def logps(lora, lora_on: bool):
-            parts = [self._logps_fn(lora, self.base, part.prompt_tokens, part.prompt_valid,
+            parts = [self.programs.logps(lora, self.base, part.prompt_tokens, part.prompt_valid,
                                     part.completion_tokens, group=g.num_generations,
                                     lora_on=lora_on) for part in self._micro_batches(batch)]
             return parts[0] if len(parts) == 1 else jnp.concatenate(parts)
@@ -177,7 +135,7 @@ class GRPOTrainer:
         self.last_updates = []
         release_host_memory()  # the rollout's freed buffers, before the update's peak
         for _ in range(self.config.grpo.num_iterations):
-            self.lora, self.opt_state, aux = self._train_fn.accumulated(
+            self.lora, self.opt_state, aux = self.programs.update.accumulated(
                 self.lora, self.opt_state,
                 [(self.base, part) for part in self._micro_batches(batch)])
             self._sync_sampler()
@@ -242,9 +200,11 @@ class GRPOTrainer:
         rows = held_out.greedy_answers(
             self.rollouts, self.format, self.held_out,
             max_new_tokens=self.config.eval_max_new_tokens or self.config.grpo.max_new_tokens)
-        held_out.write_answers(self.out / "evals", self.step, rows)
-        save_adapter(self.out / "evals" / f"step_{self.step:06d}.safetensors", self.lora,
-                     self.config.lora, provenance={"stage": "grpo", "step": self.step})
+        lora = hosts.host_tree(self.lora)
+        if hosts.writer():
+            held_out.write_answers(self.out / "evals", self.step, rows)
+            save_adapter(self.out / "evals" / f"step_{self.step:06d}.safetensors", lora,
+                         self.config.lora, provenance={"stage": "grpo", "step": self.step})
         record = {"step": self.step, **held_out.summary(rows)}
         self.log.append(record)
         return record
@@ -258,8 +218,11 @@ class GRPOTrainer:
         """Merges LoRA into the base and writes a loadable checkpoint (and HF copy), and
         the LoRA itself as ``dest/adapter.safetensors``."""
         release_host_memory()
-        model = nnx.merge(self.graphdef, self.lora, self.base)
+        lora = hosts.host_tree(self.lora)
+        model = nnx.merge(self.graphdef, lora, hosts.host_tree(self.base))
         params = merge_lora(model, alpha=self.config.lora.alpha, rank=self.config.lora.rank)
+        if not hosts.writer():
+            return Path(dest)  # where process 0 writes it
         spec = self.loaded.spec
         adapter = self.config.model.adapter
         provenance = {"stage": "grpo", "step": self.step, "model": spec.name,
@@ -267,7 +230,7 @@ class GRPOTrainer:
                       "source": Path(self.loaded.source).name,
                       "continued": Path(adapter).name if adapter and self.ref_lora is not None
                       else None}
-        save_adapter(Path(dest) / "adapter.safetensors", self.lora, self.config.lora,
+        save_adapter(Path(dest) / "adapter.safetensors", lora, self.config.lora,
                      provenance=provenance)
         out = export_checkpoint(dest, params, family=spec.family, config=model.config, spec=spec,
                                 tokenizer=self.tokenizer, provenance=provenance)

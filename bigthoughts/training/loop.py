@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+import bigthoughts.training.hosts as hosts
 from bigthoughts.training.progress import Progress
 from bigthoughts.training.relay import Deadline
 
@@ -108,7 +109,8 @@ def run_stage(stage: Stage, *, limit: int, save_every: int, eval_every: int,
         if eval_every and stage.step == 0 and stage.resumed_from is None and limit > 0:
             result.evaluations.append(stage.evaluate())  # the curve's origin
         while stage.step < limit:
-            if not deadline.allows(clock.slowest, save_cost):
+            # process 0 decides for all: their clocks differ, their steps must not
+            if not hosts.agree(deadline.allows(clock.slowest, save_cost)):
                 stage.save()
                 result.stopped_for_deadline = True
                 break

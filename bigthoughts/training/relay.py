@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import bigthoughts.training.hosts as hosts
 from bigthoughts.files import atomic_directory, atomic_write_text
 
 EXIT_RELAY = 75
@@ -77,15 +78,17 @@ class CheckpointStore:
 
     def save(self, step: int, tree: Any, meta: dict) -> Path:
         name = f"step_{step:06d}"
-        leaves = jax.tree_util.tree_leaves(tree)
-        with atomic_directory(self.root / name) as tmp:
-            with open(tmp / "arrays.npz", "wb") as fh:
-                np.savez(fh, **{f"a{i}": np.asarray(jax.device_get(x))
-                                for i, x in enumerate(leaves)})
-            (tmp / "meta.json").write_text(
-                json.dumps({**meta, "step": step, "num_leaves": len(leaves)}, indent=1))
-        atomic_write_text(self.root / "LATEST", name)
-        self._prune()
+        # every process takes part in gathering sharded arrays; process 0 writes
+        arrays = [hosts.host_copy(x) for x in jax.tree_util.tree_leaves(tree)]
+        if hosts.writer():
+            with atomic_directory(self.root / name) as tmp:
+                with open(tmp / "arrays.npz", "wb") as fh:
+                    np.savez(fh, **{f"a{i}": a for i, a in enumerate(arrays)})
+                (tmp / "meta.json").write_text(
+                    json.dumps({**meta, "step": step, "num_leaves": len(arrays)}, indent=1))
+            atomic_write_text(self.root / "LATEST", name)
+            self._prune()
+        hosts.barrier(f"checkpoint {name}")
         return self.root / name
 
     def steps(self) -> list[int]:
@@ -124,17 +127,26 @@ class CheckpointStore:
 
     def restore_latest(self, like: Any) -> tuple[Any, dict, Path] | None:
         """The latest checkpoint loaded into the structure of ``like`` (leaves as jax
-        arrays), its metadata and its directory; None when there is none."""
+        arrays placed as ``like``'s are, across processes too), its metadata and its
+        directory; None when there is none."""
         step = self.latest()
         if step is None:
             return None
         tree, meta = self.restore(step, like)
-        return (jax.tree_util.tree_map(jnp.asarray, tree), meta,
-                self.root / f"step_{step:06d}")
+        placed = jax.tree_util.tree_map(_placed_like, tree, like)
+        return placed, meta, self.root / f"step_{step:06d}"
 
     def _prune(self) -> None:
         for step in self.steps()[: -self.keep] if self.keep > 0 else []:
             shutil.rmtree(self.root / f"step_{step:06d}", ignore_errors=True)
+
+
+def _placed_like(array: np.ndarray, ref):
+    """``array`` on ``ref``'s devices when ``ref`` spans several (a mesh, maybe over
+    several processes); else an uncommitted array that computations may move."""
+    if isinstance(ref, jax.Array) and len(ref.sharding.device_set) > 1:
+        return jax.device_put(array, ref.sharding)
+    return jnp.asarray(array)
 
 
 def save_stage(store: CheckpointStore, step: int, tree: dict, *, position: int,

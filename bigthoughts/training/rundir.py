@@ -13,6 +13,7 @@ import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import bigthoughts.training.hosts as hosts
 from bigthoughts.config import ConfigError
 from bigthoughts.files import atomic_write_json, atomic_write_text, read_jsonl
 from bigthoughts.rundir import differences, flatten
@@ -78,15 +79,19 @@ def prepare_run_dir(out: Path, config_dict: Mapping, *,
 
 class MetricsLog:
     """Appends step records to ``metrics.jsonl`` (+ TensorBoard) and completions to
-    ``samples.jsonl``."""
+    ``samples.jsonl``; on a process other than the run's writer (``hosts.writer``),
+    writes nothing."""
 
-    def __init__(self, out: Path, *, tensorboard: bool = True):
+    def __init__(self, out: Path, *, tensorboard: bool = True, enabled: bool | None = None):
         self.out = Path(out)
         self.metrics_path = self.out / "metrics.jsonl"
         self.samples_path = self.out / "samples.jsonl"
-        self._writer = None if tensorboard else False
+        self.enabled = hosts.writer() if enabled is None else enabled
+        self._writer = None if tensorboard and self.enabled else False
 
     def append(self, record: dict) -> None:
+        if not self.enabled:
+            return
         with open(self.metrics_path, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(record) + "\n")
         writer = self._tensorboard()
@@ -96,11 +101,15 @@ class MetricsLog:
                     writer.add_scalar(k, v, record["step"])
 
     def append_samples(self, step: int, rows: Sequence[dict]) -> None:
+        if not self.enabled:
+            return
         with open(self.samples_path, "a", encoding="utf-8") as fh:
             fh.write(json.dumps({"step": step, "completions": list(rows)}) + "\n")
 
     def truncate_after(self, step: int) -> None:
         """Drops the lines of steps after ``step`` (they will be redone), atomically."""
+        if not self.enabled:
+            return
         for path in (self.metrics_path, self.samples_path):
             if path.exists():
                 keep = [r for r in read_jsonl(path) if r.get("step", 0) <= step]

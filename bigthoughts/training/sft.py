@@ -28,6 +28,7 @@ import numpy as np
 from flax import nnx
 
 import bigthoughts.training.held_out as held_out
+import bigthoughts.training.hosts as hosts
 from bigthoughts.data import Example, load_gsm8k, prompt_format
 from bigthoughts.inference.jax_sampler import Sampler
 from bigthoughts.models import forward
@@ -57,7 +58,7 @@ def sft_loss(model, tokens, valid, loss_mask, *, remat: bool = False):
     mask = jnp.tril(jnp.ones((length, length), dtype=bool))[None] & valid[:, None, :]
     hidden, _ = forward.hidden_states(model, tokens, positions, None, mask, remat=remat)
     logps = forward.token_logprobs(model, hidden[:, length - 1 - window: length - 1],
-                                   tokens[:, length - window:], chunk=16, remat=True)
+                                   tokens[:, length - window:])
     count = loss_mask.sum()
     loss = -(logps * loss_mask).sum() / jnp.maximum(count, 1.0)
     return loss, {"nll_sum": -(logps * loss_mask).sum(), "count": count}
@@ -150,7 +151,8 @@ class SFTStage:
             rows = held_out.greedy_answers(self.sampler, self.format, questions,
                                            max_new_tokens=self.config.eval_max_new_tokens,
                                            calculator=self.config.calculator)
-            held_out.write_answers(self.out / "evals", self.step, rows)
+            if hosts.writer():
+                held_out.write_answers(self.out / "evals", self.step, rows)
             record.update(held_out.summary(rows))
         self.log.append(record)
         return record
@@ -173,7 +175,8 @@ class SFTStage:
 
     def export(self, dest: Path) -> Path:
         """The merged checkpoint in ``dest`` and, for LoRA, ``dest/adapter.safetensors``."""
-        model = nnx.merge(self.graphdef, self.params, self.frozen)
+        trained = hosts.host_tree(self.params)  # gathered when sharded over processes
+        model = nnx.merge(self.graphdef, trained, hosts.host_tree(self.frozen))
         provenance = {"stage": "sft", "step": self.step, "base": Path(self.loaded.source).name,
                       "continued": _continued(self.config.model, self.config.full_finetune)}
         if self.config.full_finetune:
@@ -181,7 +184,10 @@ class SFTStage:
                       nnx.to_flat_state(nnx.state(model, nnx.Param))}
         else:
             params = merge_lora(model, alpha=self.config.lora.alpha, rank=self.config.lora.rank)
-            save_adapter(Path(dest) / "adapter.safetensors", self.params, self.config.lora,
+        if not hosts.writer():
+            return Path(dest)  # where process 0 writes it
+        if not self.config.full_finetune:
+            save_adapter(Path(dest) / "adapter.safetensors", trained, self.config.lora,
                          provenance=provenance)
         spec = self.loaded.spec
         return export_checkpoint(dest, params, family=spec.family, config=model.config,

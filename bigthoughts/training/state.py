@@ -84,8 +84,8 @@ class SplitUpdate:
     """
 
     def __init__(self, loss_and_grads, tx: optax.GradientTransformation):
-        self.grads = jax.jit(loss_and_grads)  # public: memory plans compile it
-        self._step = jax.jit(partial(optimizer_step, tx), donate_argnums=(0, 1))
+        self.grads = jax.jit(loss_and_grads)  # public: memory plans compile both
+        self.step = jax.jit(partial(optimizer_step, tx), donate_argnums=(0, 1))
 
     def __call__(self, params, opt_state, *args):
         return self.accumulated(params, opt_state, [args])
@@ -102,7 +102,7 @@ class SplitUpdate:
             total = part if total is None else jax.tree_util.tree_map(jnp.add, total, part)
         loss, aux, grads = total
         grads = jax.tree_util.tree_map(lambda g, p: g.astype(p.dtype), grads, params)
-        params, opt_state, norm = self._step(params, opt_state, grads)
+        params, opt_state, norm = self.step(params, opt_state, grads)
         return params, opt_state, {"loss": loss, "grad_norm": norm, **aux}
 
 
