@@ -148,6 +148,9 @@ def main() -> None:
     for name, sizes in analyses.items():
         print(f"XLA plan of the {name}: " + ", ".join(f"{k.removesuffix('_in_bytes')} "
                                                       f"{v:.2f} GB" for k, v in sizes.items()))
+    print(json.dumps({"peak_rss_gb": round(peak_rss_gb(), 3), "wall_s": round(wall, 1),
+                      "phase_peak_gb": {name: round(s["peak"] / GB, 3)
+                                        for name, s in sampler.stats.items()}}))
 
 
 if __name__ == "__main__":

@@ -69,8 +69,9 @@ def tokenizer(path: str | None):
     return load_model().tokenizer
 
 
-def random_model(config, seed: int = 0):
-    """The recipe's model with normal(0, 0.02) weights (norm scales 0), in its dtype."""
+def random_model(name: str, dtype_name: str, seed: int = 0):
+    """Model ``name`` (the registry's) with normal(0, 0.02) weights (norm scales 0), in
+    ``dtype_name``: (model, spec)."""
     import dataclasses
 
     import jax
@@ -80,8 +81,8 @@ def random_model(config, seed: int = 0):
     from bigthoughts.models.build import model_class
     from bigthoughts.models.registry import REGISTRY, resolve_dtype
 
-    spec = REGISTRY[config.model.name]
-    dtype = resolve_dtype(config.model.dtype)
+    spec = REGISTRY[name]
+    dtype = resolve_dtype(dtype_name)
     if spec.family == "gemma3":
         from tunix.models.gemma3.model import ModelConfig
     else:
@@ -132,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     config = load_train_config(args.config, args.overrides)
     device = jax.devices()[0]
     t0 = time.perf_counter()
-    model, spec = random_model(config)
+    model, spec = random_model(config.model.name, config.model.dtype)
     tok = tokenizer(args.tokenizer)
     params = sum(x.size for x in jax.tree_util.tree_leaves(model))
     loaded = LoadedModel(model=model, tokenizer=tok, spec=spec, source="random")

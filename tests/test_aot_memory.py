@@ -102,3 +102,18 @@ def test_a_program_over_the_budget_fails_the_check(tmp_path):
     rc, result = aot(tmp_path, 1, hbm_gb=1.0)
     assert rc == 1 and not result["fits"]
     assert result["largest_gb"] > 0.8
+
+
+@pytest.mark.parametrize("name", ["gemma2-2b-it-tpu", "gemma3-1b-it-gpu", "gemma2-2b-it-gpu",
+                                  "gemma3-4b-it-gpu"])
+def test_scale_recipes_train_at_the_reference_context(name):
+    """The accelerator recipes: a 256-token prompt + new tokens >= 1,024, G >= 4, layer
+    recompute, whole groups per micro-batch, and the AOT command in their comments."""
+    from bigthoughts.training.config import load_train_config
+
+    path = ROOT / "configs" / f"{name}.yaml"
+    config = load_train_config(path, [])
+    g = config.grpo
+    assert 256 + g.max_new_tokens >= 1024 and g.num_generations >= 4 and g.remat_layers
+    assert g.micro_batch_prompts and config.prompts_per_step % g.micro_batch_prompts == 0
+    assert f"scripts/aot_memory.py configs/{name}.yaml" in path.read_text()
