@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -40,8 +41,12 @@ def numbers(data, prefix: str = "") -> dict[str, float]:
 
 def run(tree: Path, bench: list[str]) -> dict[str, float]:
     script = tree / "benchmarks" / bench[0]
+    env = dict(os.environ)
+    shared = ROOT.parent / "shared" / "data" / "gsm8k"  # the base tree is elsewhere
+    if "BIGTHOUGHTS_DATA" not in env and shared.is_dir():
+        env["BIGTHOUGHTS_DATA"] = str(shared)
     proc = subprocess.run([sys.executable, str(script), *bench[1:]], cwd=tree, text=True,
-                          capture_output=True)
+                          capture_output=True, env=env)
     print(proc.stdout[-6000:], flush=True)
     if proc.returncode != 0:
         print(proc.stderr[-3000:], flush=True)

@@ -260,6 +260,7 @@ def cmd_train(args) -> int:
     """``train`` (GRPO) and ``sft`` (supervised warm start): same relay, same output."""
     from bigthoughts.config import ConfigError
     from bigthoughts.training import (
+        EXIT_NO_SIGNAL,
         EXIT_RELAY,
         hosts,
         load_sft_config,
@@ -281,13 +282,19 @@ def cmd_train(args) -> int:
     out = Path(args.out or config.out_dir)
     result = run(config, max_steps=args.max_steps, time_budget=args.time_budget, out_dir=out)
     print(json.dumps({"step": result.step, "stopped_for_deadline": result.stopped_for_deadline,
-                      "out_dir": str(out), "last": result.history[-1] if result.history else {},
+                      "stopped_no_signal": result.stopped_no_signal, "out_dir": str(out),
+                      "last": result.history[-1] if result.history else {},
                       "evaluations": result.evaluations,
                       "exported": str(result.exported) if result.exported else None}, indent=2))
     if result.stopped_for_deadline:
         print(f"stopped before the time budget ends at step {result.step}: run the same "
               f"command again to resume", file=sys.stderr)
-    return EXIT_RELAY if result.stopped_for_deadline else 0
+        return EXIT_RELAY
+    if result.stopped_no_signal:
+        print(f"error: stopped at step {result.step} (checkpoint saved): "
+              f"{result.stopped_no_signal}", file=sys.stderr)
+        return EXIT_NO_SIGNAL
+    return 0
 
 
 def cmd_train_report(args) -> int:

@@ -179,6 +179,9 @@ def _assert_parity(pair, section, algo, *, mu, seed=0, window_path=False, monkey
                                rtol=1e-5)
     if ref is not None:
         np.testing.assert_allclose(float(ours_aux["kl"]), float(ref_aux["kl"]), rtol=1e-4)
+    # the policy's entropy: ours from the fused tiles, Tunix's from its full logits
+    assert float(ref_aux["entropy"]) > 0.1
+    np.testing.assert_allclose(float(ours_aux["entropy"]), float(ref_aux["entropy"]), rtol=1e-4)
     return ours_aux
 
 

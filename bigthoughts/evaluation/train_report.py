@@ -4,9 +4,9 @@
 
 One figure, ``training_curves.png``, with four panels over steps. A GRPO run: each
 reward function's mean and the total, format compliance and batch accuracy, KL to
-the reference, and completion length. A supervised (``sft``) run: training loss
-with the periodic validation loss, validation accuracy and format, tokens/s and
-the share of padding. Curves are smoothed with a trailing moving
+the reference with the policy's entropy, and completion length. A supervised
+(``sft``) run: training loss with the periodic validation loss, validation accuracy
+and format, tokens/s and the share of padding. Curves are smoothed with a trailing moving
 average (window shown in the legend); raw points are drawn faintly behind.
 
 A GRPO run with a held-out evaluation (``eval_every``) also gets ``dev_curve.png``:
@@ -48,7 +48,7 @@ def _panels(rows: list[dict]) -> tuple[str, list[tuple[str, list[str], tuple | N
             ("Rewards (mean per completion)", ["reward_mean", *rewards], None),
             ("Format compliance and accuracy (batch)", ["format_compliance", "accuracy"],
              (0, 1)),
-            ("KL to the reference model", ["kl"], None),
+            ("KL to the reference; policy entropy (nats/token)", ["kl", "entropy"], None),
             ("Completion length (tokens)", ["completion_length"], None)]
     return "Supervised warm start", [
         ("Loss (NLL per completion token)", ["loss", "eval/loss"], None),

@@ -33,13 +33,13 @@ from bigthoughts.training.config import TrainConfig, load_train_config
 from bigthoughts.training.grpo_trainer import GRPOTrainer
 from bigthoughts.training.loop import OutOfMemory, StageResult, is_out_of_memory, run_stage
 from bigthoughts.training.progress import Progress
-from bigthoughts.training.relay import EXIT_RELAY, Deadline
+from bigthoughts.training.relay import EXIT_NO_SIGNAL, EXIT_RELAY, Deadline
 from bigthoughts.training.rundir import check_run_dir, prepare_run_dir
 from bigthoughts.training.sft import SFTStage, prepare_data
 from bigthoughts.training.sft_config import SFTConfig, load_sft_config
 from bigthoughts.training.state import lean_cpu_scheduler
 
-__all__ = ["EXIT_RELAY", "GRPOTrainer", "OutOfMemory", "SFTConfig", "StageResult",
+__all__ = ["EXIT_NO_SIGNAL", "EXIT_RELAY", "GRPOTrainer", "OutOfMemory", "SFTConfig", "StageResult",
            "TrainConfig", "load_sft_config", "load_train_config", "sft", "train"]
 
 

@@ -145,6 +145,13 @@ class GRPOSection:
     # where rollouts are sampled: "jax" (our sampler, any backend) or "llama.cpp" (CPU: the
     # current LoRA re-exported as a GGUF adapter after each update; training.llamacpp_rollouts)
     rollout_engine: str = "jax"
+    # guards against training on nothing: a warning line when no group of a step has
+    # reward spread, when more than guard_truncated of its completions hit max_new_tokens,
+    # or when all its completions are the same text; after guard_patience steps in a row
+    # without a policy gradient (no spread, or all the same) the run checkpoints and stops
+    # with exit status 76 instead of going on. 0: warn only
+    guard_truncated: float = 0.5
+    guard_patience: int = 20
 
     def __post_init__(self) -> None:
         if self.rollout_engine not in ("jax", "llama.cpp"):
@@ -154,6 +161,10 @@ class GRPOSection:
             raise ValueError("grpo.num_generations (G) must be >= 2 for group advantages")
         for name in ("beta", "epsilon", "temperature"):
             _finite(f"grpo.{name}", getattr(self, name))
+        if not 0.0 <= self.guard_truncated <= 1.0:
+            raise ValueError(f"grpo.guard_truncated must be in [0, 1], got {self.guard_truncated}")
+        if self.guard_patience < 0:
+            raise ValueError(f"grpo.guard_patience must be >= 0, got {self.guard_patience}")
         if self.micro_batch_prompts is not None and self.micro_batch_prompts < 1:
             raise ValueError(f"grpo.micro_batch_prompts must be >= 1 (or null), got "
                              f"{self.micro_batch_prompts}")

@@ -14,7 +14,8 @@ log-probabilities are computed:
   run only the completions through the layers, and take each token's log-probability
   from tiles of rows × vocabulary with an online logsumexp, recomputed in the
   backward pass (``models.fused_logprobs``: no tensor of logits larger than a tile);
-* Tunix also computes the entropy of the full logits for logging; we do not.
+* Tunix computes the entropy from the full logits for logging; we take it from the same
+  tiles as the log-probs (``aux["entropy"]``: nats per token at T, aggregated as the loss is).
 
 When prompt + completion exceed Gemma 3's sliding window the cache trick would see
 Tunix's prefill-style window mask misplaced, so we fall back to running full
@@ -126,8 +127,10 @@ def _window(model) -> int | None:
 
 
 def completion_logps(model, prompt_tokens, prompt_valid, completion_tokens, group: int,
-                     *, remat: bool = False, temperature: float = 1.0):
-    """log π_T(completion token | prefix) for each completion position: [Bp*G, C].
+                     *, remat: bool = False, temperature: float = 1.0,
+                     with_entropy: bool = False):
+    """log π_T(completion token | prefix) for each completion position: [Bp*G, C]; with
+    ``with_entropy``, also the entropy of π_T at each position (same pass, same shape).
 
     π_T is the policy at temperature T (softmax of logits / T; T = 0 or 1: plain).
     """
@@ -136,7 +139,8 @@ def completion_logps(model, prompt_tokens, prompt_valid, completion_tokens, grou
     window = _window(model)
     if not _uses_slot_positions(model) and window is not None and p + c > window:
         return _full_sequence_logps(model, prompt_tokens, prompt_valid, completion_tokens,
-                                    group, remat=remat, temperature=temperature)
+                                    group, remat=remat, temperature=temperature,
+                                    with_entropy=with_entropy)
     cache_size = p + c
     if _uses_slot_positions(model):
         positions = jnp.broadcast_to(jnp.arange(p), (bp, p))
@@ -159,11 +163,12 @@ def completion_logps(model, prompt_tokens, prompt_valid, completion_tokens, grou
     comp_hidden, _ = forward.hidden_states(model, inputs, comp_pos, cache, comp_mask,
                                            remat=remat)
     all_hidden = jnp.concatenate([last_hidden[:, None], comp_hidden], axis=1)
-    return forward.token_logprobs(model, all_hidden, completion_tokens, temperature=temperature)
+    return forward.token_logprobs(model, all_hidden, completion_tokens, temperature=temperature,
+                                  with_entropy=with_entropy)
 
 
 def _full_sequence_logps(model, prompt_tokens, prompt_valid, completion_tokens, group, *,
-                         remat=False, temperature=1.0):
+                         remat=False, temperature=1.0, with_entropy=False):
     rep = lambda x: jnp.repeat(x, group, axis=0)  # noqa: E731
     p = prompt_tokens.shape[1]
     c = completion_tokens.shape[1]
@@ -175,7 +180,7 @@ def _full_sequence_logps(model, prompt_tokens, prompt_valid, completion_tokens, 
     mask = jnp.tril(jnp.ones((length, length), dtype=bool))[None] & valid[:, None, :]
     hidden, _ = forward.hidden_states(model, tokens, positions, None, mask, remat=remat)
     return forward.token_logprobs(model, hidden[:, p - 1: p + c - 1], completion_tokens,
-                                  temperature=temperature)
+                                  temperature=temperature, with_entropy=with_entropy)
 
 
 def group_advantages(rewards: np.ndarray, group: int, *,
@@ -230,9 +235,9 @@ def grpo_loss(model, batch: RolloutBatch, *, group: int, beta: float, epsilon: f
     clip-higher sets it larger), KL by ``kl_mode``, T = ``temperature`` (the rollout
     temperature; old/ref log-probs must use the same).
     """
-    logps = completion_logps(model, batch.prompt_tokens, batch.prompt_valid,
-                             batch.completion_tokens, group, remat=remat,
-                             temperature=temperature)
+    logps, entropy = completion_logps(model, batch.prompt_tokens, batch.prompt_valid,
+                                      batch.completion_tokens, group, remat=remat,
+                                      temperature=temperature, with_entropy=True)
     high = epsilon if epsilon_high is None else epsilon_high
     mask = batch.completion_mask.astype(jnp.float32)
     old = jax.lax.stop_gradient(logps) if batch.old_logps is None else batch.old_logps
@@ -248,7 +253,11 @@ def grpo_loss(model, batch: RolloutBatch, *, group: int, beta: float, epsilon: f
     pg_loss = _numerator(per_token, mask, loss_agg_mode) / norms[0]
     aux = {"pg_loss": pg_loss,
            "clip_fraction": ((clipped > unclipped) * mask).sum() / denom,
-           "policy_logp": (logps * mask).sum() / denom}
+           "policy_logp": (logps * mask).sum() / denom,
+           # logged, not trained on (as Tunix's aux["entropy"]: aggregated like the loss);
+           # the same fused pass computes it with the log-probs
+           "entropy": _numerator(jax.lax.stop_gradient(entropy), mask, loss_agg_mode)
+           / norms[0]}
     loss = pg_loss
     if batch.ref_logps is not None:
         kl = tunix_common.compute_kl_divergence(logps, batch.ref_logps, kl_mode)

@@ -90,6 +90,7 @@ class GRPOTrainer:
         self.store = CheckpointStore(self.out / "checkpoints", keep=config.keep_checkpoints)
         self.log = log or MetricsLog(self.out)
         self.last_updates: list[dict] = []  # aux of each of the μ updates of the last step
+        self.quiet_steps = 0  # steps in a row without a policy gradient (the guards)
         # the compiled programs, from the function scripts/aot_memory.py measures
         self.programs = grpo_programs(self.graphdef, config, self.tx)
         self.resumed_from = self._restore()
@@ -171,6 +172,15 @@ class GRPOTrainer:
                   **ro.rollout_stats(drawn), "step_seconds": time.perf_counter() - t0,
                   "update_seconds": t_update,
                   "learning_rate": float(self.schedule(self.step - 1)), **aux}
+        warnings, empty = ro.signal_warnings(rollout, truncated_limit=cfg.grpo.guard_truncated)
+        self.quiet_steps = self.quiet_steps + 1 if empty else 0
+        if warnings:
+            record["warnings"] = warnings
+        patience = cfg.grpo.guard_patience
+        if patience and self.quiet_steps >= patience:
+            record["stop"] = (f"{self.quiet_steps} steps in a row without a policy gradient "
+                              f"(grpo.guard_patience = {patience}): check the rewards, "
+                              "grpo.temperature and grpo.max_new_tokens")
         self.log.append(record)
         self.log.append_samples(self.step, ro.sample_rows(drawn, kept if dynamic else None))
         return record

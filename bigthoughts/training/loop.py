@@ -51,6 +51,7 @@ class Stage(Protocol):
 class StageResult:
     step: int
     stopped_for_deadline: bool
+    stopped_no_signal: str | None = None  # why the stage stopped training on nothing
     history: list[dict] = field(default_factory=list)
     evaluations: list[dict] = field(default_factory=list)
     exported: Path | None = None
@@ -115,13 +116,18 @@ def run_stage(stage: Stage, *, limit: int, save_every: int, eval_every: int,
                 result.stopped_for_deadline = True
                 break
             result.history.append(_one_step(stage, clock, limit, progress))
+            if result.history[-1].get("stop"):  # the stage's guards: nothing to learn from
+                stage.save()
+                result.stopped_no_signal = result.history[-1]["stop"]
+                break
             if stage.step % save_every == 0 or stage.step == limit:
                 t = time.perf_counter()
                 stage.save()
                 save_cost = max(save_cost, time.perf_counter() - t)
             if eval_every and stage.step % eval_every == 0:
                 result.evaluations.append(stage.evaluate())
-        if not result.stopped_for_deadline and stage.step >= limit > 0 and export_dir:
+        if not result.stopped_for_deadline and not result.stopped_no_signal \
+                and stage.step >= limit > 0 and export_dir:
             result.exported = stage.export(export_dir)
     except (MemoryError, RuntimeError) as exc:
         if is_out_of_memory(exc):

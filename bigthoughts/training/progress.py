@@ -76,3 +76,5 @@ class Progress:
 
     def step(self, record: dict, *, total: int, seconds_per_step: float | None) -> None:
         self._print(step_line(record, total=total, seconds_per_step=seconds_per_step))
+        for warning in record.get("warnings", ()):
+            self._print(f"warning: step {record['step']}: {warning}")

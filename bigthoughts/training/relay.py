@@ -34,6 +34,8 @@ import bigthoughts.training.hosts as hosts
 from bigthoughts.files import atomic_directory, atomic_write_text
 
 EXIT_RELAY = 75
+# a run that stopped because its steps carried no policy gradient (grpo.guard_patience)
+EXIT_NO_SIGNAL = 76
 _UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
 
 

@@ -140,6 +140,27 @@ def informative(rollout: Rollout) -> np.ndarray:
     return rewards.max(axis=1) - rewards.min(axis=1) > 1e-9
 
 
+def signal_warnings(rollout: Rollout, *, truncated_limit: float) -> tuple[list[str], bool]:
+    """(warning lines, whether the step carries no policy gradient) for the groups a step
+    trains on: no group with reward spread, more than ``truncated_limit`` of the
+    completions cut at ``max_new_tokens``, or every completion the same text."""
+    warnings = []
+    spread = int(informative(rollout).sum())
+    texts = [g.text for g in rollout.generations]
+    identical = len(texts) > 1 and len(set(texts)) == 1
+    if spread == 0:
+        warnings.append(f"no group has reward spread (all {len(rollout.prompts)} groups "
+                        "have equal rewards): this step's policy gradient is zero")
+    cut = float(np.mean([g.finish_reason == "length" for g in rollout.generations]))
+    if cut > truncated_limit:
+        warnings.append(f"{cut:.0%} of the completions hit max_new_tokens "
+                        f"(above grpo.guard_truncated = {truncated_limit:.0%})")
+    if identical:
+        warnings.append(f"all {len(texts)} completions are the same text (the policy "
+                        "has collapsed, or the temperature is 0)")
+    return warnings, spread == 0 or identical
+
+
 def concat(rollouts: Sequence[Rollout], groups: Sequence[int] | None = None) -> Rollout:
     """The rollouts as one, prompt-major; with ``groups``, only those groups (indices
     into the concatenation), in that order."""

@@ -19,12 +19,13 @@ from bigthoughts.files import atomic_write_json, atomic_write_text, read_jsonl
 from bigthoughts.rundir import differences, flatten
 
 # Keys that change no recipe: a memory knob (a relay run may resume on a machine with
-# less memory), how often to save and evaluate, and which engine samples the rollouts
-# (a relay may move between a CPU with llama.cpp and an accelerator; the draws differ,
-# the recipe does not). A run may resume with them changed, and runs saved before a
-# key existed resume as if it had its default.
+# less memory), the no-signal guards, how often to save and evaluate, and which engine
+# samples the rollouts (a relay may move between a CPU with llama.cpp and an
+# accelerator; the draws differ, the recipe does not). A run may resume with them
+# changed, and runs saved before a key existed resume as if it had its default.
 RESUMABLE_CHANGES: tuple[str, ...] = ("grpo.remat_layers", "grpo.rollout_engine",
-                                      "grpo.micro_batch_prompts", "save_every",
+                                      "grpo.micro_batch_prompts", "grpo.guard_truncated",
+                                      "grpo.guard_patience", "save_every",
                                       "keep_checkpoints", "eval_every", "eval_examples")
 # Keys added after runs were saved, with the value that reproduces what those runs did:
 # a saved config without the key compares as if it had this value.
