@@ -117,7 +117,8 @@ def abstract_batch(config, prompt_len: int, groups: int):
         advantages=s((b,), jnp.float32),
         ref_logps=s((b, c), jnp.float32) if g.beta > 0 else None,
         old_logps=s((b, c), jnp.float32) if g.num_iterations > 1 else None,
-        normalisers=s((2,), jnp.float32) if g.micro_batch_prompts else None)
+        normalisers=s((2,), jnp.float32) if g.micro_batch_prompts else None,
+        sampler_logps=s((b, c), jnp.float32))  # the engines record them
 
 
 def lowered_programs(config, prompt_len: int, mesh, policy=None):

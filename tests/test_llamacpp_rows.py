@@ -107,16 +107,22 @@ def test_check_request():
 
 
 def test_host_draw_follows_softmax_at_temperature():
-    from bigthoughts.inference.llamacpp import _host_draw
+    from bigthoughts.inference.llamacpp import _host_draw, sample_logprob
 
     logits = np.array([2.0, 1.0, 0.5, -1.0, -60.0], dtype=np.float32)
     for t in (0.5, 1.0):
         rng = np.random.default_rng(0)
-        draws = np.bincount([_host_draw(logits, t, rng) for _ in range(20000)], minlength=5)
+        drawn = [_host_draw(logits, t, rng) for _ in range(20000)]
+        draws = np.bincount([tok for tok, _ in drawn], minlength=5)
         want = np.exp(logits / t) / np.exp(logits / t).sum()
         np.testing.assert_allclose(draws / draws.sum(), want, atol=0.01)
         assert draws[4] == 0  # 60 nats below the top: beyond the 30*T tail, never drawn
-    assert _host_draw(logits, 0.0, np.random.default_rng(0)) == 0  # greedy: the argmax
+        # each draw's log-prob is that of softmax(logits / T), as the full pass gives it
+        for tok, logprob in drawn[:50]:
+            np.testing.assert_allclose(logprob, np.log(want[tok]), rtol=1e-6)
+            np.testing.assert_allclose(sample_logprob(logits, tok, t), np.log(want[tok]),
+                                       rtol=1e-6)
+    assert _host_draw(logits, 0.0, np.random.default_rng(0)) == (0, 0.0)  # greedy: argmax
     a = [_host_draw(logits, 1.0, np.random.default_rng(7)) for _ in range(3)]
     b = [_host_draw(logits, 1.0, np.random.default_rng(7)) for _ in range(3)]
     assert a == b  # a row's draws follow its seed

@@ -46,6 +46,10 @@ class Generation:
     temperature: float
     # True where a token was inserted by the calculator rather than sampled
     inserted: tuple[bool, ...] = ()
+    # log-prob of each token under the distribution it was drawn from, softmax(logits / T)
+    # (``logprobs`` are at T = 1); 0 for greedy rows and inserted tokens. With top_k /
+    # top_p it is still the untruncated softmax(logits / T). Empty if not recorded
+    sample_logprobs: tuple[float, ...] = ()
 
     @property
     def num_tokens(self) -> int:

@@ -92,6 +92,13 @@ def _token_logprob(logits, token):
     return jnp.take_along_axis(logits, token[:, None], -1)[:, 0] - lse
 
 
+def _sample_logprob(logits, token, temps):
+    """log softmax(logits / T)[token] per row: the distribution the token was drawn
+    from (0 where T <= 0: greedy is deterministic)."""
+    scaled = logits / jnp.where(temps > 0, temps, 1.0)[:, None]
+    return jnp.where(temps > 0, _token_logprob(scaled, token), 0.0)
+
+
 _CALL = re.compile(CALL_OPEN)  # an open calculator call anywhere in a text
 
 
@@ -102,6 +109,7 @@ class _Row:
     prompt_len: int  # prompt tokens incl. BOS: the position of the first new token
     tokens: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
+    sample_logprobs: list[float] = field(default_factory=list)  # at the row's T
     inserted: list[bool] = field(default_factory=list)
     slots: list[int] = field(default_factory=list)  # cache slot of each token
     pending: list[int] = field(default_factory=list)  # calculator tokens still to feed
@@ -111,7 +119,8 @@ class _Row:
     def truncate(self, n: int) -> list[int]:
         """Keeps the first n tokens; returns the cache slots of the dropped ones."""
         dropped = self.slots[n:]
-        for items in (self.tokens, self.logprobs, self.inserted, self.slots):
+        for items in (self.tokens, self.logprobs, self.sample_logprobs, self.inserted,
+                      self.slots):
             del items[n:]
         return dropped
 
@@ -194,6 +203,7 @@ class Sampler:
             token = _sample(logits, temps, keys, top_k, top_p)
             token = jnp.where(forced_on[:, i], forced[:, i], token)  # calculator tokens
             logprob = jnp.where(done, 0.0, _token_logprob(logits, token))
+            sampled = jnp.where(done | forced_on[:, i], 0.0, _sample_logprob(logits, token, temps))
             token = jnp.where(done, pad, token)
             slot_valid = slot_valid.at[:, write_slot + i].set(True)
             hidden, cache = forward.hidden_states(
@@ -202,12 +212,12 @@ class Sampler:
             logits = forward.logits(model, hidden[:, 0]).astype(jnp.float32)
             if stop_at_eos:
                 done = done | (token == eos)
-            return (cache, logits, pos + 1, slot_valid, done), (token, logprob)
+            return (cache, logits, pos + 1, slot_valid, done), (token, logprob, sampled)
 
-        carry, (tokens, logprobs) = jax.lax.scan(
+        carry, (tokens, logprobs, sampled) = jax.lax.scan(
             step, (cache, logits, pos, slot_valid, done), jnp.arange(steps)
         )
-        return carry, tokens.T, logprobs.T
+        return carry, tokens.T, (logprobs.T, sampled.T)
 
     # --- host side -----------------------------------------------------------------
     def generate(self, prompts: Sequence[str], *, temperatures: float | Sequence[float] = 0.0,
@@ -308,7 +318,8 @@ class Sampler:
                 continue
             n_forced = sent.get(int(r), 0)
             row.tokens.extend(int(t) for t in toks[b])
-            row.logprobs.extend(float(x) for x in lps[b])
+            row.logprobs.extend(float(x) for x in lps[0][b])
+            row.sample_logprobs.extend(float(x) for x in lps[1][b])
             row.inserted.extend(j < n_forced for j in range(len(toks[b])))
             row.slots.extend(range(first_slot, first_slot + len(toks[b])))
             del row.pending[:n_forced]
@@ -380,9 +391,12 @@ class Sampler:
         # an inserted token was not the model's choice: it adds nothing to the log-prob
         logprobs = tuple(0.0 if ins else lp for lp, ins in zip(row.logprobs[:n], inserted,
                                                                  strict=True))
+        sampled = tuple(0.0 if ins else lp for lp, ins in zip(row.sample_logprobs[:n],
+                                                               inserted, strict=True))
         return Generation(text=text, token_ids=tuple(row.tokens[:n]), logprobs=logprobs,
                           finish_reason=reason, prompt_tokens=row.prompt_len,
-                          temperature=temperature, inserted=inserted)
+                          temperature=temperature, inserted=inserted,
+                          sample_logprobs=sampled)
 
     def _text(self, ids) -> str:
         eos = self.tokenizer.eos_id()

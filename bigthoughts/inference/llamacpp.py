@@ -22,8 +22,9 @@ How one call runs:
 * the host detokenizes each row (token pieces as bytes), cuts stop strings exactly as
   the JAX sampler does, ends rows on EOS, and drops finished rows from the batch;
 * reported log-probs are the model's own log-softmax (temperature 1) of each sampled
-  token, from the row's logits; calculator tokens carry log-prob 0.0 (the model did
-  not choose them);
+  token, from the row's logits, and ``sample_logprobs`` that of softmax(logits / T), the
+  distribution it was drawn from (the trainer compares them with its own); calculator
+  tokens carry log-prob 0.0 (the model did not choose them);
 * ``calculator=True``: when a row's text ends with ``<<EXPR=`` (GSM8K's calculator
   annotation), ``bigthoughts.steps.calculate(EXPR)`` is evaluated and ``RESULT>>`` is
   decoded into that row only (nothing when it returns None); also when the prompt
@@ -326,11 +327,12 @@ class LlamaCppEngine:
     def _take(self, row: Row, chain, index: int, logits, lse, ends, calculate) -> None:
         """Samples the row's next token from batch output ``index`` and books it."""
         if isinstance(chain, np.random.Generator):
-            tok = _host_draw(logits, row.temperature, chain)
-        else:
+            tok, drawn = _host_draw(logits, row.temperature, chain)
+        else:  # llama.cpp's chain (top_k / top_p): the untruncated softmax(logits / T)
             tok = int(self._ll.llama_sampler_sample(chain, self._ctx, index))
+            drawn = sample_logprob(logits, tok, row.temperature)
         piece = self.piece(tok)
-        row.add(tok, piece, float(logits[tok] - lse))
+        row.add(tok, piece, float(logits[tok] - lse), sample_logprob=drawn)
         row.pending = [tok]
         if row.check(*ends) is not None or calculate is None:
             return
@@ -352,7 +354,8 @@ class LlamaCppEngine:
         return Generation(text=text, token_ids=tuple(row.ids[:n]),
                           logprobs=tuple(row.logprobs[:n]), finish_reason=reason,
                           prompt_tokens=prompt_tokens, temperature=row.temperature,
-                          inserted=tuple(row.inserted[:n]))
+                          inserted=tuple(row.inserted[:n]),
+                          sample_logprobs=tuple(row.sample_logprobs[:n]))
 
 
 def _quiet(ll) -> None:
@@ -372,16 +375,29 @@ def _row_seed(seed: int, row: int) -> int:
 _TAIL = 30.0  # nats below the top logit (times T) beyond which no token is drawn
 
 
-def _host_draw(logits: np.ndarray, temperature: float, rng: np.random.Generator) -> int:
+def _host_draw(logits: np.ndarray, temperature: float, rng: np.random.Generator
+               ) -> tuple[int, float]:
     """A token from softmax(logits / T) (argmax at T <= 0), among those within
-    ``_TAIL``·T of the top logit: the mass left out is below 262144·e^-30 ≈ 2e-8."""
+    ``_TAIL``·T of the top logit (the mass left out is below 262144·e^-30 ≈ 2e-8), and
+    its log-prob under that distribution (0 at T <= 0), from the same sums."""
     if temperature <= 0:
-        return int(np.argmax(logits))
+        return int(np.argmax(logits)), 0.0
     top = float(logits.max())
     cand = np.flatnonzero(logits > top - _TAIL * temperature)
     cum = np.cumsum(np.exp((logits[cand] - top) / temperature, dtype=np.float64))
     i = int(np.searchsorted(cum, rng.random() * cum[-1], side="right"))
-    return int(cand[min(i, len(cand) - 1)])
+    tok = int(cand[min(i, len(cand) - 1)])
+    return tok, float((logits[tok] - top) / temperature - np.log(cum[-1]))
+
+
+def sample_logprob(logits: np.ndarray, token: int, temperature: float) -> float:
+    """log softmax(logits / T)[token]: the distribution a row at T draws from (0 at
+    T <= 0, where the draw is the argmax)."""
+    if temperature <= 0:
+        return 0.0
+    scaled = logits.astype(np.float64) / temperature
+    top = scaled.max()
+    return float(scaled[token] - top - np.log(np.exp(scaled - top).sum()))
 
 
 def _logsumexp(logits: np.ndarray) -> np.ndarray:

@@ -26,6 +26,7 @@ class Row:
     temperature: float
     ids: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
+    sample_logprobs: list[float] = field(default_factory=list)  # at the row's temperature
     inserted: list[bool] = field(default_factory=list)  # the calculator's, not sampled
     data: bytearray = field(default_factory=bytearray)
     ends: list[int] = field(default_factory=list)  # byte length after each token
@@ -33,16 +34,18 @@ class Row:
     prefix: str = ""  # the prompt's tail: an annotation may open in the prompt
     result: tuple[str, int, FinishReason] | None = None
 
-    def add(self, token: int, piece: bytes, logprob: float, *, inserted: bool = False) -> None:
+    def add(self, token: int, piece: bytes, logprob: float, *, inserted: bool = False,
+            sample_logprob: float = 0.0) -> None:
         self.ids.append(int(token))
         self.logprobs.append(0.0 if inserted else float(logprob))
+        self.sample_logprobs.append(0.0 if inserted else float(sample_logprob))
         self.inserted.append(inserted)
         self.data += piece
         self.ends.append(len(self.data))
 
     def drop_last(self) -> None:
         """Forgets the last token (one not yet fed to the model)."""
-        for seq in (self.ids, self.logprobs, self.inserted, self.ends):
+        for seq in (self.ids, self.logprobs, self.sample_logprobs, self.inserted, self.ends):
             seq.pop()
         del self.data[self.ends[-1] if self.ends else 0:]
 

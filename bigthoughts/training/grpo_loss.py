@@ -62,6 +62,9 @@ class RolloutBatch:
     # the whole step's normalisers (``step_normalisers``) when this is one micro-batch of
     # it: the loss and metrics then add up over the micro-batches to the step's
     normalisers: jax.Array | None = None
+    # log π_sampler,T of each completion token as the rollout engine drew it [B, C]:
+    # compared with the trainer's own (the mismatch metrics), never trained on
+    sampler_logps: jax.Array | None = None
 
     @property
     def groups(self) -> int:
@@ -80,13 +83,13 @@ class RolloutBatch:
             completion_tokens=self.completion_tokens[rows],
             completion_mask=self.completion_mask[rows], advantages=self.advantages[rows],
             ref_logps=cut(self.ref_logps, rows), old_logps=cut(self.old_logps, rows),
-            normalisers=self.normalisers)
+            normalisers=self.normalisers, sampler_logps=cut(self.sampler_logps, rows))
 
 
 jax.tree_util.register_dataclass(
     RolloutBatch,
     data_fields=["prompt_tokens", "prompt_valid", "completion_tokens", "completion_mask",
-                 "advantages", "ref_logps", "old_logps", "normalisers"],
+                 "advantages", "ref_logps", "old_logps", "normalisers", "sampler_logps"],
     meta_fields=[],
 )
 
@@ -183,6 +186,21 @@ def _full_sequence_logps(model, prompt_tokens, prompt_valid, completion_tokens, 
                                   temperature=temperature, with_entropy=with_entropy)
 
 
+def mismatch_metrics(trainer, sampler, mask, tokens) -> dict:
+    """How far the rollout engine's log-probs of its draws are from the trainer's own for
+    the same tokens at the same T: mean and largest |Δ log-prob|, the share of tokens
+    whose ratio trainer/sampler is outside [0.5, 2], and the per-token estimate of
+    KL(sampler ‖ trainer) (the mean of log q_sampler - log p_trainer over its draws).
+    Sums over ``mask`` divided by the step's ``tokens``, so micro-batches add up (the
+    largest is a maximum: ``SplitUpdate.accumulated`` combines ``*_max`` keys so)."""
+    delta = (trainer - sampler) * mask
+    outside = (jnp.abs(delta) > jnp.log(2.0)) * mask
+    return {"mismatch/abs_mean": jnp.abs(delta).sum() / tokens,
+            "mismatch/abs_max": jnp.abs(delta).max(),
+            "mismatch/ratio_outside": outside.sum() / tokens,
+            "mismatch/kl": -delta.sum() / tokens}
+
+
 def group_advantages(rewards: np.ndarray, group: int, *,
                      scale_by_std: bool = True) -> np.ndarray:
     """Group-relative advantages Â_i of the rewards r of G = ``group`` completions per
@@ -258,6 +276,9 @@ def grpo_loss(model, batch: RolloutBatch, *, group: int, beta: float, epsilon: f
            # the same fused pass computes it with the log-probs
            "entropy": _numerator(jax.lax.stop_gradient(entropy), mask, loss_agg_mode)
            / norms[0]}
+    if batch.sampler_logps is not None:
+        aux.update(mismatch_metrics(jax.lax.stop_gradient(logps), batch.sampler_logps, mask,
+                                    denom))
     loss = pg_loss
     if batch.ref_logps is not None:
         kl = tunix_common.compute_kl_divergence(logps, batch.ref_logps, kl_mode)

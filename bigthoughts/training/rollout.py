@@ -224,10 +224,17 @@ def to_batch(rollout: Rollout, tokenizer, max_new_tokens: int, *,
     if overlong_filter:
         c_mask *= grpo_loss.overlong_weights([g.finish_reason for g in rollout.generations]
                                              )[:, None]
+    sampled = None  # the engine's log-probs of its draws, where every row has them
+    if all(len(g.sample_logprobs) == len(g.token_ids) for g in rollout.generations):
+        sampled = np.zeros(c_tok.shape, np.float32)
+        for row, g in enumerate(rollout.generations):
+            values = g.sample_logprobs[:max_new_tokens]
+            sampled[row, : len(values)] = values
     return RolloutBatch(prompt_tokens=jnp.asarray(p_tok), prompt_valid=jnp.asarray(p_valid),
                         completion_tokens=jnp.asarray(c_tok),
                         completion_mask=jnp.asarray(c_mask),
-                        advantages=jnp.asarray(rollout.advantages, dtype=jnp.float32))
+                        advantages=jnp.asarray(rollout.advantages, dtype=jnp.float32),
+                        sampler_logps=None if sampled is None else jnp.asarray(sampled))
 
 
 def rollout_stats(rollout: Rollout) -> dict[str, float]:

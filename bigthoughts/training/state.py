@@ -99,11 +99,20 @@ class SplitUpdate:
             (loss, aux), grads = self.grads(params, *args)
             grads = jax.tree_util.tree_map(lambda g: g.astype(jnp.float32), grads)
             part = (loss, aux, grads)
-            total = part if total is None else jax.tree_util.tree_map(jnp.add, total, part)
+            total = part if total is None else _combine(total, part)
         loss, aux, grads = total
         grads = jax.tree_util.tree_map(lambda g, p: g.astype(p.dtype), grads, params)
         params, opt_state, norm = self.step(params, opt_state, grads)
         return params, opt_state, {"loss": loss, "grad_norm": norm, **aux}
+
+
+def _combine(total, part):
+    """Two micro-batches' (loss, aux, grads) as one: sums, but the maximum for the aux
+    metrics named ``*_max``."""
+    (loss, aux, grads), (loss2, aux2, grads2) = total, part
+    merged = {k: jnp.maximum(v, aux2[k]) if k.endswith("_max") else v + aux2[k]
+              for k, v in aux.items()}
+    return loss + loss2, merged, jax.tree_util.tree_map(jnp.add, grads, grads2)
 
 
 def make_optimizer(optim: OptimSection, max_steps: int

@@ -1,0 +1,48 @@
+"""The rollout engine's log-probs of its draws against the trainer's (issue 32): both
+engines record them at the sampling temperature, and each GRPO step logs how far apart
+the two computations are."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bigthoughts.training.grpo_loss import mismatch_metrics
+
+
+def test_metrics_on_known_offsets():
+    trainer = jnp.zeros((2, 4))
+    sampler = jnp.asarray([[0.1, -0.1, 1.0, 0.0], [0.0, -2.0, 5.0, 0.0]])
+    mask = jnp.asarray([[1, 1, 1, 0], [1, 1, 0, 0]], jnp.float32)  # 5 tokens count
+    got = {k: float(v) for k, v in mismatch_metrics(trainer, sampler, mask, 5.0).items()}
+    assert got["mismatch/abs_mean"] == pytest.approx((0.1 + 0.1 + 1.0 + 0.0 + 2.0) / 5)
+    assert got["mismatch/abs_max"] == pytest.approx(2.0)  # the masked 5.0 does not count
+    assert got["mismatch/ratio_outside"] == pytest.approx(2 / 5)  # |Δ| > log 2: 1.0 and 2.0
+    assert got["mismatch/kl"] == pytest.approx((0.1 - 0.1 + 1.0 + 0.0 - 2.0) / 5)
+
+
+def test_the_jax_sampler_and_the_trainer_agree_at_the_rollout_temperature(tmp_path):
+    """The JAX sampler's recorded log-probs (at T = 0.8) are the trainer's own for the same
+    tokens, to float32 rounding: the step's mismatch metrics say so."""
+    from bigthoughts.training.grpo_trainer import GRPOTrainer
+    from tests.train_toy import lowercase_share, toy_setup
+
+    config, examples, loaded = toy_setup(str(tmp_path))
+    config = dataclasses.replace(config, grpo=dataclasses.replace(config.grpo, temperature=0.8))
+    trainer = GRPOTrainer(config, tmp_path, examples=examples, loaded=loaded,
+                          reward_fns=[lowercase_share])
+    gens = trainer.sampler.generate(["say a 1"], temperatures=0.8, num_samples=3,
+                                    max_new_tokens=6, seed=3)
+    for g in gens:
+        assert len(g.sample_logprobs) == len(g.token_ids)
+        assert all(lp <= 0.0 for lp in g.sample_logprobs)
+        assert g.sample_logprobs != g.logprobs  # T = 0.8, not the model's T = 1
+    greedy = trainer.sampler.generate(["say a 1"], temperatures=0.0, max_new_tokens=4)[0]
+    assert set(greedy.sample_logprobs) == {0.0}  # a greedy draw is certain
+    record = trainer.train_step()
+    assert record["mismatch/abs_max"] < 1e-3, record
+    assert record["mismatch/abs_mean"] < 1e-4 and record["mismatch/ratio_outside"] == 0.0
+    assert np.isfinite(record["entropy"]) and record["entropy"] > 0
