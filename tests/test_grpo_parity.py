@@ -259,3 +259,56 @@ def test_variant_settings_match_tunix_configs(shared_prefill, monkeypatch, varia
 def test_full_sequence_fallback_matches_tunix(windowed, beta, mu):
     section = GRPOSection(beta=beta, temperature=0.7)
     _assert_parity(windowed, section, _tunix_config(section), mu=mu, seed=5, window_path=True)
+
+
+def test_truncated_importance_sampling_matches_tunix_sampler_is(shared_prefill):
+    """``grpo.sampler_correction: token``: our loss and LoRA gradients with the sampler's
+    log-probs equal Tunix's ``grpo_loss_fn`` given ``sampler_is_weights`` computed here
+    (numpy) as min(π_trainer / π_sampler, C) on the completion mask, as its agentic
+    learner computes them."""
+    ours_model, theirs_model = shared_prefill
+    data = _data(5)
+    section = GRPOSection(beta=0.04, temperature=0.7, sampler_correction="token")
+    t = section.resolved_logp_temperature
+    ref, _ = _batch_inputs(theirs_model, data, beta=section.beta, mu=1, temperature=t)
+    trainer = _tunix_logps(theirs_model, data, t)
+    sampler = (trainer + data.rng.normal(0.0, 0.6, trainer.shape)).astype(np.float32)
+    weights = np.minimum(np.exp(np.clip(trainer - sampler, -20, 20)), 2.0) * data.mask
+    assert 0 < (weights[data.mask > 0] >= 2.0).sum() < (data.mask > 0).sum()  # the cap acts
+
+    graphdef, lora, rest = nnx.split(ours_model, nnx.LoRAParam, ...)
+    batch = grpo.RolloutBatch(
+        prompt_tokens=jnp.asarray(data.prompts), prompt_valid=jnp.asarray(data.valid),
+        completion_tokens=jnp.asarray(data.completions), completion_mask=jnp.asarray(data.mask),
+        advantages=jnp.asarray(data.advantages), ref_logps=ref,
+        sampler_logps=jnp.asarray(sampler))
+
+    def ours(lora_state):
+        return grpo.grpo_loss(nnx.merge(graphdef, lora_state, rest), batch, group=G,
+                              beta=section.beta, epsilon=section.epsilon, temperature=t,
+                              correction="token", correction_cap=2.0)
+
+    (ours_loss, aux), ours_grads = jax.value_and_grad(ours, has_aux=True)(lora)
+    graphdef2, lora2, rest2 = nnx.split(theirs_model, nnx.LoRAParam, ...)
+    example = tunix_common.TrainExample(
+        prompt_ids=jnp.asarray(np.repeat(data.prompts, G, axis=0)),
+        prompt_mask=jnp.asarray(np.repeat(data.valid, G, axis=0)),
+        completion_ids=jnp.asarray(data.completions), completion_mask=jnp.asarray(data.mask),
+        advantages=jnp.asarray(data.advantages), ref_per_token_logps=ref,
+        old_per_token_logps=None, sampler_is_weights=jnp.asarray(weights, jnp.float32))
+
+    def theirs(lora_state):
+        return algo_core.grpo_loss_fn(nnx.merge(graphdef2, lora_state, rest2), example,
+                                      _tunix_config(section), PAD, EOS)
+
+    (their_loss, _), their_grads = jax.value_and_grad(theirs, has_aux=True)(lora2)
+    np.testing.assert_allclose(float(ours_loss), float(their_loss), rtol=1e-4)
+    mine, want = dict(nnx.to_flat_state(ours_grads)), dict(nnx.to_flat_state(their_grads))
+    for path, g in want.items():
+        w = np.asarray(g[...])
+        np.testing.assert_allclose(np.asarray(mine[path][...]), w, rtol=1e-4,
+                                   atol=1e-5 * np.abs(w).max(), err_msg=str(path))
+    plain = grpo.grpo_loss(ours_model, batch, group=G, beta=section.beta,
+                           epsilon=section.epsilon, temperature=t)[0]
+    assert abs(float(plain) - float(ours_loss)) > 1e-4  # the weights changed the loss
+    assert float(aux["mismatch/ratio_outside"]) > 0

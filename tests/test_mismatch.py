@@ -46,3 +46,31 @@ def test_the_jax_sampler_and_the_trainer_agree_at_the_rollout_temperature(tmp_pa
     assert record["mismatch/abs_max"] < 1e-3, record
     assert record["mismatch/abs_mean"] < 1e-4 and record["mismatch/ratio_outside"] == 0.0
     assert np.isfinite(record["entropy"]) and record["entropy"] > 0
+
+
+def test_sampler_weights_per_mode():
+    from bigthoughts.training.grpo_loss import sampler_weights
+
+    trainer = jnp.log(jnp.asarray([[1.0, 3.0, 0.5, 9.0]]))  # ratios to a sampler at 0
+    sampler = jnp.zeros((1, 4))
+    mask = jnp.asarray([[1.0, 1.0, 1.0, 0.0]])  # the 4th is a calculator token
+    token = np.asarray(sampler_weights(trainer, sampler, mask, "token", 2.0))
+    np.testing.assert_allclose(token, [[1.0, 2.0, 0.5, 0.0]], rtol=1e-6)
+    dropped = np.asarray(sampler_weights(trainer, sampler, mask, "token_mask", 2.0))
+    np.testing.assert_allclose(dropped, [[1.0, 0.0, 0.5, 0.0]], rtol=1e-6)
+    seq = np.asarray(sampler_weights(trainer, sampler, mask, "sequence", 2.0))
+    np.testing.assert_allclose(seq, [[1.5, 1.5, 1.5, 0.0]], rtol=1e-6)  # 1 * 3 * 0.5 < 2
+    capped = np.asarray(sampler_weights(trainer * 2, sampler, mask, "sequence", 2.0))
+    np.testing.assert_allclose(capped, [[2.0, 2.0, 2.0, 0.0]], rtol=1e-6)  # 2.25 -> 2
+
+
+@pytest.mark.parametrize("override, message", [
+    ("grpo.sampler_correction=tis", "sampler_correction"),
+    ("grpo.sampler_correction_cap=0.5", "sampler_correction_cap")])
+def test_bad_correction_settings_are_named(override, message):
+    from bigthoughts.config import ConfigError, load_yaml
+    from bigthoughts.training.config import TrainConfig
+    from tests.conftest import REPO_ROOT
+
+    with pytest.raises(ConfigError, match=message):
+        load_yaml(TrainConfig, REPO_ROOT / "configs" / "gemma3-270m-cpu.yaml", [override])

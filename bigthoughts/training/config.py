@@ -152,6 +152,15 @@ class GRPOSection:
     # with exit status 76 instead of going on. 0: warn only
     guard_truncated: float = 0.5
     guard_patience: int = 20
+    # the rollout engine's draws are not the trainer's computation (llama.cpp's quantised
+    # kernels, another precision): truncated importance sampling reweights each token's
+    # policy loss by w = π_old,trainer / π_sampler of it, capped at sampler_correction_cap
+    # (stop-gradient, as Tunix's sampler_is and TRL's vLLM correction). "token": w per
+    # token, min(w, C); "sequence": the sequence's product of ratios, min(., C), for all
+    # its tokens; "token_mask": w where w <= C, 0 beyond (those tokens dropped). Calculator
+    # tokens stay out (their mask is 0). None: off (docs/DESIGN-NOTES.md §13: measured)
+    sampler_correction: str | None = None
+    sampler_correction_cap: float = 2.0
 
     def __post_init__(self) -> None:
         if self.rollout_engine not in ("jax", "llama.cpp"):
@@ -161,6 +170,13 @@ class GRPOSection:
             raise ValueError("grpo.num_generations (G) must be >= 2 for group advantages")
         for name in ("beta", "epsilon", "temperature"):
             _finite(f"grpo.{name}", getattr(self, name))
+        if self.sampler_correction not in (None, "token", "sequence", "token_mask"):
+            raise ValueError(f"grpo.sampler_correction must be token, sequence, token_mask "
+                             f"or null, got {self.sampler_correction!r}")
+        _finite("grpo.sampler_correction_cap", self.sampler_correction_cap)
+        if self.sampler_correction_cap < 1.0:
+            raise ValueError(f"grpo.sampler_correction_cap must be >= 1, got "
+                             f"{self.sampler_correction_cap}")
         if not 0.0 <= self.guard_truncated <= 1.0:
             raise ValueError(f"grpo.guard_truncated must be in [0, 1], got {self.guard_truncated}")
         if self.guard_patience < 0:

@@ -186,6 +186,22 @@ def _full_sequence_logps(model, prompt_tokens, prompt_valid, completion_tokens, 
                                   temperature=temperature, with_entropy=with_entropy)
 
 
+def sampler_weights(trainer, sampler, mask, mode: str, cap: float):
+    """Importance weights of the sampled tokens, π_trainer / π_sampler, per ``mode``:
+    ``token`` min(w_t, C); ``sequence`` min(Π_t w_t, C) for every token of the row;
+    ``token_mask`` w_t where w_t <= C, else 0. Stop-gradient; 0 where ``mask`` is 0."""
+    log_ratio = jnp.clip(jax.lax.stop_gradient(trainer) - sampler, -20.0, 20.0) * mask
+    if mode == "sequence":
+        row = jnp.exp(jnp.clip(log_ratio.sum(axis=-1, keepdims=True), -20.0, 20.0))
+        weights = jnp.minimum(row, cap) * jnp.ones_like(log_ratio)
+    elif mode == "token_mask":
+        ratio = jnp.exp(log_ratio)
+        weights = jnp.where(ratio <= cap, ratio, 0.0)
+    else:
+        weights = jnp.minimum(jnp.exp(log_ratio), cap)
+    return jax.lax.stop_gradient(weights * mask)
+
+
 def mismatch_metrics(trainer, sampler, mask, tokens) -> dict:
     """How far the rollout engine's log-probs of its draws are from the trainer's own for
     the same tokens at the same T: mean and largest |Δ log-prob|, the share of tokens
@@ -239,7 +255,8 @@ def overlong_weights(finish_reasons: Sequence[str]) -> np.ndarray:
 def grpo_loss(model, batch: RolloutBatch, *, group: int, beta: float, epsilon: float,
               epsilon_high: float | None = None,
               loss_agg_mode: str = "sequence-mean-token-mean", kl_mode: str = "low_var_kl",
-              temperature: float = 1.0, remat: bool = False):
+              temperature: float = 1.0, remat: bool = False, correction: str | None = None,
+              correction_cap: float = 2.0):
     """Returns ``(loss, aux)``: the clipped surrogate + β·KL of Tunix's ``grpo_loss_fn``.
 
     Per token t of completion i, with ρ = π_θ,T / π_old,T (π_old = π_θ detached when
@@ -251,7 +268,8 @@ def grpo_loss(model, batch: RolloutBatch, *, group: int, beta: float, epsilon: f
     ``aggregate_loss``; its normalisers are the step's when ``batch`` is a micro-batch).
     β = ``beta``, ε_low = ``epsilon``, ε_high = ``epsilon_high`` (None: = ε_low; DAPO's
     clip-higher sets it larger), KL by ``kl_mode``, T = ``temperature`` (the rollout
-    temperature; old/ref log-probs must use the same).
+    temperature; old/ref log-probs must use the same). ``correction``: the sampler's
+    truncated importance sampling (:func:`sampler_weights`), on the surrogate only.
     """
     logps, entropy = completion_logps(model, batch.prompt_tokens, batch.prompt_valid,
                                       batch.completion_tokens, group, remat=remat,
@@ -265,6 +283,9 @@ def grpo_loss(model, batch: RolloutBatch, *, group: int, beta: float, epsilon: f
     unclipped = -adv * ratio
     clipped = -adv * jnp.clip(ratio, 1.0 - epsilon, 1.0 + high)
     per_token = jnp.maximum(unclipped, clipped)
+    if correction is not None and batch.sampler_logps is not None:
+        weights = sampler_weights(old, batch.sampler_logps, mask, correction, correction_cap)
+        per_token = per_token * weights
     norms = step_normalisers(mask, loss_agg_mode) if batch.normalisers is None \
         else batch.normalisers
     denom = norms[1]  # the step's completion tokens, for the token-weighted metrics

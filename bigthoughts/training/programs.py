@@ -39,7 +39,8 @@ def grpo_grads(graphdef, g: GRPOSection, lora, base, batch: grpo_loss.RolloutBat
                                    epsilon=g.epsilon, epsilon_high=g.epsilon_high,
                                    loss_agg_mode=g.loss_agg_mode, kl_mode=g.kl_mode,
                                    temperature=g.resolved_logp_temperature,
-                                   remat=g.remat_layers)
+                                   remat=g.remat_layers, correction=g.sampler_correction,
+                                   correction_cap=g.sampler_correction_cap)
 
     return jax.value_and_grad(loss_fn, has_aux=True)(lora)
 

@@ -30,7 +30,9 @@ RESUMABLE_CHANGES: tuple[str, ...] = ("grpo.remat_layers", "grpo.rollout_engine"
 # Keys added after runs were saved, with the value that reproduces what those runs did:
 # a saved config without the key compares as if it had this value.
 ADDED_KEYS: dict[str, object] = {"grpo.dynamic_sampling": 0, "data.dev_ids_file": None,
-                                  "eval_max_new_tokens": None}
+                                  "eval_max_new_tokens": None,
+                                  "grpo.sampler_correction": None,
+                                  "grpo.sampler_correction_cap": 2.0}
 
 
 def run_identity(config: Mapping, resumable_changes=RESUMABLE_CHANGES) -> dict:
