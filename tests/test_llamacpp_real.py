@@ -241,3 +241,29 @@ def test_calculator_replaces_a_token_that_joins_the_equals_to_a_sign(base_engine
     inserted = b"".join(base_engine.piece(t) for t, ins in
                         zip(calc.token_ids, calc.inserted, strict=True) if ins)
     assert inserted == b"=-5>>" and calc.inserted[:3] == (True, True, True)
+
+
+def test_llamacpp_draws_carry_their_log_probs_near_the_trainers(real_model, base_engine):
+    """The llama.cpp engine's log-probs of its own draws at T = 0.7 against the float32
+    JAX trainer's for the same tokens: finite, not identical (quantised kernels), close
+    (the mismatch the GRPO step logs)."""
+    from bigthoughts.training import grpo_loss
+    from bigthoughts.training.rollout import pad_left, pad_right
+
+    prompt = build_prompt("Tom has 3 apples and buys 4 more. How many apples?", "zeroshot", 0)
+    gens = base_engine.generate([prompt], temperatures=0.7, num_samples=2, max_new_tokens=12,
+                                seed=5)
+    tok = real_model.tokenizer
+    p_tok, p_valid = pad_left([tok.encode(prompt, add_bos=True)], 16, tok.pad_id())
+    c_tok, mask = pad_right([g.token_ids for g in gens], 12, tok.pad_id())
+    sampler = np.zeros(c_tok.shape, np.float32)
+    for row, g in enumerate(gens):
+        assert len(g.sample_logprobs) == g.num_tokens
+        sampler[row, : g.num_tokens] = g.sample_logprobs
+    trainer = grpo_loss.completion_logps(real_model.model, jnp.asarray(p_tok),
+                                         jnp.asarray(p_valid), jnp.asarray(c_tok), 2,
+                                         temperature=0.7)
+    got = {k: float(v) for k, v in grpo_loss.mismatch_metrics(
+        trainer, jnp.asarray(sampler), jnp.asarray(mask), float(mask.sum())).items()}
+    assert all(np.isfinite(v) for v in got.values())
+    assert 0.0 < got["mismatch/abs_mean"] < 0.2 and got["mismatch/abs_max"] < 2.0, got

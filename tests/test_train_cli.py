@@ -148,3 +148,15 @@ def test_a_second_train_into_a_busy_run_directory_is_one_line(setup, capsys):
     err = one_line_error(capsys)
     assert f"(PID {proc.pid})" in err and not (setup[2] / "metrics.jsonl").exists()
     assert train_cli(setup, "--max-steps", "1") == 0  # the killed holder left no lock
+
+
+def test_a_run_without_signal_exits_76_after_its_patience(setup, capsys):
+    """With every reward weight 0, every group's rewards are equal.
+    With grpo.guard_patience=2 the run saves step 2 and exits 76 with one error line."""
+    out = setup[2]
+    assert train_cli(setup, "grpo.guard_patience=2", "eval_every=0",
+                     "rewards.weights={format: 0.0}") == 76  # every reward 0
+    err = capsys.readouterr().err
+    assert err.count("no group has reward spread") == 2 and "Traceback" not in err
+    assert "error: stopped at step 2 (checkpoint saved)" in err and "guard_patience" in err
+    assert (out / "checkpoints" / "step_000002").is_dir() and not (out / "export").exists()
