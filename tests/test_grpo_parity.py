@@ -127,14 +127,15 @@ def _ours(model, data, ref, old, section: GRPOSection):
     return float(value), aux, dict(nnx.to_flat_state(grads))
 
 
-def _theirs(model, data, ref, old, algo):
+def _theirs(model, data, ref, old, algo, **extra):
+    """Tunix's loss and LoRA gradients; ``extra``: more ``TrainExample`` fields."""
     graphdef, lora, rest = nnx.split(model, nnx.LoRAParam, ...)
     example = tunix_common.TrainExample(
         prompt_ids=jnp.asarray(np.repeat(data.prompts, G, axis=0)),
         prompt_mask=jnp.asarray(np.repeat(data.valid, G, axis=0)),
         completion_ids=jnp.asarray(data.completions), completion_mask=jnp.asarray(data.mask),
         advantages=jnp.asarray(data.advantages), ref_per_token_logps=ref,
-        old_per_token_logps=old)
+        old_per_token_logps=old, **extra)
 
     def loss(lora_state):
         return algo_core.grpo_loss_fn(nnx.merge(graphdef, lora_state, rest), example, algo,
@@ -289,21 +290,10 @@ def test_truncated_importance_sampling_matches_tunix_sampler_is(shared_prefill):
                               correction="token", correction_cap=2.0)
 
     (ours_loss, aux), ours_grads = jax.value_and_grad(ours, has_aux=True)(lora)
-    graphdef2, lora2, rest2 = nnx.split(theirs_model, nnx.LoRAParam, ...)
-    example = tunix_common.TrainExample(
-        prompt_ids=jnp.asarray(np.repeat(data.prompts, G, axis=0)),
-        prompt_mask=jnp.asarray(np.repeat(data.valid, G, axis=0)),
-        completion_ids=jnp.asarray(data.completions), completion_mask=jnp.asarray(data.mask),
-        advantages=jnp.asarray(data.advantages), ref_per_token_logps=ref,
-        old_per_token_logps=None, sampler_is_weights=jnp.asarray(weights, jnp.float32))
-
-    def theirs(lora_state):
-        return algo_core.grpo_loss_fn(nnx.merge(graphdef2, lora_state, rest2), example,
-                                      _tunix_config(section), PAD, EOS)
-
-    (their_loss, _), their_grads = jax.value_and_grad(theirs, has_aux=True)(lora2)
-    np.testing.assert_allclose(float(ours_loss), float(their_loss), rtol=1e-4)
-    mine, want = dict(nnx.to_flat_state(ours_grads)), dict(nnx.to_flat_state(their_grads))
+    their_loss, _, want = _theirs(theirs_model, data, ref, None, _tunix_config(section),
+                                  sampler_is_weights=jnp.asarray(weights, jnp.float32))
+    np.testing.assert_allclose(float(ours_loss), their_loss, rtol=1e-4)
+    mine = dict(nnx.to_flat_state(ours_grads))
     for path, g in want.items():
         w = np.asarray(g[...])
         np.testing.assert_allclose(np.asarray(mine[path][...]), w, rtol=1e-4,
