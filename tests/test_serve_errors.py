@@ -66,6 +66,10 @@ BAD_CHAT = [
     (chat(calculator=True), 400, "calculator", "calculator_unavailable"),
     (chat(messages=[{"role": "user", "content": "x" * 1_000_000}]), 413, None,
      "request_too_large"),
+    (b'{"model": "tiny", "messages": ' + b"[" * 10_000 + b"]" * 10_000 + b"}", 400, None,
+     "invalid_json"),  # deeper than the JSON parser recurses
+    (b'{"model": "tiny", "messages": [{"role": "user", "content": "hi \\ud800"}]}', 400,
+     None, "invalid_unicode"),  # a lone surrogate: no UTF-8 text holds it
 ]
 
 

@@ -112,6 +112,18 @@ def read_json(body: bytes, limits: Limits) -> dict[str, Any]:
         data = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise APIError(400, f"malformed JSON body: {exc}", code="invalid_json") from None
+    except RecursionError:
+        raise APIError(400, "malformed JSON body: nested too deeply",
+                       code="invalid_json") from None
+    try:  # JSON may spell a lone UTF-16 surrogate ("\ud800"), which no text can hold
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise APIError(400, "the body holds a lone UTF-16 surrogate (\\ud800-\\udfff "
+                            "without its pair): not valid Unicode text",
+                       code="invalid_unicode") from None
+    except RecursionError:
+        raise APIError(400, "malformed JSON body: nested too deeply",
+                       code="invalid_json") from None
     if not isinstance(data, dict):
         raise APIError(422, "the request body must be a JSON object", code="invalid_type")
     return data
