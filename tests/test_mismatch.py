@@ -66,11 +66,12 @@ def test_sampler_weights_per_mode():
 
 @pytest.mark.parametrize("override, message", [
     ("grpo.sampler_correction=tis", "sampler_correction"),
-    ("grpo.sampler_correction_cap=0.5", "sampler_correction_cap")])
+    ("grpo.sampler_correction_cap=0.5", "sampler_correction_cap"),
+    ("grpo.sampler_correction=token grpo.logp_temperature=0.7", "rollout temperature")])
 def test_bad_correction_settings_are_named(override, message):
     from bigthoughts.config import ConfigError, load_yaml
     from bigthoughts.training.config import TrainConfig
     from tests.conftest import REPO_ROOT
 
     with pytest.raises(ConfigError, match=message):
-        load_yaml(TrainConfig, REPO_ROOT / "configs" / "gemma3-270m-cpu.yaml", [override])
+        load_yaml(TrainConfig, REPO_ROOT / "configs" / "gemma3-270m-cpu.yaml", override.split())

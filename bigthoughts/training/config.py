@@ -173,6 +173,11 @@ class GRPOSection:
         if self.sampler_correction not in (None, "token", "sequence", "token_mask"):
             raise ValueError(f"grpo.sampler_correction must be token, sequence, token_mask "
                              f"or null, got {self.sampler_correction!r}")
+        if self.sampler_correction is not None and self.resolved_logp_temperature != \
+                self.temperature:
+            raise ValueError(f"grpo.sampler_correction needs the log-probs at the rollout "
+                             f"temperature ({self.temperature}), not logp_temperature "
+                             f"{self.resolved_logp_temperature}")
         _finite("grpo.sampler_correction_cap", self.sampler_correction_cap)
         if self.sampler_correction_cap < 1.0:
             raise ValueError(f"grpo.sampler_correction_cap must be >= 1, got "

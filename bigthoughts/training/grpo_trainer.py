@@ -156,8 +156,13 @@ class GRPOTrainer:
 
         drawn, kept = ro.gather(draw, cfg.prompts_per_step, cfg.grpo.dynamic_sampling)
         rollout = ro.concat([drawn], kept)
-        batch = self._with_logps(ro.to_batch(rollout, self.tokenizer, cfg.grpo.max_new_tokens,
-                                             overlong_filter=cfg.grpo.overlong_filter))
+        batch = ro.to_batch(rollout, self.tokenizer, cfg.grpo.max_new_tokens,
+                            overlong_filter=cfg.grpo.overlong_filter)
+        if cfg.grpo.resolved_logp_temperature != cfg.grpo.temperature:
+            # the engine's log-probs are at the rollout T, the trainer's at another: no
+            # mismatch to measure or correct between two different distributions
+            batch = dataclasses.replace(batch, sampler_logps=None)
+        batch = self._with_logps(batch)
         t1 = time.perf_counter()
         aux = self._updates(batch)
         t_update = time.perf_counter() - t1
