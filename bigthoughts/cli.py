@@ -268,10 +268,13 @@ def cmd_train(args) -> int:
         sft,
         train,
     )
+    from bigthoughts.training.trackers import report_override
 
     overrides = list(args.overrides or [])
     if args.data:
         overrides.append(f"data.path={args.data}")
+    if args.report_to is not None:
+        overrides.append(report_override(args.report_to))
     load, run = (load_sft_config, sft) if args.command == "sft" else (load_train_config, train)
     config = load(args.config, overrides)
     try:

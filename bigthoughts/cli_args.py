@@ -106,6 +106,9 @@ def _add_other_commands(sub) -> None:
                        help="e.g. 8h45m: checkpoint and exit (75) before it ends")
         p.add_argument("--out", default=None, help="run directory (default from the config)")
         p.add_argument("--data", default=None, help="GSM8K dir (default: $BIGTHOUGHTS_DATA)")
+        p.add_argument("--report-to", default=None, metavar="TRACKERS",
+                       help="tensorboard (default), wandb, both comma-separated, or none "
+                            "(= override report.to; W&B offline: WANDB_MODE=offline)")
         p.add_argument("--coordinator", default=None, metavar="HOST:PORT",
                        help="multi-host: process 0's address (or $JAX_COORDINATOR_ADDRESS)")
         p.add_argument("--num-processes", type=int, default=None,

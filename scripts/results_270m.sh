@@ -3,7 +3,7 @@
 # on the full GSM8K test set -> report. Every step resumes when rerun (training by its
 # relay checkpoints, evaluation by its results.jsonl), so a sitting can stop anywhere.
 #   bash scripts/results_270m.sh STAGE   # sft | grpo | ablation | solvable | stage3 | stage4
-#                                        # | stage5 | nocalc | nocalc-outcome | arith | sft2 | relay | eval | ship
+#                                        # | stage5 | nocalc | nocalc-outcome | arith | sft2 | relay | tis | eval | ship
 #                                        # | report
 # A stage's product is committed before the next sitting (a fresh machine has only git):
 #   sft  -> adapters/gemma3-270m-sft.safetensors   grpo -> adapters/gemma3-270m-grpo.safetensors
@@ -14,6 +14,7 @@
 #   arith -> adapters/gemma3-270m-arith.safetensors (not committed: a null result, see RESULTS)
 #   sft2 -> adapters/gemma3-270m-sft2.safetensors (not committed: a null result, see RESULTS)
 #   relay -> docs/results/gemma3-270m-v2/relay/ (the carry: scripts/relay_carry.py)
+#   tis -> docs/results/gemma3-270m-v2/tis/{null,token}/ (metrics, config, dev evaluations)
 #   eval -> docs/results/gemma3-270m-v2/<run>/{results.jsonl,summary.json,run.json}
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,7 +33,7 @@ stage() {
   fi
 }
 
-case "${1:?usage: results_270m.sh sft|grpo|ablation|solvable|stage3|stage4|stage5|nocalc|nocalc-outcome|arith|sft2|relay|eval|ship|report}" in
+case "${1:?usage: results_270m.sh sft|grpo|ablation|solvable|stage3|stage4|stage5|nocalc|nocalc-outcome|arith|sft2|relay|tis|eval|ship|report}" in
   sft)
     stage sft configs/gemma3-270m-sft.yaml gemma3-270m-sft adapters/gemma3-270m-sft.safetensors ;;
   grpo)  # continues the SFT adapter's LoRA: its export is one adapter, base -> final
@@ -92,6 +93,16 @@ case "${1:?usage: results_270m.sh sft|grpo|ablation|solvable|stage3|stage4|stage
     relay nice -n 19 $B train --config configs/gemma3-270m-grpo-relay.yaml --out $run \
       --time-budget "$BUDGET" 2>&1 | tee -a $run/sittings.log
     .venv/bin/python scripts/relay_carry.py pack $run $carry ;;
+  tis)  # issue 32: two matched 20-step runs of the relay recipe, without and with truncated
+    # importance sampling (same seed, same questions: no dynamic sampling), dev accuracy at
+    # steps 0 and 20; the mismatch series is in their metrics
+    for corr in null token; do
+      run=$RUNS/gemma3-270m-tis-$corr
+      relay nice -n 19 $B train --config configs/gemma3-270m-grpo-relay.yaml --out $run \
+        max_steps=20 eval_every=20 save_every=10 grpo.dynamic_sampling=0 \
+        grpo.sampler_correction=$corr --time-budget "$BUDGET"
+      mkdir -p $OUT/tis/$corr && cp -r $run/metrics.jsonl $run/config.json $run/evals $OUT/tis/$corr/
+    done ;;
   sft2)  # stage 4 continues supervised on more GSM8K train reference solutions
     stage sft configs/gemma3-270m-sft2.yaml gemma3-270m-sft2 \
       adapters/gemma3-270m-sft2.safetensors ;;

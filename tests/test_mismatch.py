@@ -75,3 +75,64 @@ def test_bad_correction_settings_are_named(override, message):
 
     with pytest.raises(ConfigError, match=message):
         load_yaml(TrainConfig, REPO_ROOT / "configs" / "gemma3-270m-cpu.yaml", override.split())
+
+
+def _reference_loss(logps, old, sampler, ref, adv, mask, mode, cap, eps, beta):
+    """The clipped surrogate weighted by truncated importance sampling, plus β·KL (k3),
+    sequence-mean-token-mean, written out in float64 NumPy one token at a time."""
+    rows = []
+    for i in range(logps.shape[0]):
+        total, kl_total, n = 0.0, 0.0, mask[i].sum()
+        seq_ratio = np.exp(sum(old[i, t] - sampler[i, t] for t in range(logps.shape[1])
+                               if mask[i, t]))
+        for t in range(logps.shape[1]):
+            if not mask[i, t]:
+                continue
+            rho = np.exp(logps[i, t] - old[i, t])
+            surrogate = max(-adv[i] * rho, -adv[i] * min(max(rho, 1 - eps), 1 + eps))
+            w = np.exp(old[i, t] - sampler[i, t])
+            w = {"token": min(w, cap), "token_mask": w if w <= cap else 0.0,
+                 "sequence": min(seq_ratio, cap)}[mode]
+            d = ref[i, t] - logps[i, t]
+            total += surrogate * w
+            kl_total += np.exp(d) - d - 1
+        rows.append((total + beta * kl_total) / n)
+    return float(np.mean(rows))
+
+
+@pytest.mark.parametrize("mode", ["token", "sequence", "token_mask"])
+def test_the_corrected_loss_equals_a_numpy_reference(mode):
+    """A hand-built batch: 2 prompts × G = 2, a masked (calculator) token inside a row, a
+    padded tail, old log-probs that put some ratios outside the clip range, and sampler
+    log-probs that put some importance weights above the cap C = 2."""
+    from bigthoughts.training.grpo_loss import RolloutBatch, completion_logps, grpo_loss
+    from tests.tiny import tiny_model
+
+    model, _ = tiny_model(seed=5)
+    prompts = jnp.asarray([[0, 7, 8, 9], [3, 4, 5, 6]], jnp.int32)
+    valid = jnp.asarray([[0, 1, 1, 1], [1, 1, 1, 1]], bool)
+    completions = jnp.asarray([[10, 11, 12, 13, 14], [15, 16, 17, 0, 0],
+                               [18, 19, 20, 21, 22], [23, 24, 25, 26, 0]], jnp.int32)
+    mask = np.asarray([[1, 1, 0, 1, 1], [1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 1, 1, 0]],
+                      np.float32)
+    logps = np.asarray(completion_logps(model, prompts, valid, completions, 2), np.float64)
+    rng = np.random.default_rng(0)
+    old = logps + rng.normal(0.0, 0.3, logps.shape)  # ratios e^±0.3: some clipped at 0.2
+    sampler = old + np.asarray([[0.1, -1.2, 3.0, -0.9, 0.0], [0.2, -0.1, 0.0, 5.0, 0.0],
+                                [-0.8, 0.4, -0.3, 0.05, 0.0], [0.0, 9.0, -1.0, 0.5, 0.0]])
+    ref = logps + rng.normal(0.0, 0.2, logps.shape)
+    adv = np.asarray([1.0, -1.0, 0.5, -0.5])
+    f32 = lambda x: jnp.asarray(x, jnp.float32)  # noqa: E731
+    batch = RolloutBatch(prompt_tokens=prompts, prompt_valid=valid,
+                         completion_tokens=completions, completion_mask=f32(mask),
+                         advantages=f32(adv), ref_logps=f32(ref), old_logps=f32(old),
+                         sampler_logps=f32(sampler))
+    loss, _ = grpo_loss(model, batch, group=2, beta=0.04, epsilon=0.2, correction=mode,
+                        correction_cap=2.0)
+    expected = _reference_loss(logps, np.asarray(f32(old), np.float64),
+                               np.asarray(f32(sampler), np.float64),
+                               np.asarray(f32(ref), np.float64), adv, mask, mode, 2.0,
+                               0.2, 0.04)
+    assert float(loss) == pytest.approx(expected, rel=1e-5, abs=1e-6)
+    plain, _ = grpo_loss(model, batch, group=2, beta=0.04, epsilon=0.2)
+    assert abs(float(plain) - expected) > 1e-3  # the weights changed this loss

@@ -67,7 +67,7 @@ def test_prepare_run_dir_writes_once_and_refuses_another_run(tmp_path):
 
 
 def test_truncation_keeps_earlier_steps_and_replaces_the_file(tmp_path):
-    log = MetricsLog(tmp_path, tensorboard=False)
+    log = MetricsLog(tmp_path, trackers=())
     for step in (1, 2, 3):
         log.append({"step": step, "reward_mean": float(step)})
         log.append_samples(step, [{"text": "t", "reward": 0.0}])

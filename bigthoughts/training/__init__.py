@@ -38,6 +38,7 @@ from bigthoughts.training.rundir import check_run_dir, prepare_run_dir
 from bigthoughts.training.sft import SFTStage, prepare_data
 from bigthoughts.training.sft_config import SFTConfig, load_sft_config
 from bigthoughts.training.state import lean_cpu_scheduler
+from bigthoughts.training.trackers import check_trackers
 
 __all__ = ["EXIT_NO_SIGNAL", "EXIT_RELAY", "GRPOTrainer", "OutOfMemory", "SFTConfig", "StageResult",
            "TrainConfig", "load_sft_config", "load_train_config", "sft", "train"]
@@ -107,6 +108,7 @@ def _checked_start(config: TrainConfig | SFTConfig, max_steps: int | None,
     deadline = _deadline(time_budget)
     check_run_dir(out, _run_record(config))
     check_adapter_path(config.model, _trained_lora(config))
+    check_trackers(config.report)
     return limit, out, deadline
 
 

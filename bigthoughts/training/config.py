@@ -19,6 +19,7 @@ from typing import ClassVar
 
 from bigthoughts.config import RewardConfig, load_yaml
 from bigthoughts.models.lora import LoraSection
+from bigthoughts.training.trackers import ReportSection
 
 __all__ = ["DataSection", "GRPOSection", "ModelSection", "OptimSection", "TrainConfig",
            "load_train_config"]
@@ -269,6 +270,7 @@ class TrainConfig:
     eval_max_new_tokens: int | None = None
     mesh_fsdp: int = 1
     mesh_tp: int = 1
+    report: ReportSection = field(default_factory=ReportSection)
     seed: int = 0
     out_dir: str = "runs/train"
 

@@ -88,7 +88,7 @@ class GRPOTrainer:
         self.step = 0
         self.order = ro.DataOrder(len(self.examples), config.seed)
         self.store = CheckpointStore(self.out / "checkpoints", keep=config.keep_checkpoints)
-        self.log = log or MetricsLog(self.out)
+        self.log = log or MetricsLog.for_run(self.out, config)
         self.last_updates: list[dict] = []  # aux of each of the μ updates of the last step
         self.quiet_steps = 0  # steps in a row without a policy gradient (the guards)
         # the compiled programs, from the function scripts/aot_memory.py measures

@@ -3,7 +3,8 @@
 ``config.json`` names the recipe a directory belongs to; a rerun with a different
 recipe is refused, naming each differing key with both values. ``metrics.jsonl``
 (one record per step or evaluation), ``samples.jsonl`` (every completion with its
-reward) and TensorBoard scalars are appended as the run goes; on resume they are cut
+reward) and the trackers' copies (TensorBoard, W&B: ``trackers``) are appended as the
+run goes; on resume they are cut
 back to the checkpoint's step (atomically), so redone steps appear once.
 """
 
@@ -14,19 +15,22 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import bigthoughts.training.hosts as hosts
-from bigthoughts.config import ConfigError
+from bigthoughts.config import ConfigError, to_dict
 from bigthoughts.files import atomic_write_json, atomic_write_text, read_jsonl
 from bigthoughts.rundir import differences, flatten
+from bigthoughts.training.trackers import TensorBoard, Tracker, open_trackers
 
-# Keys that change no recipe: a memory knob (a relay run may resume on a machine with
-# less memory), the no-signal guards, how often to save and evaluate, and which engine
-# samples the rollouts (a relay may move between a CPU with llama.cpp and an
-# accelerator; the draws differ, the recipe does not). A run may resume with them
-# changed, and runs saved before a key existed resume as if it had its default.
+# Keys that change no recipe: where metrics are reported, a memory knob (a relay run may
+# resume on a machine with less memory), the no-signal guards, how often to save and
+# evaluate, and which engine samples the rollouts (a relay may move between a CPU with
+# llama.cpp and an accelerator; the draws differ, the recipe does not). A run may resume
+# with them changed, and runs saved before a key existed resume as if it had its default.
 RESUMABLE_CHANGES: tuple[str, ...] = ("grpo.remat_layers", "grpo.rollout_engine",
                                       "grpo.micro_batch_prompts", "grpo.guard_truncated",
                                       "grpo.guard_patience", "save_every",
-                                      "keep_checkpoints", "eval_every", "eval_examples")
+                                      "keep_checkpoints", "eval_every", "eval_examples",
+                                      "report.to", "report.samples_every",
+                                      "report.wandb_project")
 # Keys added after runs were saved, with the value that reproduces what those runs did:
 # a saved config without the key compares as if it had this value.
 ADDED_KEYS: dict[str, object] = {"grpo.dynamic_sampling": 0, "data.dev_ids_file": None,
@@ -81,33 +85,44 @@ def prepare_run_dir(out: Path, config_dict: Mapping, *,
 
 
 class MetricsLog:
-    """Appends step records to ``metrics.jsonl`` (+ TensorBoard) and completions to
-    ``samples.jsonl``; on a process other than the run's writer (``hosts.writer``),
-    writes nothing."""
+    """Appends step records to ``metrics.jsonl`` and completions to ``samples.jsonl``,
+    and passes both to the run's trackers (``trackers``: TensorBoard, W&B; default
+    TensorBoard); on a process other than the run's writer (``hosts.writer``), writes
+    nothing."""
 
-    def __init__(self, out: Path, *, tensorboard: bool = True, enabled: bool | None = None):
+    def __init__(self, out: Path, *, trackers: Sequence[Tracker] | None = None,
+                 enabled: bool | None = None):
         self.out = Path(out)
         self.metrics_path = self.out / "metrics.jsonl"
         self.samples_path = self.out / "samples.jsonl"
         self.enabled = hosts.writer() if enabled is None else enabled
-        self._writer = None if tensorboard and self.enabled else False
+        self.trackers = [] if not self.enabled else (
+            [TensorBoard(self.out)] if trackers is None else list(trackers))
+
+    @classmethod
+    def for_run(cls, out: Path, config) -> MetricsLog:
+        """The log of a stage run by ``config`` (its ``report`` section picks trackers)."""
+        enabled = hosts.writer()
+        trackers = open_trackers(Path(out), to_dict(config), config.report) if enabled else []
+        return cls(out, trackers=trackers, enabled=enabled)
 
     def append(self, record: dict) -> None:
         if not self.enabled:
             return
         with open(self.metrics_path, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(record) + "\n")
-        writer = self._tensorboard()
-        if writer:
-            for k, v in record.items():
-                if isinstance(v, float | int) and not isinstance(v, bool) and k != "step":
-                    writer.add_scalar(k, v, record["step"])
+        values = {k: v for k, v in record.items()
+                  if isinstance(v, float | int) and not isinstance(v, bool) and k != "step"}
+        for tracker in self.trackers:
+            tracker.scalars(record["step"], values)
 
     def append_samples(self, step: int, rows: Sequence[dict]) -> None:
         if not self.enabled:
             return
         with open(self.samples_path, "a", encoding="utf-8") as fh:
             fh.write(json.dumps({"step": step, "completions": list(rows)}) + "\n")
+        for tracker in self.trackers:
+            tracker.samples(step, rows)
 
     def truncate_after(self, step: int) -> None:
         """Drops the lines of steps after ``step`` (they will be redone), atomically."""
@@ -118,16 +133,6 @@ class MetricsLog:
                 keep = [r for r in read_jsonl(path) if r.get("step", 0) <= step]
                 atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in keep))
 
-    def _tensorboard(self):
-        if self._writer is None:
-            try:
-                from tensorboardX import SummaryWriter
-
-                self._writer = SummaryWriter(str(self.out / "tensorboard"))
-            except ImportError:  # optional
-                self._writer = False
-        return self._writer
-
     def close(self) -> None:
-        if self._writer:
-            self._writer.close()
+        for tracker in self.trackers:
+            tracker.close()

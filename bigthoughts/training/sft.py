@@ -97,7 +97,7 @@ class SFTStage:
         self.order = BucketedOrder([x.length for x in self.train], config.batch_size,
                                    config.seed)
         self.store = CheckpointStore(self.out / "checkpoints", keep=config.keep_checkpoints)
-        self.log = log or MetricsLog(self.out)
+        self.log = log or MetricsLog.for_run(self.out, config)
         self._update = SplitUpdate(functools.partial(sft_grads, self.graphdef,
                                                      config.remat_layers), self.tx)
         self._loss = jax.jit(lambda p, f, t, v, m: sft_loss(nnx.merge(self.graphdef, p, f),

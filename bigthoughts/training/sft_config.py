@@ -21,6 +21,7 @@ from bigthoughts.training.config import (
     check_run_fields,
 )
 from bigthoughts.training.sft_data import LOSS_ON
+from bigthoughts.training.trackers import ReportSection
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -84,6 +85,7 @@ class SFTConfig:
     eval_max_new_tokens: int = 256
     calculator: bool = True  # evaluation decodes with the calculator
     remat_layers: bool = False
+    report: ReportSection = field(default_factory=ReportSection)
     seed: int = 0
     out_dir: str = "runs/sft"
 
