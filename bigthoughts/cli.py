@@ -337,6 +337,24 @@ def cmd_download(args) -> int:
     return 0
 
 
+def cmd_build_llamacpp(args) -> int:
+    from bigthoughts.inference.llama_build import BuildError, build
+
+    if args.portable and not args.dest:
+        raise UserError("--portable needs --dest: the cache's build is the native one")
+    if args.jobs is not None and args.jobs < 1:
+        raise UserError(f"--jobs must be >= 1, got {args.jobs}")
+    try:
+        dest = build(Path(args.dest) if args.dest else None, native=not args.portable,
+                     tools=args.tools, jobs=args.jobs,
+                     source=Path(args.source) if args.source else None)
+    except BuildError as err:
+        raise UserError(str(err)) from err
+    print(f"llama.cpp built in {dest}; the llama.cpp engine uses it from now on"
+          if not args.dest else f"llama.cpp built in {dest}")
+    return 0
+
+
 def cmd_serve(args) -> int:
     import socket
 
@@ -377,7 +395,8 @@ def cmd_serve(args) -> int:
 
 COMMANDS = {"ask": cmd_ask, "generate": cmd_generate, "eval": cmd_eval, "report": cmd_report,
             "train": cmd_train, "sft": cmd_train, "train-report": cmd_train_report,
-            "export": cmd_export, "download": cmd_download, "serve": cmd_serve}
+            "export": cmd_export, "download": cmd_download, "serve": cmd_serve,
+            "build-llamacpp": cmd_build_llamacpp}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -388,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     try:
         _check_args(args)
-        if args.command not in ("report", "download", "train-report"):
+        if args.command not in ("report", "download", "train-report", "build-llamacpp"):
             enable_compilation_cache()
         if args.command in ("ask", "eval", "generate", "serve"):
             args.choice = _choice(args)

@@ -150,6 +150,18 @@ def _add_other_commands(sub) -> None:
     p = sub.add_parser("download", help="download GSM8K (checksummed) into the cache")
     p.add_argument("--dest", default=None)
 
+    p = sub.add_parser("build-llamacpp", help="build llama.cpp for this CPU (-march=native) "
+                       "into the cache; the llama.cpp engine then uses it (opt-in)")
+    p.add_argument("--jobs", type=int, default=None, help="parallel compile jobs (default: "
+                   "all cores)")
+    p.add_argument("--source", default=None, help="the xllamacpp sdist (.tar.gz) if pip "
+                   "cannot download it here")
+    p.add_argument("--tools", action="store_true", help="also llama-batched-bench and "
+                   "llama-server (benchmarks/llamacpp.py, benchmarks/serve_load.py)")
+    p.add_argument("--portable", action="store_true", help="the wheel's instruction sets "
+                   "(AVX2/FMA), not this CPU's, into --dest (for benchmarks)")
+    p.add_argument("--dest", default=None, help="folder (default: the cache's native build)")
+
 
 def build_parser() -> argparse.ArgumentParser:
     from bigthoughts import __version__

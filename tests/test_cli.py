@@ -1,6 +1,5 @@
 """The command line: user mistakes give one-line errors (exit 2); the real `ask` works."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -10,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from bigthoughts.cli import main
+from bigthoughts.models.resolve import llamacpp_available
 from bigthoughts.models.shipped import shipped_default
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,7 +53,7 @@ def test_ask_on_the_real_model_votes_over_the_ladder(tmp_path):
     # which model answered: the embedded package's GGUF, by hash, plus the shipped
     # adapter (when the package ships one), and the engine; --engine auto: llama.cpp on
     # this CPU when the extra is installed (CI installs it)
-    engine = "llama.cpp" if importlib.util.find_spec("llama_cpp") else "jax"
+    engine = "llama.cpp" if llamacpp_available() else "jax"
     prefix = "llama.cpp:" if engine == "llama.cpp" else ""
     shipped = shipped_default()
     name = shipped.name if shipped else "gemma3-270m"

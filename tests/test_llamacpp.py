@@ -8,7 +8,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-pytest.importorskip("llama_cpp")
+from bigthoughts.inference import llama_lib
+
+if not llama_lib.available():
+    pytest.skip("needs the llamacpp extra", allow_module_level=True)
 
 from bigthoughts.inference.jax_sampler import Sampler  # noqa: E402
 from bigthoughts.inference.llamacpp import LlamaCppEngine, LlamaCppError  # noqa: E402

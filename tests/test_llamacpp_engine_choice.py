@@ -1,12 +1,10 @@
 """Which engine ``--engine``/``make_engine`` picks, and its one-line user errors."""
 
-import importlib.util
-
 import pytest
 
 from bigthoughts.cli import _choice, build_parser, main
 from bigthoughts.models.registry import ModelLoadError
-from bigthoughts.models.resolve import engine_kind, gguf_source, resolve_kind
+from bigthoughts.models.resolve import engine_kind, gguf_source, llamacpp_available, resolve_kind
 
 
 def test_resolve_kind():
@@ -22,7 +20,7 @@ def test_resolve_kind():
     assert resolve_kind("auto", gguf=False, jax_backend="cpu", llamacpp=True, lora=True) == "jax"
     assert resolve_kind("llama.cpp", gguf=False, jax_backend="tpu") == "llama.cpp"
     # unset: looked up on this machine (a CPU-only JAX here)
-    installed = importlib.util.find_spec("llama_cpp") is not None
+    installed = llamacpp_available()
     assert resolve_kind("auto", gguf=True) == ("llama.cpp" if installed else "jax")
     with pytest.raises(ModelLoadError, match="unknown engine"):
         resolve_kind("vllm", gguf=True)
@@ -64,7 +62,8 @@ def test_engine_mistakes_are_one_line_errors(argv, message, capsys):
 
 
 def test_missing_adapter_is_a_one_line_error(capsys, tmp_path):
-    pytest.importorskip("llama_cpp")
+    if not llamacpp_available():
+        pytest.skip("needs the llamacpp extra")
     argv = ["generate", "x", "--engine", "llama.cpp", "--lora", str(tmp_path / "no.gguf")]
     assert main(argv) == 2
     err = capsys.readouterr().err

@@ -9,7 +9,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-pytest.importorskip("llama_cpp")
+from bigthoughts.inference import llama_lib
+
+if not llama_lib.available():
+    pytest.skip("needs the llamacpp extra", allow_module_level=True)
 pytestmark = pytest.mark.real
 
 from bigthoughts.data import build_prompt  # noqa: E402

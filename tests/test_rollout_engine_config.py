@@ -3,17 +3,16 @@ model or adapter mode cannot sample on llama.cpp, resumable across a change."""
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 
 from bigthoughts.config import ConfigError
+from bigthoughts.models.resolve import llamacpp_available
 from bigthoughts.training.config import load_train_config
 from bigthoughts.training.llamacpp_rollouts import rollout_gguf
 from bigthoughts.training.rundir import config_differences
 
 RECIPE = "configs/gemma3-270m-grpo.yaml"
-has_llamacpp = importlib.util.find_spec("llama_cpp") is not None
+has_llamacpp = llamacpp_available()
 
 
 def test_unknown_engine_is_a_config_error():

@@ -1,4 +1,4 @@
-"""A CPU inference engine on llama.cpp's batched low-level API (llama-cpp-python).
+"""A CPU inference engine on llama.cpp's batched low-level C API (our binding: ``llama_lib``).
 
 Same contract as ``bigthoughts.inference.jax_sampler.Sampler.generate`` (see ``inference.engine``),
 on the GGUF file itself (the embedded Q4_K_M by default), optionally with a GGUF
@@ -46,6 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bigthoughts.inference import llama_lib
 from bigthoughts.inference.contract import (
     Generation,
     calculator_insert,
@@ -67,11 +68,9 @@ class LlamaCppError(RuntimeError):
 
 def _lib():
     try:
-        import llama_cpp
-    except ImportError as exc:
-        raise LlamaCppError("the llama.cpp engine needs the optional extra: "
-                            "pip install 'bigthoughts[llamacpp]'") from exc
-    return llama_cpp
+        return llama_lib.load()
+    except llama_lib.LlamaLibError as exc:
+        raise LlamaCppError(str(exc)) from exc
 
 
 class LlamaCppEngine:

@@ -16,7 +16,6 @@ and ``inference.engine.make_engine(choice)`` builds it. The CLI only parses and 
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,7 +111,9 @@ def prompt_format_for(style: str | None, spec: ModelSpec | None, shots: int) -> 
 
 
 def llamacpp_available() -> bool:
-    return importlib.util.find_spec("llama_cpp") is not None
+    from bigthoughts.inference.llama_lib import available
+
+    return available()
 
 
 def gguf_source(model: str | Path | None) -> tuple[Path, ModelSpec] | None:

@@ -32,11 +32,9 @@ __all__ = ["LlamaCppRollouts", "rollout_gguf"]
 
 def rollout_gguf(config) -> Path:
     """The base GGUF the llama.cpp rollouts load, or a ConfigError saying why not."""
-    import importlib.util
+    from bigthoughts.models.resolve import gguf_source, llamacpp_available
 
-    from bigthoughts.models.resolve import gguf_source
-
-    if importlib.util.find_spec("llama_cpp") is None:
+    if not llamacpp_available():
         raise ConfigError("grpo.rollout_engine=llama.cpp needs the llamacpp extra: "
                           "pip install 'bigthoughts[llamacpp]'")
     model = config.model
