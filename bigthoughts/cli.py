@@ -49,13 +49,18 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 
 def enable_compilation_cache() -> None:
-    """Persist XLA compilations across runs (the 270M decode step compiles in ~10 s)."""
+    """Persist XLA compilations across runs under the cache dir (the 270M decode step
+    compiles in ~10 s; the ~150 small programs of loading and sampling in ~0.1 s each,
+    so every program is kept, however quick). ``BIGTHOUGHTS_XLA_CACHE=0`` turns it off."""
+    if os.environ.get("BIGTHOUGHTS_XLA_CACHE", "1") == "0":
+        return
     import jax
 
     from bigthoughts.models.spec import cache_dir
 
     jax.config.update("jax_compilation_cache_dir", str(cache_dir() / "xla"))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
 def _utf8(what: str, text: str) -> str:

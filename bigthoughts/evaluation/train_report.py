@@ -4,7 +4,8 @@
 
 One figure, ``training_curves.png``, with four panels over steps. A GRPO run: each
 reward function's mean and the total, format compliance and batch accuracy, KL to
-the reference with the policy's entropy, and completion length. A supervised
+the reference with the policy's entropy, and completion length; with rollouts from an
+engine that records its own log-probs, a fifth: how far they are from the trainer's. A supervised
 (``sft``) run: training loss with the periodic validation loss, validation accuracy
 and format, tokens/s and the share of padding. Curves are smoothed with a trailing moving
 average (window shown in the legend); raw points are drawn faintly behind.
@@ -41,15 +42,20 @@ def read_metrics(run_dir: Path) -> list[dict]:
 
 
 def _panels(rows: list[dict]) -> tuple[str, list[tuple[str, list[str], tuple | None]]]:
-    """The figure's title and its four (panel title, metric keys, y-limits)."""
+    """The figure's title and its (panel title, metric keys, y-limits), four or five."""
     if any("reward_mean" in r for r in rows):
         rewards = sorted({k for r in rows for k in r if k.startswith("reward/")})
-        return "GRPO training", [
+        panels = [
             ("Rewards (mean per completion)", ["reward_mean", *rewards], None),
             ("Format compliance and accuracy (batch)", ["format_compliance", "accuracy"],
              (0, 1)),
             ("KL to the reference; policy entropy (nats/token)", ["kl", "entropy"], None),
             ("Completion length (tokens)", ["completion_length"], None)]
+        if any("mismatch/abs_mean" in r for r in rows):  # rollouts from another engine
+            panels.append(("Rollout engine vs trainer: mean |Δ log-prob|; ratio outside "
+                           "[0.5, 2]",
+                           ["mismatch/abs_mean", "mismatch/ratio_outside"], None))
+        return "GRPO training", panels
     return "Supervised warm start", [
         ("Loss (NLL per completion token)", ["loss", "eval/loss"], None),
         ("Validation: greedy accuracy and format", ["eval/accuracy", "eval/format_compliance"],
@@ -70,8 +76,12 @@ def plot_training(run_dir: Path, out_dir: Path, *, window: int = 10) -> Path:
 
     rows = read_metrics(run_dir)
     kind, panels = _panels(rows)
-    fig = Figure(figsize=(12, 8), dpi=120)
-    for ax, (title, keys, ylim) in zip(fig.subplots(2, 2).flat, panels, strict=True):
+    grid = (len(panels) + 1) // 2
+    fig = Figure(figsize=(12, 4 * grid), dpi=120)
+    axes = list(fig.subplots(grid, 2).flat)
+    for ax in axes[len(panels):]:
+        ax.remove()
+    for ax, (title, keys, ylim) in zip(axes, panels, strict=False):
         if not any(isinstance(r.get(k), int | float) for r in rows for k in keys):
             ax.text(0.5, 0.5, "not recorded in this run", ha="center", va="center",
                     transform=ax.transAxes, color="gray")

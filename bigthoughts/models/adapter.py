@@ -108,15 +108,50 @@ def fill_lora(model, arrays: dict, source: str | Path = "adapter") -> None:
 
 
 def with_adapter(loaded: LoadedModel, path: str | Path) -> LoadedModel:
-    """``loaded`` with the adapter's ΔW folded into its weights (a new plain model)."""
-    arrays, lora, _ = read_adapter(path)
-    model = apply_lora(loaded.model, lora, seed=0)
-    fill_lora(model, arrays, path)
-    params = merge_lora(model, alpha=lora.alpha, rank=lora.rank)
-    dtype = next(iter(nnx.to_flat_state(nnx.state(loaded.model, nnx.Param))))[1].get_value().dtype
+    """``loaded`` with the adapter's ΔW folded into its weights (a new plain model).
+
+    Folding goes through the LoRA-wrapped model (qwix traces it: ~9 s for the 270M on
+    2 cores); for a base named by content (its source has a SHA-256) the folded weights
+    that changed are cached by (base, adapter, dtype), so the next load reads them."""
+    base = {p: v.get_value() for p, v in nnx.to_flat_state(nnx.state(loaded.model, nnx.Param))}
+    dtype = next(iter(base.values())).dtype
+    label = adapter_label(path)
+    cached = _folded_cache(loaded.source, label, str(dtype))
+    if cached is not None and cached.exists():
+        from safetensors.numpy import load_file
+
+        params = {**base, **{parse_path_name(k): v for k, v in load_file(cached).items()}}
+    else:
+        arrays, lora, _ = read_adapter(path)
+        model = apply_lora(loaded.model, lora, seed=0)
+        fill_lora(model, arrays, path)
+        params = merge_lora(model, alpha=lora.alpha, rank=lora.rank)
+        if cached is not None:
+            changed = {path_name(p): np.asarray(v) for p, v in params.items()
+                       if p in base and not _same_array(v, base[p])}
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            write_safetensors(cached, changed)
     merged = build_model(loaded.spec.family, loaded.model.config, params, dtype=dtype)
     return LoadedModel(model=merged, tokenizer=loaded.tokenizer, spec=loaded.spec,
-                       source=f"{loaded.source} + {adapter_label(path)}")
+                       source=f"{loaded.source} + {label}")
+
+
+def _folded_cache(source: str, label: str, dtype: str) -> Path | None:
+    """The cache file of the weights an adapter changes in a base named by content
+    (``source`` holds its SHA-256); None for a base known only by its path."""
+    import hashlib
+
+    from bigthoughts.models.spec import cache_dir
+
+    if "sha256=" not in source:
+        return None
+    key = hashlib.sha256(f"{source}|{label}|{dtype}".encode()).hexdigest()[:16]
+    return cache_dir() / f"folded-{key}.safetensors"
+
+
+def _same_array(a, b) -> bool:
+    a, b = np.asarray(a), np.asarray(b)
+    return a.shape == b.shape and a.dtype == b.dtype and bool(np.array_equal(a, b))
 
 
 def adapter_label(path: str | Path) -> str:
