@@ -149,7 +149,10 @@ def _add_other_commands(sub) -> None:
 
     p = sub.add_parser("download", help="download GSM8K (checksummed) into the cache")
     p.add_argument("--dest", default=None)
+    _add_build_command(sub)
 
+
+def _add_build_command(sub) -> None:
     p = sub.add_parser("build-llamacpp", help="build llama.cpp for this CPU (-march=native) "
                        "into the cache; the llama.cpp engine then uses it (opt-in)")
     p.add_argument("--jobs", type=int, default=None, help="parallel compile jobs (default: "

@@ -160,3 +160,32 @@ def test_an_adapter_is_named_by_content_so_evaluations_cannot_mix_two(sft_adapte
     data[-1] ^= 1  # another adapter, same file name (a tensor byte, not the header)
     copy.write_bytes(bytes(data))
     assert with_adapter(toy_loaded(), copy).source != first
+
+
+def test_folded_weights_are_cached_for_a_base_named_by_content(sft_adapter, tmp_path,
+                                                               monkeypatch):
+    """The second fold of the same adapter into the same base (named by its SHA-256)
+    reads the cached weights instead of tracing the LoRA model, and gives the same
+    model; a base known only by a path is never cached."""
+    import dataclasses
+
+    from flax import nnx
+
+    import bigthoughts.models.adapter as adapter_mod
+
+    monkeypatch.setenv("BIGTHOUGHTS_CACHE", str(tmp_path / "cache"))
+    base = dataclasses.replace(toy_loaded(), source="tiny.gguf#sha256=0123456789abcdef")
+    first = with_adapter(base, sft_adapter)
+    (cached,) = (tmp_path / "cache").glob("folded-*.safetensors")
+    monkeypatch.setattr(adapter_mod, "apply_lora", lambda *a, **k: pytest.fail("traced"))
+    second = with_adapter(base, sft_adapter)
+    for (path, a), (_, b) in zip(nnx.to_flat_state(nnx.state(first.model, nnx.Param)),
+                                 nnx.to_flat_state(nnx.state(second.model, nnx.Param)),
+                                 strict=True):
+        np.testing.assert_array_equal(np.asarray(a.get_value()), np.asarray(b.get_value()),
+                                      err_msg=str(path))
+    assert second.source == first.source
+    by_path = dataclasses.replace(toy_loaded(), source="some/dir")
+    with pytest.raises(pytest.fail.Exception, match="traced"):
+        with_adapter(by_path, sft_adapter)  # no cache: it must trace
+    assert [cached] == list((tmp_path / "cache").glob("folded-*.safetensors"))

@@ -111,7 +111,7 @@ def test_the_library_choice(monkeypatch, tmp_path):
     from bigthoughts.inference.llamacpp import LlamaCppEngine, LlamaCppError
 
     wheel = llama_lib.wheel_library()
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("BIGTHOUGHTS_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("BIGTHOUGHTS_LLAMA_LIB", raising=False)
     assert llama_lib.library_choice() == (wheel, "wheel")
     native = llama_lib.native_dir() / "lib" / "libllama.so"

@@ -22,7 +22,7 @@ import sys
 import tarfile
 from pathlib import Path
 
-from bigthoughts.inference.llama_lib import LLAMA_BUILD, XLLAMACPP_VERSION, cache_root, native_dir
+from bigthoughts.llama_install import LLAMA_BUILD, XLLAMACPP_VERSION, cache_root, native_dir
 
 SDIST = f"xllamacpp-{XLLAMACPP_VERSION}.tar.gz"
 SDIST_SHA256 = "c17ee1163006f70726abb9f72137830818f3d8cb60bfc34cb232d08428eaa22b"

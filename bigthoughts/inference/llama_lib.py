@@ -19,8 +19,6 @@ layout that no longer fits fails loudly).
 from __future__ import annotations
 
 import ctypes
-import importlib.util
-import os
 from ctypes import (
     CFUNCTYPE,
     POINTER,
@@ -37,8 +35,15 @@ from ctypes import (
 )
 from pathlib import Path
 
-LLAMA_BUILD = "b11549"  # the llama.cpp commit of xllamacpp 2026.10.11549
-XLLAMACPP_VERSION = "2026.10.11549"
+from bigthoughts.llama_install import (  # noqa: F401 (re-exported)
+    LLAMA_BUILD,
+    XLLAMACPP_VERSION,
+    available,
+    cache_root,
+    library_choice,
+    native_dir,
+    wheel_library,
+)
 
 llama_token = c_int32
 llama_pos = c_int32
@@ -197,46 +202,6 @@ class LlamaLib:
                                     f"{LLAMA_BUILD}?") from err
             fn.restype, fn.argtypes = restype, argtypes
             setattr(self, name, fn)
-
-
-def cache_root() -> Path:
-    """The user's cache dir for bigthoughts ($XDG_CACHE_HOME or ~/.cache)."""
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "bigthoughts"
-
-
-def native_dir() -> Path:
-    """Where ``bigthoughts build-llamacpp`` puts llama.cpp built for this CPU."""
-    return cache_root() / f"llama.cpp-{LLAMA_BUILD}-native"
-
-
-def wheel_library() -> Path | None:
-    """The xllamacpp wheel's shared library (found without importing it), or None."""
-    spec = importlib.util.find_spec("xllamacpp")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    for folder in spec.submodule_search_locations:
-        found = sorted(Path(folder).glob("xllamacpp*.so"))
-        if found:
-            return found[0]
-    return None
-
-
-def library_choice() -> tuple[Path, str] | None:
-    """``(path, kind)`` of the library ``load`` would use (kind: env, native, wheel)."""
-    chosen = os.environ.get("BIGTHOUGHTS_LLAMA_LIB")
-    if chosen:
-        return Path(chosen), "env"
-    native = native_dir() / "lib" / "libllama.so"
-    if os.environ.get("BIGTHOUGHTS_LLAMA_NATIVE", "1") != "0" and native.is_file():
-        return native, "native"
-    wheel = wheel_library()
-    return (wheel, "wheel") if wheel is not None else None
-
-
-def available() -> bool:
-    """True when a llama.cpp library is installed (the engine may still fail to load it)."""
-    return library_choice() is not None
 
 
 _loaded: dict[Path, LlamaLib] = {}

@@ -111,7 +111,7 @@ def prompt_format_for(style: str | None, spec: ModelSpec | None, shots: int) -> 
 
 
 def llamacpp_available() -> bool:
-    from bigthoughts.inference.llama_lib import available
+    from bigthoughts.llama_install import available
 
     return available()
 
