@@ -156,6 +156,7 @@ SIGNATURES: dict[str, tuple] = {
     "llama_get_memory": (_P, [_P]),
     "llama_memory_clear": (None, [_P, c_bool]),
     "llama_memory_seq_cp": (None, [_P, llama_seq_id, llama_seq_id, llama_pos, llama_pos]),
+    "llama_memory_seq_rm": (c_bool, [_P, llama_seq_id, llama_pos, llama_pos]),
     "llama_adapter_lora_init": (_P, [_P, c_char_p]),
     "llama_adapter_lora_free": (None, [_P]),
     "llama_set_adapters_lora": (c_int32, [_P, POINTER(_P), c_size_t, POINTER(c_float)]),

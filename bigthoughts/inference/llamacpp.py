@@ -52,14 +52,12 @@ from bigthoughts.inference.contract import (
     calculator_insert,
     calculator_text,
     check_request,
-    resolve_calculator,
 )
+from bigthoughts.inference.llamacpp_batch import _MAX_INSERT, RunningBatch, cells_needed
 from bigthoughts.inference.rows import Row
 
 _CTX_MULTIPLE = 256
 _BATCH = 512  # micro-batch (n_ubatch) and prompt chunk
-_MAX_INSERT = 48  # calculator tokens a row may insert at once
-_PREFIX = 200  # characters of the prompt that a calculator annotation may start in
 
 
 class LlamaCppError(RuntimeError):
@@ -118,7 +116,8 @@ class LlamaCppEngine:
         n_ctx = -(-n_ctx // _CTX_MULTIPLE) * _CTX_MULTIPLE
         params = ll.llama_context_default_params()
         params.n_ctx, params.n_seq_max = n_ctx, max(1, n_seq)
-        params.n_batch = params.n_ubatch = 512
+        params.n_batch = max(512, max(1, n_seq) * (_MAX_INSERT + 1))  # a step's tokens
+        params.n_ubatch = 512
         params.n_threads = params.n_threads_batch = self.threads
         params.kv_unified = True  # a copied prompt shares its cells between sequences
         params.no_perf = True
@@ -260,42 +259,28 @@ class LlamaCppEngine:
         """
         if not prompts:
             return []
-        k, n_rows = num_samples, len(prompts) * num_samples
-        temps = check_request(n_rows, temperatures, num_samples, max_new_tokens, top_k, top_p)
-        if top_p is not None and top_k is None:
-            top_k = 256  # as the JAX sampler: the nucleus among the 256 most likely
-        calculate = resolve_calculator(calculator)
-        encoded = [self.tokenize(p, add_bos=True) for p in prompts]
-        inserts = [self._insertion(p, calculate) for p in prompts]
-        n_ctx = sum(len(e) + len(i) for e, i in zip(encoded, inserts, strict=True)) \
-            + n_rows * (max_new_tokens + _MAX_INSERT + 1)
-        self._context(n_ctx, n_rows)
-        batch = self._ll.llama_batch_init(max(_BATCH, n_rows * (_MAX_INSERT + 1)), 0, 1)
-        chains = [self._chain(t, _row_seed(seed, r), top_k, top_p) for r, t in enumerate(temps)]
-        rows = [Row(seq=r, pos=0, temperature=t, prefix=prompts[r // k][-_PREFIX:])
-                for r, t in enumerate(temps)]
-        ends = (stop, stop_inclusive, max_new_tokens, self.eos_id if stop_at_eos else -1)
+        check_request(len(prompts) * num_samples, temperatures, num_samples, max_new_tokens,
+                      top_k, top_p)
+        # room for each prompt and a calculator insertion at its end (at most _MAX_INSERT)
+        lengths = [len(self.tokenize(p, add_bos=True)) + _MAX_INSERT for p in prompts]
+        batch = RunningBatch(self, n_seq=len(prompts) * num_samples,
+                             n_ctx=cells_needed(lengths, num_samples, max_new_tokens))
         try:
-            for p in range(len(prompts)):
-                self._prefill(batch, encoded[p] + inserts[p], rows[p * k:(p + 1) * k],
-                              inserts[p], chains[p * k:(p + 1) * k], ends, calculate)
-            live = [r for r in rows if r.result is None]
-            while live:
-                self._decode(batch, [(r.seq, r.pos, r.pending) for r in live])
-                logits = self._logits(len(live))
-                lse = _logsumexp(logits)
-                index = -1
-                for i, row in enumerate(live):
-                    index += len(row.pending)
-                    row.pos += len(row.pending)
-                    self._take(row, chains[row.seq], index, logits[i], lse[i], ends, calculate)
-                live = [r for r in live if r.result is None]
+            ticket = batch.add(prompts, temperatures=temperatures, num_samples=num_samples,
+                               max_new_tokens=max_new_tokens, stop=stop,
+                               stop_inclusive=stop_inclusive, seed=seed, top_k=top_k,
+                               top_p=top_p, calculator=calculator, stop_at_eos=stop_at_eos)
+            assert ticket is not None  # the batch was sized for it
+            while True:
+                for _, gens in batch.step():
+                    return gens
         finally:
-            self._ll.llama_batch_free(batch)
-            for chain in chains:
-                if not isinstance(chain, np.random.Generator):
-                    self._ll.llama_sampler_free(chain)
-        return [self._generation(r, len(encoded[r.seq // k])) for r in rows]
+            batch.close()
+
+    def open_batch(self, *, n_seq: int, n_ctx: int) -> RunningBatch:
+        """A running batch that requests join between steps (continuous batching for
+        ``bigthoughts serve``); it owns this engine's context until closed."""
+        return RunningBatch(self, n_seq=n_seq, n_ctx=n_ctx)
 
     def _insertion(self, text: str, calculate) -> list[int]:
         found = calculator_text(text, calculate) if calculate is not None else None
@@ -304,24 +289,6 @@ class LlamaCppEngine:
     def _insert_ids(self, found: str) -> list[int]:
         """The tokens of calculator text, at most ``_MAX_INSERT`` of them."""
         return self.tokenize(found, add_bos=False)[:_MAX_INSERT]
-
-    def _prefill(self, batch, tokens, rows, inserted, chains, ends, calculate) -> None:
-        """Prefills one prompt as its first row's sequence, copies it to the others and
-        draws every row's first token from the prompt's last logits."""
-        seq0 = rows[0].seq
-        for start in range(0, len(tokens), _BATCH):
-            self._decode(batch, [(seq0, start, tokens[start:start + _BATCH])])
-        mem = self._ll.llama_get_memory(self._ctx)
-        for row in rows[1:]:
-            self._ll.llama_memory_seq_cp(mem, seq0, row.seq, -1, -1)
-        logits = self._logits(1)
-        lse = _logsumexp(logits)
-        for row, chain in zip(rows, chains, strict=True):
-            row.pos = len(tokens)
-            for tok in inserted:  # the prompt ended inside a calculator annotation
-                row.add(tok, self.piece(tok), 0.0, inserted=True)
-            if row.check(*ends) is None:
-                self._take(row, chain, -1, logits[0], lse[0], ends, calculate)
 
     def _take(self, row: Row, chain, index: int, logits, lse, ends, calculate) -> None:
         """Samples the row's next token from batch output ``index`` and books it."""
@@ -366,11 +333,6 @@ def _quiet(ll) -> None:
     ll.llama_log_set(callback, ctypes.c_void_p(0))
 
 
-def _row_seed(seed: int, row: int) -> int:
-    """A 32-bit seed per row (never llama.cpp's "random" 0xFFFFFFFF)."""
-    return (seed * 1_000_003 + row * 7919 + 1) % 0xFFFFFFFF
-
-
 _TAIL = 30.0  # nats below the top logit (times T) beyond which no token is drawn
 
 
@@ -397,9 +359,3 @@ def sample_logprob(logits: np.ndarray, token: int, temperature: float) -> float:
     scaled = logits.astype(np.float64) / temperature
     top = scaled.max()
     return float(scaled[token] - top - np.log(np.exp(scaled - top).sum()))
-
-
-def _logsumexp(logits: np.ndarray) -> np.ndarray:
-    top = logits.max(axis=-1)
-    return top + np.log(np.exp(logits - top[:, None]).sum(axis=-1))
-

@@ -31,7 +31,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException
 
-from bigthoughts.serve.batcher import Batcher, Cancelled, Engine, QueueFull
+from bigthoughts.models.limits import GenerationLimitError
+from bigthoughts.serve.batcher import Cancelled, Engine, QueueFull, make_batcher
 from bigthoughts.serve.handlers import Plan, RequestEngine, ServeConfig, accepts_calculator
 from bigthoughts.serve.respond import completion_body, stream_events
 from bigthoughts.serve.schema import APIError, parse_request, read_json
@@ -109,7 +110,7 @@ class _Service:
 
     def __init__(self, engine: Engine, config: ServeConfig):
         self.config = config
-        self.batcher = Batcher(engine, max_batch_rows=config.max_batch_rows,
+        self.batcher = make_batcher(engine, max_batch_rows=config.max_batch_rows,
                                queue_size=config.queue_size, batch_wait_s=config.batch_wait_s,
                                pad_to_pow2=config.pad_batches)
         in_flight = config.queue_size + config.max_batch_rows
@@ -142,6 +143,9 @@ class _Service:
                 return None
             except APIError:
                 raise
+            except GenerationLimitError as exc:
+                raise APIError(400, str(exc), type_="invalid_request_error",
+                               code="context_length_exceeded") from None
             except Exception as exc:  # noqa: BLE001 - the engine failed: 500, keep serving
                 raise APIError(500, f"generation failed: {type(exc).__name__}: {exc}",
                                type_="server_error", code="generation_error") from None

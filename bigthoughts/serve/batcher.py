@@ -1,4 +1,5 @@
-"""Micro-batching: concurrent requests share one engine call.
+"""Micro-batching: concurrent requests share one engine call (and, for an engine with
+``open_batch``, continuous batching: :class:`ContinuousBatcher`).
 
 One worker thread owns the engine (JAX is driven from a single thread). Request
 handlers submit :class:`Job` s to a bounded queue and wait on a future. Whenever the
@@ -285,3 +286,91 @@ class Batcher:
         for job in batch:
             job.future.set_result(list(gens[start:start + job.rows]))
             start += job.rows
+
+
+class ContinuousBatcher(Batcher):
+    """Continuous batching, for an engine with ``open_batch`` (llama.cpp): the worker
+    keeps one running batch; between two decode steps it admits every queued job that
+    fits (oldest first, each with its own settings: no waiting for a batch to finish
+    or for jobs alike), and answers each job as soon as its rows are done. A job whose
+    client vanished is dropped from the batch at the next step, its rows freed."""
+
+    def __init__(self, engine: Engine, *, kv_cells: int = 16384, **kwargs):
+        super().__init__(engine, **kwargs)
+        self.kv_cells = kv_cells
+
+    def _run(self) -> None:
+        running = self.engine.open_batch(n_seq=self.max_batch_rows, n_ctx=self.kv_cells)
+        active: dict[Any, Job] = {}
+        try:
+            while True:
+                with self._cond:
+                    while not self._pending and not active and not self._stopping:
+                        self._cond.wait()
+                    if self._stopping:
+                        for job in active.values():
+                            job.future.set_exception(Cancelled("server shutting down"))
+                        return
+                    waiting = list(self._pending)
+                self._admit(running, waiting, active)
+                self._step(running, active)
+        finally:
+            running.close()
+
+    def _admit(self, running, waiting: list[Job], active: dict) -> None:
+        """Adds queued jobs to the running batch, oldest first, until one does not fit."""
+        for job in waiting:
+            if job.cancelled.is_set():
+                self._forget(job)
+                self.stats.dropped += 1
+                job.future.set_exception(Cancelled("client disconnected"))
+                continue
+            try:
+                ticket = running.add(list(job.prompts), temperatures=list(job.temperatures),
+                                     num_samples=job.num_samples,
+                                     **job.settings.engine_kwargs())
+            except Exception as exc:  # noqa: BLE001 - this job fails, the others go on
+                self._forget(job)
+                job.future.set_exception(exc)
+                continue
+            if ticket is None:  # no room until rows finish: keep the order
+                return
+            self._forget(job)
+            active[ticket] = job
+            self.stats.jobs += 1
+            self.stats.rows += job.rows
+            self.stats.largest_batch = max(self.stats.largest_batch, len(active))
+
+    def _forget(self, job: Job) -> None:
+        with self._cond:
+            if job in self._pending:
+                self._pending.remove(job)
+
+    def _step(self, running, active: dict) -> None:
+        for ticket, job in list(active.items()):
+            if job.cancelled.is_set():  # its client left: stop spending steps on it
+                running.drop(ticket)
+                del active[ticket]
+                self.stats.dropped += 1
+                job.future.set_exception(Cancelled("client disconnected"))
+        if not active:
+            return
+        try:
+            finished = running.step()
+            self.stats.engine_calls += 1
+        except Exception as exc:  # noqa: BLE001 - every running job learns; the worker lives on
+            for ticket, job in active.items():
+                running.drop(ticket)
+                job.future.set_exception(exc)
+            active.clear()
+            return
+        for ticket, gens in finished:
+            active.pop(ticket).future.set_result(gens)
+
+
+def make_batcher(engine: Engine, **kwargs) -> Batcher:
+    """Continuous batching for an engine that supports it, else micro-batching."""
+    if hasattr(engine, "open_batch"):
+        kwargs.pop("pad_to_pow2", None)
+        return ContinuousBatcher(engine, **kwargs)
+    return Batcher(engine, **kwargs)

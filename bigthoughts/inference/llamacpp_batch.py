@@ -1,0 +1,199 @@
+"""Continuous batching on the llama.cpp engine: requests join a running batch.
+
+    batch = RunningBatch(engine, n_seq=32, n_ctx=16384)
+    ticket = batch.add(["Question: ..."], temperatures=[0.0], max_new_tokens=64)
+    while not done: done = batch.step()   # [(ticket, [Generation, ...]), ...]
+
+Every live row of every request advances in ONE ``llama_decode`` per step. ``add``
+prefills a request's prompt as its first row's sequence, copies that KV cache to its
+other rows (``llama_memory_seq_cp``) and draws each row's first token, between two
+steps, so a request that arrives while others are decoding starts at once instead
+of waiting for the batch to finish (``bigthoughts serve`` on llama.cpp). A finished
+request's sequences are removed from the KV cache and its cells and sequence ids go
+back to the pool. ``add`` returns None when the request does not fit yet (too few free
+sequences or cells): the caller retries after a step.
+
+``LlamaCppEngine.generate`` is one ``add`` and steps until it is done, so a served
+request and a ``generate`` call run the same code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from bigthoughts.inference.contract import Generation, check_request, resolve_calculator
+from bigthoughts.inference.rows import Row
+from bigthoughts.models.limits import GenerationLimitError
+
+_MAX_INSERT = 48  # calculator tokens a row may insert at once
+_PREFIX = 200  # characters of the prompt that a calculator annotation may start in
+_BATCH = 512  # prompt tokens per llama_decode while prefilling
+
+
+@dataclass(eq=False)
+class Ticket:
+    """One request in the batch: its rows (prompt-major), their samplers and ends."""
+
+    rows: list[Row]
+    chains: list
+    prompt_tokens: list[int]  # per prompt
+    num_samples: int
+    ends: tuple
+    calculate: object
+    cells: int  # KV cells reserved for it
+    seqs: list[int] = field(default_factory=list)
+
+    @property
+    def done(self) -> bool:
+        return all(r.result is not None for r in self.rows)
+
+
+def cells_needed(prompt_lengths: Sequence[int], num_samples: int, max_new_tokens: int) -> int:
+    """KV cells a request may use: its prompts (shared by their rows) and each row's new
+    tokens plus one calculator insertion."""
+    return sum(prompt_lengths) + len(prompt_lengths) * num_samples * (
+        max_new_tokens + _MAX_INSERT + 1)
+
+
+class RunningBatch:
+    """Rows of many requests decoding together on one context of ``engine``."""
+
+    def __init__(self, engine, *, n_seq: int, n_ctx: int):
+        self.engine, self.n_seq, self.n_ctx = engine, n_seq, n_ctx
+        self._ll = engine._ll
+        self._ctx = engine._context(n_ctx, n_seq)  # memory cleared
+        self._free = list(range(n_seq))
+        self._used_cells = 0
+        self._tickets: list[Ticket] = []
+        self._batch = self._ll.llama_batch_init(max(_BATCH, n_seq * (_MAX_INSERT + 1)), 0, 1)
+
+    def close(self) -> None:
+        """Frees the batch buffer and the samplers of unfinished requests."""
+        for ticket in self._tickets:
+            self._release(ticket)
+        self._tickets = []
+        if self._batch is not None:
+            self._ll.llama_batch_free(self._batch)
+            self._batch = None
+
+    @property
+    def live(self) -> int:
+        """Requests admitted and not finished."""
+        return len(self._tickets)
+
+    def add(self, prompts: Sequence[str], *, temperatures: float | Sequence[float] = 0.0,
+            num_samples: int = 1, max_new_tokens: int = 256, stop: Sequence[str] = (),
+            stop_inclusive: Sequence[str] = (), seed: int = 0, top_k: int | None = None,
+            top_p: float | None = None, calculator: bool = False,
+            stop_at_eos: bool = True) -> Ticket | None:
+        """Admits a request (the engine's ``generate`` arguments) and prefills it; None
+        when it does not fit now. Raises GenerationLimitError for one that never would."""
+        engine, k, n_rows = self.engine, num_samples, len(prompts) * num_samples
+        temps = check_request(n_rows, temperatures, num_samples, max_new_tokens, top_k, top_p)
+        if top_p is not None and top_k is None:
+            top_k = 256  # as the JAX sampler: the nucleus among the 256 most likely
+        calculate = resolve_calculator(calculator)
+        encoded = [engine.tokenize(p, add_bos=True) for p in prompts]
+        inserts = [engine._insertion(p, calculate) for p in prompts]
+        cells = cells_needed([len(e) + len(i) for e, i in zip(encoded, inserts, strict=True)],
+                             k, max_new_tokens)
+        if n_rows > self.n_seq or cells > self.n_ctx:
+            raise GenerationLimitError(
+                f"a request of {n_rows} rows and {cells} KV cells (prompt tokens + rows x "
+                f"max_tokens) exceeds the running batch ({self.n_seq} rows, {self.n_ctx} cells)")
+        if n_rows > len(self._free) or self._used_cells + cells > self.n_ctx:
+            return None
+        seqs = [self._free.pop(0) for _ in range(n_rows)]
+        chains = [engine._chain(t, _row_seed(seed, r), top_k, top_p)
+                  for r, t in enumerate(temps)]
+        rows = [Row(seq=s, pos=0, temperature=t, prefix=prompts[r // k][-_PREFIX:])
+                for r, (s, t) in enumerate(zip(seqs, temps, strict=True))]
+        ends = (stop, stop_inclusive, max_new_tokens, engine.eos_id if stop_at_eos else -1)
+        ticket = Ticket(rows=rows, chains=chains, prompt_tokens=[len(e) for e in encoded],
+                        num_samples=k, ends=ends, calculate=calculate, cells=cells, seqs=seqs)
+        self._used_cells += cells
+        self._tickets.append(ticket)
+        try:
+            for p in range(len(prompts)):
+                self._prefill(encoded[p] + inserts[p], ticket, p, inserts[p])
+        except Exception:
+            self.drop(ticket)
+            raise
+        return ticket
+
+    def _prefill(self, tokens: list[int], ticket: Ticket, p: int, inserted: list[int]) -> None:
+        """Prefills prompt ``p`` as its first row's sequence, copies it to the others and
+        draws every row's first token from the prompt's last logits."""
+        engine, k = self.engine, ticket.num_samples
+        rows, chains = ticket.rows[p * k:(p + 1) * k], ticket.chains[p * k:(p + 1) * k]
+        seq0 = rows[0].seq
+        for start in range(0, len(tokens), _BATCH):
+            engine._decode(self._batch, [(seq0, start, tokens[start:start + _BATCH])])
+        mem = self._ll.llama_get_memory(self._ctx)
+        for row in rows[1:]:
+            self._ll.llama_memory_seq_cp(mem, seq0, row.seq, -1, -1)
+        logits = engine._logits(1)
+        lse = _logsumexp(logits)
+        for row, chain in zip(rows, chains, strict=True):
+            row.pos = len(tokens)
+            for tok in inserted:  # the prompt ended inside a calculator annotation
+                row.add(tok, engine.piece(tok), 0.0, inserted=True)
+            if row.check(*ticket.ends) is None:
+                engine._take(row, chain, -1, logits[0], lse[0], ticket.ends, ticket.calculate)
+
+    def step(self) -> list[tuple[Ticket, list[Generation]]]:
+        """One decode of every live row; the requests that finished, with their rows."""
+        finished = self._finished()
+        live = [(t, r) for t in self._tickets for r in t.rows if r.result is None]
+        if live:
+            self.engine._decode(self._batch, [(r.seq, r.pos, r.pending) for _, r in live])
+            logits = self.engine._logits(len(live))
+            lse = _logsumexp(logits)
+            index = -1
+            for i, (ticket, row) in enumerate(live):
+                index += len(row.pending)
+                row.pos += len(row.pending)
+                self.engine._take(row, ticket.chains[ticket.rows.index(row)], index,
+                                  logits[i], lse[i], ticket.ends, ticket.calculate)
+        return finished + self._finished()
+
+    def _finished(self) -> list[tuple[Ticket, list[Generation]]]:
+        done = [t for t in self._tickets if t.done]
+        out = []
+        for ticket in done:
+            k = ticket.num_samples
+            out.append((ticket, [self.engine._generation(r, ticket.prompt_tokens[i // k])
+                                 for i, r in enumerate(ticket.rows)]))
+            self.drop(ticket)
+        return out
+
+    def drop(self, ticket: Ticket) -> None:
+        """Removes a request (finished or abandoned): its KV cells, sequences, samplers."""
+        if ticket not in self._tickets:
+            return
+        self._tickets.remove(ticket)
+        mem = self._ll.llama_get_memory(self._ctx)
+        for seq in ticket.seqs:
+            self._ll.llama_memory_seq_rm(mem, seq, -1, -1)
+        self._free.extend(ticket.seqs)
+        self._used_cells -= ticket.cells
+        self._release(ticket)
+
+    def _release(self, ticket: Ticket) -> None:
+        for chain in ticket.chains:
+            if not isinstance(chain, np.random.Generator):
+                self._ll.llama_sampler_free(chain)
+        ticket.chains = [None] * len(ticket.chains)
+
+
+def _row_seed(seed: int, row: int) -> int:
+    """A 32-bit seed per row (never llama.cpp's "random" 0xFFFFFFFF)."""
+    return (seed * 1_000_003 + row * 7919 + 1) % 0xFFFFFFFF
+
+
+def _logsumexp(logits: np.ndarray) -> np.ndarray:
+    top = logits.max(axis=-1)
+    return top + np.log(np.exp(logits - top[:, None]).sum(axis=-1))

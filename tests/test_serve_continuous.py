@@ -1,0 +1,111 @@
+"""Continuous batching on the llama.cpp engine (tiny GGUF): a request joins the running
+batch between two decode steps and is answered as soon as its rows end; rows decoded
+together equal the same request alone; freed sequences and KV cells are reused; the
+server uses it for an engine that has ``open_batch``."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from bigthoughts.inference import llama_lib
+
+if not llama_lib.available():
+    pytest.skip("needs the llamacpp extra", allow_module_level=True)
+
+from bigthoughts.inference.llamacpp import LlamaCppEngine  # noqa: E402
+from bigthoughts.models.limits import GenerationLimitError  # noqa: E402
+from bigthoughts.serve.batcher import ContinuousBatcher, make_batcher  # noqa: E402
+from tests.tiny_gguf import tiny_model_and_gguf  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory):
+    _, _, _, path = tiny_model_and_gguf(tmp_path_factory.mktemp("gguf"))
+    engine = LlamaCppEngine(path, threads=1)
+    yield engine
+    engine.close()
+
+
+A = dict(temperatures=[0.0, 0.7, 1.0], num_samples=3, max_new_tokens=16, seed=5,
+         stop_at_eos=False)
+B = dict(temperatures=[0.0, 0.9], num_samples=1, max_new_tokens=4, seed=9, stop_at_eos=False)
+
+
+def _ids(gens):
+    return [g.token_ids for g in gens]
+
+
+def test_a_request_joins_mid_decode_and_leaves_when_done(engine):
+    alone_a = engine.generate(["abc"], **A)
+    alone_b = engine.generate(["hello,world", "xyz"], **B)
+    batch = engine.open_batch(n_seq=8, n_ctx=1024)
+    try:
+        first = batch.add(["abc"], **A)
+        done = {}
+        for step in range(1, 40):
+            if step == 5:  # request B arrives while A decodes
+                second = batch.add(["hello,world", "xyz"], **B)
+                assert second is not None and batch.live == 2
+            for ticket, gens in batch.step():
+                done[ticket] = (step, gens)
+            if len(done) == 2:
+                break
+        assert done[second][0] < done[first][0]  # B ended first, without waiting for A
+        assert _ids(done[first][1]) == _ids(alone_a)  # sampled rows too: same seeds, same
+        assert _ids(done[second][1]) == _ids(alone_b)  # draws as each request alone
+        assert batch.live == 0 and batch._used_cells == 0 and sorted(batch._free) == list(
+            range(8))
+    finally:
+        batch.close()
+
+
+def test_a_request_waits_for_room_and_one_that_never_fits_is_refused(engine):
+    batch = engine.open_batch(n_seq=4, n_ctx=512)
+    try:
+        first = batch.add(["abc"], **A)  # 3 of 4 sequences
+        assert batch.add(["hello,world", "xyz"], **B) is None  # needs 2: not now
+        with pytest.raises(GenerationLimitError, match="exceeds the running batch"):
+            batch.add(["a", "b", "c", "d", "e"], temperatures=0.0, max_new_tokens=4)
+        while not any(t is first for t, _ in batch.step()):
+            pass
+        later = batch.add(["hello,world", "xyz"], **B)  # the freed sequences are reused
+        assert later is not None
+        while not batch.step():
+            pass
+    finally:
+        batch.close()
+
+
+def test_the_server_batches_llamacpp_continuously():
+    """The real 270M GGUF behind the HTTP server: 4 concurrent requests of different
+    lengths each get what they would get alone."""
+    from bigthoughts.models.resolve import gguf_source
+    from tests.serve_helpers import running, tiny_config
+
+    real = LlamaCppEngine(gguf_source(None)[0], threads=2)
+    try:
+        assert isinstance(make_batcher(real), ContinuousBatcher)
+        questions = ["What is 2 + 3?", "Tom has 4 apples and eats 1. How many are left?",
+                     "What is 10 times 7?", "Half of 18 is?"]
+        out: dict[int, str] = {}
+        with running(real, tiny_config(max_batch_rows=16)) as (client, raw, _):
+            def ask(i: int) -> None:
+                reply = client.completions.create(model="tiny", prompt=questions[i],
+                                                  max_tokens=4 + 4 * i, temperature=0.0)
+                out[i] = reply.choices[0].text
+
+            threads = [threading.Thread(target=ask, args=(i,)) for i in range(4)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(timeout=300)
+            health = raw.get("/health").json()
+        assert sorted(out) == [0, 1, 2, 3] and health["jobs"] == 4
+        for i, text in out.items():
+            [alone] = real.generate([questions[i]], temperatures=0.0,
+                                    max_new_tokens=4 + 4 * i)
+            assert text == alone.text
+    finally:
+        real.close()
