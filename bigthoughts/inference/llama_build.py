@@ -102,7 +102,7 @@ def build(dest: Path | None = None, *, native: bool = True, tools: bool = False,
     shutil.rmtree(staged, ignore_errors=True)
     (staged / "lib").mkdir(parents=True)
     for lib in (work / "bin").glob("lib*.so*"):
-        shutil.copy2(lib, staged / "lib" / lib.name, follow_symlinks=True)
+        shutil.copy2(lib, staged / "lib" / lib.name, follow_symlinks=False)
     if tools:
         (staged / "bin").mkdir()
         for tool in TOOLS:
