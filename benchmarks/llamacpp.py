@@ -1,21 +1,24 @@
-"""Our llama.cpp engine vs llama.cpp's own ``llama-batched-bench`` vs our JAX sampler,
-side by side in one run: the same 128-token prompt shared by 1 and 5 rows, 128 new
-tokens to a fixed length, the embedded Q4_K_M GGUF, the same thread count.
+"""Our llama.cpp engine vs llama.cpp's own ``llama-batched-bench`` of the same commit and
+CPU flags, for the wheel's library and for the native build, side by side in one run:
+the same 128-token prompt shared by 1 and 5 rows, 128 new tokens to a fixed length,
+the embedded Q4_K_M GGUF, the same thread count (and our JAX sampler, for scale).
 
-    .venv/bin/pip install '.[llamacpp]'
-    .venv/bin/python benchmarks/llamacpp.py --build-batched-bench ~/.cache/llama-bench
-    .venv/bin/python benchmarks/llamacpp.py --batched-bench PATH/llama-batched-bench
+    .venv/bin/bigthoughts build-llamacpp --tools          # native: lib + batched-bench
+    .venv/bin/bigthoughts build-llamacpp --tools --portable \\
+        --dest ~/.cache/bigthoughts/llama.cpp-b11549-portable   # the wheel's flags
+    .venv/bin/python benchmarks/llamacpp.py [--libraries wheel,native] [--repeats 3]
 
-``llama-batched-bench -pps -kvu`` prefills the prompt once, shares it with the rows
-through a unified KV cache and decodes random tokens (no sampling); its time is
-prefill + decode. Ours is one ``generate`` call (tokenize, prefill, per-row samplers at
-the vote's temperatures, log-probs, detokenize, stop checks). JAX is warmed up
-(compiled) first. Both llama.cpp sides run without weight repacking (``-nr``;
-``repack=False`` in our engine): on our AVX-512/AMX machine the repack/AMX path dies
-with SIGILL (native) or SIGSEGV (Python). The sides run alternately, ``--repeats``
-times; the best time of each is reported. Acceptance (issue 13): ours <= 1.1x
-batched-bench and <= 0.5x JAX for the 5-row vote. Other processes on the machine
-skew all three: run it quiet.
+Each repeat runs, for each library, a child process that loads our engine on it (the
+wheel: ``BIGTHOUGHTS_LLAMA_NATIVE=0``; native: the build in the cache), warms up, times
+one ``generate`` per row count and then that build's ``llama-batched-bench`` (the
+portable build for the wheel: AVX2/FMA/F16C/BMI2, no native flags, as the wheel's
+``llama_print_system_info`` says). ``llama-batched-bench -pps -kvu`` prefills the
+prompt once, shares it with the rows through a unified KV cache and decodes random
+tokens (no sampling); its time is prefill + decode. Ours is one ``generate`` call
+(tokenize, prefill, per-row samplers at the vote's temperatures, log-probs,
+detokenize, stop checks). Neither repacks weights (``-nr``; ``repack=False``). The
+best of the repeats is reported, with ours / bench per library and native / wheel.
+Other processes on the machine skew every side: run it quiet.
 """
 
 from __future__ import annotations
@@ -33,26 +36,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import questions  # noqa: E402
 
 LADDER = (0.0, 0.3, 0.5, 0.7, 1.0)
-
-
-def build_batched_bench(dest: Path) -> Path:
-    """Builds ``llama-batched-bench`` from the llama.cpp vendored in the installed
-    llama-cpp-python's sdist (same version), under ``dest``."""
-    from importlib.metadata import version
-
-    ver = version("llama-cpp-python")
-    dest.mkdir(parents=True, exist_ok=True)
-    src = dest / f"llama_cpp_python-{ver}" / "vendor" / "llama.cpp"
-    if not src.is_dir():
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-binary", ":all:",
-                        "--no-deps", f"llama-cpp-python=={ver}", "-d", str(dest)], check=True)
-        subprocess.run(["tar", "xzf", f"llama_cpp_python-{ver}.tar.gz"], cwd=dest, check=True)
-    build = src / "build"
-    subprocess.run(["cmake", "-B", str(build), "-DCMAKE_BUILD_TYPE=Release", "-DLLAMA_CURL=OFF",
-                    "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_SERVER=OFF"], cwd=src, check=True)
-    subprocess.run(["cmake", "--build", str(build), "--target", "llama-batched-bench",
-                    f"-j{os.cpu_count()}"], cwd=src, check=True)
-    return build / "bin" / "llama-batched-bench"
 
 
 def prompt_of(engine, n_tokens: int) -> str:
@@ -86,11 +69,63 @@ def time_call(fn) -> float:
     return time.perf_counter() - start
 
 
+def child(args) -> None:
+    """One library's measurements, as one JSON line: ours and batched-bench per row count."""
+    from bigthoughts.inference.llamacpp import LlamaCppEngine
+    from bigthoughts.llama_install import library_choice
+    from bigthoughts.models.registry import embedded_gguf_path
+
+    rows = [int(x) for x in args.rows.split(",")]
+    gguf = embedded_gguf_path()
+    engine = LlamaCppEngine(gguf, threads=args.threads)
+    prompt = prompt_of(engine, args.prompt_tokens)
+
+    def ours(n):
+        return engine.generate([prompt], temperatures=temps(n), num_samples=n,
+                               max_new_tokens=args.new_tokens, seed=1, stop_at_eos=False)
+
+    for n in rows:  # warm-up: allocate the context
+        assert all(g.num_tokens == args.new_tokens for g in ours(n))
+    out = {"library": library_choice()[1], "ours": {n: time_call(lambda n=n: ours(n))
+                                                    for n in rows}}
+    engine.close()
+    if args.batched_bench and Path(args.batched_bench).is_file():
+        out["batched-bench"] = run_batched_bench(Path(args.batched_bench), gguf,
+                                                 args.prompt_tokens, args.new_tokens, rows,
+                                                 args.threads)
+    print(json.dumps(out))
+
+
+def temps(n):
+    return [LADDER[i % len(LADDER)] for i in range(n)] if n > 1 else 0.0
+
+
+def bench_of(library: str) -> Path:
+    from bigthoughts.llama_install import native_dir
+
+    folder = native_dir() if library == "native" else \
+        native_dir().with_name(native_dir().name.replace("-native", "-portable"))
+    return folder / "bin" / "llama-batched-bench"
+
+
+def run_child(library: str, args) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "BIGTHOUGHTS_LLAMA_LIB"}
+    env["BIGTHOUGHTS_LLAMA_NATIVE"] = "1" if library == "native" else "0"
+    cmd = [sys.executable, __file__, "--child", "--threads", str(args.threads),
+           "--prompt-tokens", str(args.prompt_tokens), "--new-tokens", str(args.new_tokens),
+           "--rows", args.rows, "--batched-bench", str(bench_of(library))]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    if out["library"] != library:
+        raise SystemExit(f"asked for the {library} library, the engine loaded {out['library']}")
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--batched-bench", type=Path, default=None, help="llama-batched-bench path")
-    ap.add_argument("--build-batched-bench", type=Path, default=None,
-                    help="build llama-batched-bench into this cache dir first")
+    ap.add_argument("--libraries", default="wheel,native")
+    ap.add_argument("--batched-bench", default=None, help="(child) llama-batched-bench path")
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--prompt-tokens", type=int, default=128)
     ap.add_argument("--new-tokens", type=int, default=128)
@@ -98,64 +133,61 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--no-jax", action="store_true", help="skip the JAX sampler")
     args = ap.parse_args()
-    exe = build_batched_bench(args.build_batched_bench) if args.build_batched_bench \
-        else args.batched_bench
+    if args.child:
+        return child(args)
     rows = [int(x) for x in args.rows.split(",")]
-
-    from bigthoughts.inference.llamacpp import LlamaCppEngine
-    from bigthoughts.models.registry import embedded_gguf_path
-
-    gguf = embedded_gguf_path()
-    engine = LlamaCppEngine(gguf, threads=args.threads)
-    prompt = prompt_of(engine, args.prompt_tokens)
-    sampler = None
+    libraries = args.libraries.split(",")
+    best: dict[str, dict[int, float]] = {}
+    for rep in range(args.repeats):
+        for library in libraries:
+            got = run_child(library, args)
+            for side in ("ours", "batched-bench"):
+                for n, t in got.get(side, {}).items():
+                    key = f"{side} ({library})"
+                    best.setdefault(key, {})[int(n)] = min(t, best.get(key, {}).get(int(n), 1e9))
+        print(f"repeat {rep + 1}: " + json.dumps(best), file=sys.stderr)
     if not args.no_jax:
-        from bigthoughts.inference.jax_sampler import Sampler
-        from bigthoughts.models.registry import load_model
+        best["jax"] = jax_times(args, rows)
+    report(best, rows, libraries, args)
 
-        lm = load_model()
-        sampler = Sampler(lm.model, lm.tokenizer)
 
-    def temps(n):
-        return [LADDER[i % len(LADDER)] for i in range(n)] if n > 1 else 0.0
+def jax_times(args, rows) -> dict[int, float]:
+    """Our JAX sampler on the same prompt (warmed up, best of the repeats)."""
+    from bigthoughts.inference.jax_sampler import Sampler
+    from bigthoughts.inference.llamacpp import LlamaCppEngine
+    from bigthoughts.models.registry import embedded_gguf_path, load_model
 
-    def ours(n):
-        return engine.generate([prompt], temperatures=temps(n), num_samples=n,
-                               max_new_tokens=args.new_tokens, seed=1, stop_at_eos=False)
+    prompt = prompt_of(LlamaCppEngine(embedded_gguf_path(), threads=1), args.prompt_tokens)
+    lm = load_model()
+    sampler = Sampler(lm.model, lm.tokenizer)
 
-    def jax_side(n):
+    def run(n):
         return sampler.generate([prompt], temperatures=temps(n), num_samples=n,
                                 max_new_tokens=args.new_tokens, seed=1, stop_at_eos=False)
 
-    for n in rows:  # warm-up: allocate the context, compile the JAX programs
-        assert all(g.num_tokens == args.new_tokens for g in ours(n))
-        if sampler is not None:
-            jax_side(n)
-    best: dict[str, dict[int, float]] = {"batched-bench": {}, "ours": {}, "jax": {}}
-    for rep in range(args.repeats):
-        if exe is not None:
-            for n, t in run_batched_bench(exe, gguf, args.prompt_tokens, args.new_tokens, rows,
-                                          args.threads).items():
-                best["batched-bench"][n] = min(t, best["batched-bench"].get(n, 1e9))
-        for n in rows:
-            best["ours"][n] = min(time_call(lambda n=n: ours(n)), best["ours"].get(n, 1e9))
-            if sampler is not None:
-                best["jax"][n] = min(time_call(lambda n=n: jax_side(n)), best["jax"].get(n, 1e9))
-        print(f"repeat {rep + 1}: " + json.dumps(best), file=sys.stderr)
-    report(best, rows, args)
+    for n in rows:
+        run(n)
+    return {n: min(time_call(lambda n=n: run(n)) for _ in range(args.repeats)) for n in rows}
 
 
-def report(best, rows, args) -> None:
+def report(best, rows, libraries, args) -> None:
     print(f"\n{args.prompt_tokens}-token shared prompt, {args.new_tokens} new tokens, "
           f"{args.threads} threads, best of {args.repeats}")
-    print("| rows | llama-batched-bench | ours (llama.cpp) | JAX | ours / bench | ours / JAX |")
-    print("|---:|---:|---:|---:|---:|---:|")
-    for n in rows:
-        bench, ours, jx = (best[k].get(n) for k in ("batched-bench", "ours", "jax"))
-        fmt = lambda t: f"{t:.2f} s" if t else "-"  # noqa: E731
-        ratio = lambda a, b: f"{a / b:.2f}x" if a and b else "-"  # noqa: E731
-        print(f"| {n} | {fmt(bench)} | {fmt(ours)} | {fmt(jx)} | {ratio(ours, bench)} "
-              f"| {ratio(ours, jx)} |")
+    fmt = lambda t: f"{t:.2f} s" if t else "-"  # noqa: E731
+    ratio = lambda a, b: f"{a / b:.2f}x" if a and b else "-"  # noqa: E731
+    print("| library | rows | llama-batched-bench | ours | ours / bench | JAX | ours / JAX |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for library in libraries:
+        for n in rows:
+            bench = best.get(f"batched-bench ({library})", {}).get(n)
+            ours = best.get(f"ours ({library})", {}).get(n)
+            jx = best.get("jax", {}).get(n)
+            print(f"| {library} | {n} | {fmt(bench)} | {fmt(ours)} | {ratio(ours, bench)} | "
+                  f"{fmt(jx)} | {ratio(ours, jx)} |")
+    if {"wheel", "native"} <= set(libraries):
+        for n in rows:
+            wheel, native = best["ours (wheel)"].get(n), best["ours (native)"].get(n)
+            print(f"native build's gain over the wheel, {n} row(s): {ratio(wheel, native)}")
 
 
 if __name__ == "__main__":
