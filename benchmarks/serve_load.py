@@ -263,7 +263,8 @@ def main() -> None:
         rows += peer_rows(peer, gguf, qs, max(counts), args)
         ours, theirs = rows[-4]["rps"], rows[-2]["rps"]
         print(f"\nours / llama-server at {max(counts)} clients: {ours / theirs:.2f}x "
-              f"requests/s (our engine on {library_choice()[1]} llama.cpp, {peer})")
+              f"requests/s (our engine on the {library_choice()[1]} llama.cpp library, the "
+              f"peer {peer.parent.parent.name}/bin/{peer.name})")
     print_table(rows, ratio, rows[-2]["label"] if not peer else f"{max(counts)} clients", args)
     if args.json:
         Path(args.json).write_text(json.dumps({"rows": rows, "ratio": ratio,

@@ -31,6 +31,7 @@ from bigthoughts.models.limits import GenerationLimitError
 _MAX_INSERT = 48  # calculator tokens a row may insert at once
 _PREFIX = 200  # characters of the prompt that a calculator annotation may start in
 _BATCH = 512  # prompt tokens per llama_decode while prefilling
+_MIN_SHARED = 16  # a shared prompt prefix shorter than this is prefilled anyway
 
 
 @dataclass(eq=False)
@@ -40,6 +41,7 @@ class Ticket:
     rows: list[Row]
     chains: list
     prompt_tokens: list[int]  # per prompt
+    fed: list[list[int]]  # per prompt: the tokens in its first row's cache (prompt + insert)
     num_samples: int
     ends: tuple
     calculate: object
@@ -64,7 +66,11 @@ class RunningBatch:
     def __init__(self, engine, *, n_seq: int, n_ctx: int):
         self.engine, self.n_seq, self.n_ctx = engine, n_seq, n_ctx
         self._ll = engine._ll
-        self._ctx = engine._context(n_ctx, n_seq)  # memory cleared
+        # one more sequence keeps the last finished request's prompt (its cells on top)
+        self._hold_cap = min(4096, max(_BATCH, n_ctx // 4))
+        self._holder, self._held = n_seq, []
+        self._ctx = engine._context(n_ctx + self._hold_cap, n_seq + 1)  # memory cleared
+        self.shared_tokens = 0  # prompt tokens copied from a cache instead of computed
         self._free = list(range(n_seq))
         self._used_cells = 0
         self._tickets: list[Ticket] = []
@@ -113,12 +119,13 @@ class RunningBatch:
                 for r, (s, t) in enumerate(zip(seqs, temps, strict=True))]
         ends = (stop, stop_inclusive, max_new_tokens, engine.eos_id if stop_at_eos else -1)
         ticket = Ticket(rows=rows, chains=chains, prompt_tokens=[len(e) for e in encoded],
+                        fed=[e + i for e, i in zip(encoded, inserts, strict=True)],
                         num_samples=k, ends=ends, calculate=calculate, cells=cells, seqs=seqs)
         self._used_cells += cells
         self._tickets.append(ticket)
         try:
             for p in range(len(prompts)):
-                self._prefill(encoded[p] + inserts[p], ticket, p, inserts[p])
+                self._prefill(ticket.fed[p], ticket, p, inserts[p])
         except Exception:
             self.drop(ticket)
             raise
@@ -130,9 +137,13 @@ class RunningBatch:
         engine, k = self.engine, ticket.num_samples
         rows, chains = ticket.rows[p * k:(p + 1) * k], ticket.chains[p * k:(p + 1) * k]
         seq0 = rows[0].seq
-        for start in range(0, len(tokens), _BATCH):
-            engine._decode(self._batch, [(seq0, start, tokens[start:start + _BATCH])])
         mem = self._ll.llama_get_memory(self._ctx)
+        src, shared = self._cached_prefix(tokens, ticket, p)
+        if shared:  # same tokens at the same positions: the cells are shared, not redone
+            self._ll.llama_memory_seq_cp(mem, src, seq0, 0, shared)
+            self.shared_tokens += shared
+        for start in range(shared, len(tokens), _BATCH):
+            engine._decode(self._batch, [(seq0, start, tokens[start:start + _BATCH])])
         for row in rows[1:]:
             self._ll.llama_memory_seq_cp(mem, seq0, row.seq, -1, -1)
         logits = engine._logits(1)
@@ -143,6 +154,23 @@ class RunningBatch:
                 row.add(tok, engine.piece(tok), 0.0, inserted=True)
             if row.check(*ticket.ends) is None:
                 engine._take(row, chain, -1, logits[0], lse[0], ticket.ends, ticket.calculate)
+
+    def _cached_prefix(self, tokens: list[int], ticket: Ticket, p: int) -> tuple[int, int]:
+        """(sequence, length) of the longest prompt prefix already in the KV cache: a live
+        request's prompt (or an earlier prompt of this one), or the last finished one's
+        (the holder); (0, 0) when shorter than ``_MIN_SHARED``. The last prompt token is
+        always decoded (its logits draw the first tokens)."""
+        sources = [(self._holder, self._held)]
+        for other in self._tickets:
+            count = p if other is ticket else len(other.fed)
+            sources += [(other.rows[q * other.num_samples].seq, other.fed[q])
+                        for q in range(count)]
+        best = (0, 0)
+        for seq, fed in sources:
+            n = _common_prefix(tokens, fed, len(tokens) - 1)
+            if n > best[1]:
+                best = (seq, n)
+        return best if best[1] >= _MIN_SHARED else (0, 0)
 
     def step(self) -> list[tuple[Ticket, list[Generation]]]:
         """One decode of every live row; the requests that finished, with their rows."""
@@ -167,8 +195,21 @@ class RunningBatch:
             k = ticket.num_samples
             out.append((ticket, [self.engine._generation(r, ticket.prompt_tokens[i // k])
                                  for i, r in enumerate(ticket.rows)]))
+            self._hold(ticket)
             self.drop(ticket)
         return out
+
+    def _hold(self, ticket: Ticket) -> None:
+        """Keeps the finished request's last prompt in the holder sequence, for the next
+        request that starts the same way (a server's few-shot prompts)."""
+        fed = ticket.fed[-1]
+        if len(fed) > self._hold_cap:
+            return
+        mem = self._ll.llama_get_memory(self._ctx)
+        seq = ticket.rows[(len(ticket.fed) - 1) * ticket.num_samples].seq
+        self._ll.llama_memory_seq_rm(mem, self._holder, -1, -1)
+        self._ll.llama_memory_seq_cp(mem, seq, self._holder, 0, len(fed))
+        self._held = list(fed)
 
     def drop(self, ticket: Ticket) -> None:
         """Removes a request (finished or abandoned): its KV cells, sequences, samplers."""
@@ -187,6 +228,21 @@ class RunningBatch:
             if not isinstance(chain, np.random.Generator):
                 self._ll.llama_sampler_free(chain)
         ticket.chains = [None] * len(ticket.chains)
+
+
+def _common_prefix(a: list[int], b: list[int], limit: int) -> int:
+    """Length of the common prefix of ``a`` and ``b``, at most ``limit``."""
+    n = min(len(a), len(b), limit)
+    if a[:n] == b[:n]:
+        return n
+    lo, hi = 0, n  # a[:lo] == b[:lo], a[:hi] != b[:hi]
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if a[:mid] == b[:mid]:
+            lo = mid
+        else:
+            hi = mid
+    return lo
 
 
 def _row_seed(seed: int, row: int) -> int:
