@@ -73,12 +73,14 @@ def run_clients(base_url: str, plan: list[list[str]], args) -> dict:
             try:
                 if args.vote:
                     out = api.chat.completions.create(
-                        model="bench", messages=[{"role": "user", "content": question}],
+                        model=args.served_model,
+                        messages=[{"role": "user", "content": question}],
                         temperature=0, max_tokens=args.max_tokens, extra_body=body)
                     assert out.choices[0].message.content is not None
                 else:
                     out = api.completions.create(
-                        model="bench", prompt=build_prompt(question, "fewshot", args.shots),
+                        model=args.served_model,
+                        prompt=build_prompt(question, "fewshot", args.shots),
                         temperature=0, max_tokens=args.max_tokens, stop=[FEWSHOT_STOP])
                     assert out.choices[0].text is not None
             except Exception as exc:  # noqa: BLE001 - counted and reported
@@ -247,6 +249,7 @@ def main() -> None:
 
     enable_compilation_cache()
     engine, gguf, spec = our_engine(args)
+    args.served_model = spec.name
     peer = None if args.peer == "none" else Path(args.peer) if args.peer else default_peer()
     qs = questions(max(counts) * args.requests)
     config = ServeConfig(model_id=spec.name, prompt_style=spec.prompt_style,

@@ -380,6 +380,12 @@ def cmd_serve(args) -> int:
         check_shots(args.shots)
     except ValueError as err:
         raise UserError(f"--{err}") from None
+    key = args.api_key if args.api_key is not None else os.environ.get("BIGTHOUGHTS_API_KEY")
+    if key is not None and not key.strip():
+        raise UserError("--api-key (or BIGTHOUGHTS_API_KEY) must be a non-empty key")
+    if key is None and args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: serving on {args.host} without an API key: anyone who can reach "
+              f"this port can use it (--api-key KEY)", file=sys.stderr)
     choice = args.choice
     chosen = _engine(choice)
     lm = chosen.loaded
@@ -390,7 +396,8 @@ def cmd_serve(args) -> int:
         shots=args.shots, calculator=choice.calculator,
         limits=Limits(max_n=min(16, args.max_batch_rows), context_length=context),
         max_batch_rows=args.max_batch_rows, queue_size=args.queue_size,
-        batch_wait_s=args.batch_wait_ms / 1000,
+        batch_wait_s=args.batch_wait_ms / 1000, api_key=key,
+        aliases=tuple(dict.fromkeys(n for n in (lm.spec.name, choice.model) if n)),
         pad_batches=chosen.kind == "jax")  # JAX compiles per batch shape: fewer shapes
     app = create_app(chosen.engine, config)
     print(f"serving {config.model_id} on http://{args.host}:{args.port}/v1", file=sys.stderr)

@@ -138,6 +138,8 @@ def _add_other_commands(sub) -> None:
     p.add_argument("--calculator", action=argparse.BooleanOptionalAction, default=None,
                    help="the calculator for requests that do not say (default: on for the "
                         "shipped model)")
+    p.add_argument("--api-key", default=None, help="require Authorization: Bearer KEY on "
+                   "every route but /health (or $BIGTHOUGHTS_API_KEY)")
     p.set_defaults(style=None)
 
     p = sub.add_parser("export", help="write an exported checkpoint as a GGUF file")

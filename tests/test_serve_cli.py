@@ -19,7 +19,7 @@ def test_port_in_use_is_a_one_line_error(capsys):
 
 
 @pytest.mark.parametrize("flag", [["--queue-size", "0"], ["--max-batch-rows", "0"],
-                                  ["--batch-wait-ms", "-1"]])
+                                  ["--batch-wait-ms", "-1"], ["--api-key", " "]])
 def test_bad_batching_flags_are_one_line_errors(flag, capsys):
     assert main(["serve", "--host", "127.0.0.1", "--port", "0", *flag]) == 2
     err = capsys.readouterr().err

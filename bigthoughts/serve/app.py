@@ -155,6 +155,10 @@ class _Service:
         body = await _read_body(request, limits.max_request_bytes)
         req = parse_request(read_json(body, limits), chat=chat, limits=limits,
                             calculator=self.config.calculator and self.calculator_ok)
+        if req.model is not None and req.model not in self.config.model_names:
+            raise APIError(404, f"the model {req.model!r} does not exist here; this server "
+                           f"serves {', '.join(self.config.model_names)} (GET /v1/models)",
+                           type_="not_found_error", param="model", code="model_not_found")
         if req.calculator and not self.calculator_ok:
             raise APIError(400, "the calculator is unavailable with this engine",
                            param="calculator", code="calculator_unavailable")
@@ -187,6 +191,7 @@ def create_app(engine: Engine, config: ServeConfig | None = None) -> FastAPI:
     app = FastAPI(title="bigthoughts", lifespan=lifespan)
     app.state.service = service
     _install_error_handlers(app)
+    _require_key(app, service.config.api_key)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
@@ -198,14 +203,35 @@ def create_app(engine: Engine, config: ServeConfig | None = None) -> FastAPI:
 
     @app.get("/v1/models")
     async def models():
-        return {"object": "list", "data": [{"id": service.config.model_id, "object": "model",
-                                            "created": 0, "owned_by": "bigthoughts"}]}
+        return {"object": "list", "data": [{"id": name, "object": "model", "created": 0,
+                                            "owned_by": "bigthoughts"}
+                                           for name in service.config.model_names]}
 
     @app.get("/health")
     async def health():
         return service.health()
 
     return app
+
+
+def _require_key(app: FastAPI, key: str | None) -> None:
+    """With ``key``, every route but ``/health`` answers 401 unless the request carries
+    ``Authorization: Bearer KEY`` (compared in constant time), as vLLM and llama-server."""
+    if key is None:
+        return
+    import hmac
+
+    expected = f"Bearer {key}".encode()
+
+    @app.middleware("http")
+    async def check_key(request: Request, call_next):
+        if request.url.path != "/health":
+            given = request.headers.get("authorization", "").encode()
+            if not hmac.compare_digest(given, expected):
+                return _error_response(APIError(
+                    401, "missing or wrong API key: send Authorization: Bearer KEY",
+                    type_="authentication_error", code="invalid_api_key"))
+        return await call_next(request)
 
 
 def free_port(host: str = "127.0.0.1") -> int:

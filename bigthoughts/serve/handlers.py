@@ -53,6 +53,12 @@ class ServeConfig:
     batch_wait_s: float = 0.05
     pad_batches: bool = False
     calculator: bool = False  # for requests that do not say (the shipped model's setting)
+    aliases: tuple[str, ...] = ()  # other names a request's `model` may use (/v1/models)
+    api_key: str | None = None  # every route but /health then needs `Bearer KEY`
+
+    @property
+    def model_names(self) -> tuple[str, ...]:
+        return (self.model_id, *(a for a in self.aliases if a != self.model_id))
 
     def __post_init__(self) -> None:
         build_prompt("?", self.prompt_style, shots=self.shots)  # ValueError: bad style/shots
@@ -61,6 +67,8 @@ class ServeConfig:
                              f"limits.max_n ({self.limits.max_n}): one request must fit a batch")
         if self.queue_size < 1 or self.batch_wait_s < 0:
             raise ValueError("queue_size must be >= 1 and batch_wait_s >= 0")
+        if self.api_key is not None and not self.api_key.strip():
+            raise ValueError("the API key must not be empty")
 
 
 @dataclass(frozen=True)
