@@ -202,3 +202,13 @@ def test_right_answer_wrong_steps_row_next_to_accuracy(runs, tmp_path):
     assert md[row - 1].startswith("| accuracy |")
     report = json.loads((tmp_path / "r" / "report.json").read_text())
     assert [r["right_answer_wrong_steps"] for r in report["runs"]] == [None, 0.125]
+
+
+def test_a_run_whose_results_repeat_a_question_is_refused(tmp_path):
+    """Two writers into one directory (or concatenated files) would count a question
+    twice while the summary says otherwise: report names the id instead."""
+    twice = [record("q0", "1", ["1"], [0.0]), record("q1", "1", ["2"], [0.0]),
+             record("q0", "1", ["1"], [0.0])]
+    run = write_run(tmp_path / "twice", twice, summary("single", 0.5, [0.1, 0.9]))
+    with pytest.raises(RunDirError, match="question 'q0' appears twice"):
+        load_run(run)

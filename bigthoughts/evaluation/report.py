@@ -81,10 +81,15 @@ def load_run(path: Path) -> Run:
     if not (path / RESULTS).is_file():
         raise RunDirError(f"run directory {path} has no {RESULTS}")
     records = read_results(path / RESULTS)
+    seen: set = set()
     for r in records:
         if not {"correct", "traces", "vote"} <= set(r):
             raise RunDirError(f"run directory {path}: record {r.get('id')!r} in {RESULTS} "
                               "lacks correct/traces/vote")
+        if r.get("id") in seen:  # two writers, or files concatenated: counts would lie
+            raise RunDirError(f"run directory {path}: question {r.get('id')!r} appears twice "
+                              f"in {RESULTS}; rerun that evaluation into a fresh --out")
+        seen.add(r.get("id"))
     return Run(_label(summary), path, summary, records)
 
 
