@@ -53,12 +53,22 @@ class RunDirBusy(RuntimeError):
 LOCK_NAME = ".lock"
 
 
+def remove_stale_temps(out: Path) -> list[Path]:
+    """Deletes the half-written files a killed writer left in ``out`` (the ``.NAME*.tmp``
+    of ``files.atomic_write_*``); called with the run's lock held. Returns them."""
+    stale = [p for p in Path(out).rglob(".*.tmp") if p.is_file()]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
 @contextlib.contextmanager
 def lock_run_dir(out: Path) -> Iterator[Path]:
     """Holds ``out``'s writer lock (``out/.lock``, ``fcntl.flock``) for the block;
     :class:`RunDirBusy` names the holder's PID when another process has it. The kernel
     drops the lock when its holder exits, however it exits, so a killed run never
-    leaves a lock that blocks the rerun. Creates ``out`` if needed."""
+    leaves a lock that blocks the rerun. Creates ``out`` if needed; once the lock is
+    held, removes the temporary files a killed writer left (``remove_stale_temps``)."""
     import fcntl
 
     out = Path(out)
@@ -74,6 +84,7 @@ def lock_run_dir(out: Path) -> Iterator[Path]:
                              f"wait for it to finish or use another --out") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        remove_stale_temps(out)  # the lock is ours: no writer is midway through one
         yield path
     finally:
         os.close(fd)  # closing releases the lock

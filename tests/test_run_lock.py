@@ -55,3 +55,24 @@ def test_a_second_eval_into_the_same_directory_is_one_line(tmp_path, gsm8k_dir):
         f"error: {tmp_path / 'run'} is in use by another bigthoughts process (PID {proc.pid}); "
         "wait for it to finish or use another --out"], done.stderr
     assert not (tmp_path / "run" / "results.jsonl").exists()
+
+
+def test_taking_the_lock_removes_what_a_killed_writer_left(tmp_path):
+    """A kill -9 during an atomic write (an export, a checkpoint) leaves `.NAME*.tmp`
+    files; the next writer deletes them, and nothing else."""
+    from bigthoughts.files import atomic_write_text
+    from bigthoughts.rundir import lock_run_dir
+
+    out = tmp_path / "run"
+    (out / "export").mkdir(parents=True)
+    stale = [out / "export" / ".adapter.safetensors.x1y2.tmp", out / ".metrics.jsonl.tmp"]
+    for path in stale:
+        path.write_text("half")
+    keep = [out / "export" / "adapter.safetensors", out / "notes.tmp"]
+    for path in keep:
+        path.write_text("whole")
+    with lock_run_dir(out):
+        atomic_write_text(out / "summary.json", "{}")
+    assert not any(p.exists() for p in stale)
+    assert all(p.read_text() == "whole" for p in keep)
+    assert (out / "summary.json").read_text() == "{}"
