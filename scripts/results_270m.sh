@@ -101,7 +101,8 @@ case "${1:?usage: results_270m.sh sft|grpo|ablation|solvable|stage3|stage4|stage
       relay nice -n 19 $B train --config configs/gemma3-270m-grpo-relay.yaml --out $run \
         max_steps=20 eval_every=20 save_every=10 grpo.dynamic_sampling=0 \
         grpo.sampler_correction=$corr --time-budget "$BUDGET"
-      mkdir -p $OUT/tis/$corr && cp -r $run/metrics.jsonl $run/config.json $run/evals $OUT/tis/$corr/
+      mkdir -p $OUT/tis/$corr/evals && cp $run/metrics.jsonl $run/config.json $OUT/tis/$corr/ &&
+        cp $run/evals/*.jsonl $OUT/tis/$corr/evals/  # not the LoRA snapshots
     done ;;
   sft2)  # stage 4 continues supervised on more GSM8K train reference solutions
     stage sft configs/gemma3-270m-sft2.yaml gemma3-270m-sft2 \
