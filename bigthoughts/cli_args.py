@@ -122,6 +122,21 @@ def _add_other_commands(sub) -> None:
     p.add_argument("--out", default=None, help="folder for the PNG (default: the run dir)")
     p.add_argument("--window", type=int, default=10, help="moving-average window")
 
+    _add_serve_command(sub)
+
+    p = sub.add_parser("export", help="write an exported checkpoint as a GGUF file")
+    p.add_argument("--checkpoint", required=True, help="a directory written by `train` (export/)")
+    p.add_argument("--gguf", required=True, help="output .gguf file")
+    p.add_argument("--gguf-type", default="f16", choices=["f16", "q8_0", "f32"])
+    p.add_argument("--tokenizer-from", default=None,
+                   help="GGUF whose tokenizer/metadata to copy (default: the embedded 270M)")
+
+    p = sub.add_parser("download", help="download GSM8K (checksummed) into the cache")
+    p.add_argument("--dest", default=None)
+    _add_build_command(sub)
+
+
+def _add_serve_command(sub) -> None:
     p = sub.add_parser("serve", help="OpenAI-compatible HTTP server (votes via extra_body)")
     _add_model_args(p)
     _add_engine_args(p)
@@ -141,17 +156,6 @@ def _add_other_commands(sub) -> None:
     p.add_argument("--api-key", default=None, help="require Authorization: Bearer KEY on "
                    "every route but /health (or $BIGTHOUGHTS_API_KEY)")
     p.set_defaults(style=None)
-
-    p = sub.add_parser("export", help="write an exported checkpoint as a GGUF file")
-    p.add_argument("--checkpoint", required=True, help="a directory written by `train` (export/)")
-    p.add_argument("--gguf", required=True, help="output .gguf file")
-    p.add_argument("--gguf-type", default="f16", choices=["f16", "q8_0", "f32"])
-    p.add_argument("--tokenizer-from", default=None,
-                   help="GGUF whose tokenizer/metadata to copy (default: the embedded 270M)")
-
-    p = sub.add_parser("download", help="download GSM8K (checksummed) into the cache")
-    p.add_argument("--dest", default=None)
-    _add_build_command(sub)
 
 
 def _add_build_command(sub) -> None:

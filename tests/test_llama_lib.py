@@ -113,6 +113,7 @@ def test_the_library_choice(monkeypatch, tmp_path):
     wheel = llama_lib.wheel_library()
     monkeypatch.setenv("BIGTHOUGHTS_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("BIGTHOUGHTS_LLAMA_LIB", raising=False)
+    monkeypatch.delenv("BIGTHOUGHTS_LLAMA_NATIVE", raising=False)
     assert llama_lib.library_choice() == (wheel, "wheel")
     native = llama_lib.native_dir() / "lib" / "libllama.so"
     native.parent.mkdir(parents=True)
