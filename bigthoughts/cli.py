@@ -430,6 +430,32 @@ def main(argv: list[str] | None = None) -> int:
     except _user_errors() as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except OSError as exc:
+        message = _disk_error(exc)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        return EXIT_IO
+
+
+EXIT_IO = 74  # sysexits' EX_IOERR: the disk refused a write
+
+
+def _disk_error(exc: OSError) -> str | None:
+    """One line for a write the file system refused (full, read-only, not allowed); None
+    for any other OSError (a bug: its traceback is worth seeing)."""
+    import errno
+
+    where = f" while writing {exc.filename}" if exc.filename else ""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return (f"no space left on the device{where}. Everything written before it is "
+                f"kept (atomic files, checkpoints): free some space and run the same "
+                f"command again to resume")
+    if exc.errno == errno.EROFS:
+        return f"the file system is read-only{where}: choose another --out"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return f"permission denied{where}: choose a folder you can write (--out)"
+    return None
 
 
 if __name__ == "__main__":

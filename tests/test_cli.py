@@ -174,3 +174,33 @@ def test_an_empty_recipe_is_a_one_line_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "is empty: a recipe needs at least one key" in err and err.count("\n") == 1
     assert not (tmp_path / "run").exists()  # nothing written
+
+
+@pytest.mark.parametrize("errno_, words", [
+    (28, "no space left on the device while writing"),  # ENOSPC
+    (30, "the file system is read-only while writing"),  # EROFS
+    (13, "permission denied while writing")])  # EACCES
+def test_a_refused_write_is_one_line_and_its_own_status(errno_, words, tmp_path, capsys,
+                                                        monkeypatch):
+    """A full disk, a read-only or a forbidden --out: one line naming the file, exit 74;
+    another OSError (a bug) keeps its traceback."""
+    import json as json_
+
+    from matplotlib.figure import Figure
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text(json_.dumps({"step": 1, "reward_mean": 1.0}) + "\n")
+
+    def refuse(self, path, *a, **k):
+        raise OSError(errno_, os.strerror(errno_), str(path))
+
+    monkeypatch.setattr(Figure, "savefig", refuse)
+    assert main(["train-report", str(run), "--out", str(tmp_path / "png")]) == 74
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and words in err and err.count("\n") == 1
+    assert "training_curves.png" in err
+    monkeypatch.setattr(Figure, "savefig", lambda *a, **k: (_ for _ in ()).throw(
+        OSError(5, "Input/output error")))
+    with pytest.raises(OSError):
+        main(["train-report", str(run), "--out", str(tmp_path / "png")])
