@@ -15,14 +15,9 @@ LLAMA_BUILD = "b11549"  # the llama.cpp commit of xllamacpp 2026.10.11549
 XLLAMACPP_VERSION = "2026.10.11549"
 
 
-def cache_root() -> Path:
-    """The cache dir of bigthoughts (``$BIGTHOUGHTS_CACHE``, else ~/.cache/bigthoughts)."""
-    return cache_dir()
-
-
 def native_dir() -> Path:
     """Where ``bigthoughts build-llamacpp`` puts llama.cpp built for this CPU."""
-    return cache_root() / f"llama.cpp-{LLAMA_BUILD}-native"
+    return cache_dir() / f"llama.cpp-{LLAMA_BUILD}-native"
 
 
 def wheel_library() -> Path | None:

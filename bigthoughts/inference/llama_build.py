@@ -22,7 +22,8 @@ import sys
 import tarfile
 from pathlib import Path
 
-from bigthoughts.llama_install import LLAMA_BUILD, XLLAMACPP_VERSION, cache_root, native_dir
+from bigthoughts.llama_install import LLAMA_BUILD, XLLAMACPP_VERSION, native_dir
+from bigthoughts.models.spec import cache_dir
 
 SDIST = f"xllamacpp-{XLLAMACPP_VERSION}.tar.gz"
 SDIST_SHA256 = "c17ee1163006f70726abb9f72137830818f3d8cb60bfc34cb232d08428eaa22b"
@@ -46,7 +47,7 @@ def _sha256(path: Path) -> str:
 
 def fetch_source(source: Path | None = None) -> Path:
     """The llama.cpp source tree of ``LLAMA_BUILD`` (unpacked once under the cache)."""
-    root = cache_root() / "sources"
+    root = cache_dir() / "sources"
     tree = root / f"xllamacpp-{XLLAMACPP_VERSION}" / "thirdparty" / "llama.cpp"
     if (tree / "include" / "llama.h").is_file():
         return tree

@@ -39,7 +39,6 @@ from bigthoughts.llama_install import (  # noqa: F401 (re-exported)
     LLAMA_BUILD,
     XLLAMACPP_VERSION,
     available,
-    cache_root,
     library_choice,
     native_dir,
     wheel_library,

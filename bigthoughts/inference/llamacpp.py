@@ -53,11 +53,10 @@ from bigthoughts.inference.contract import (
     calculator_text,
     check_request,
 )
-from bigthoughts.inference.llamacpp_batch import _MAX_INSERT, RunningBatch, cells_needed
+from bigthoughts.inference.llamacpp_batch import _BATCH, _MAX_INSERT, RunningBatch, cells_needed
 from bigthoughts.inference.rows import Row
 
 _CTX_MULTIPLE = 256
-_BATCH = 512  # micro-batch (n_ubatch) and prompt chunk
 
 
 class LlamaCppError(RuntimeError):
@@ -264,7 +263,8 @@ class LlamaCppEngine:
         # room for each prompt and a calculator insertion at its end (at most _MAX_INSERT)
         lengths = [len(self.tokenize(p, add_bos=True)) + _MAX_INSERT for p in prompts]
         batch = RunningBatch(self, n_seq=len(prompts) * num_samples,
-                             n_ctx=cells_needed(lengths, num_samples, max_new_tokens))
+                             n_ctx=cells_needed(lengths, num_samples, max_new_tokens),
+                             hold=False)  # one call: no later request to share with
         try:
             ticket = batch.add(prompts, temperatures=temperatures, num_samples=num_samples,
                                max_new_tokens=max_new_tokens, stop=stop,

@@ -20,7 +20,7 @@ request and a ``generate`` call run the same code.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -46,7 +46,10 @@ class Ticket:
     ends: tuple
     calculate: object
     cells: int  # KV cells reserved for it
-    seqs: list[int] = field(default_factory=list)
+
+    @property
+    def seqs(self) -> list[int]:
+        return [r.seq for r in self.rows]
 
     @property
     def done(self) -> bool:
@@ -63,13 +66,14 @@ def cells_needed(prompt_lengths: Sequence[int], num_samples: int, max_new_tokens
 class RunningBatch:
     """Rows of many requests decoding together on one context of ``engine``."""
 
-    def __init__(self, engine, *, n_seq: int, n_ctx: int):
+    def __init__(self, engine, *, n_seq: int, n_ctx: int, hold: bool = True):
         self.engine, self.n_seq, self.n_ctx = engine, n_seq, n_ctx
         self._ll = engine._ll
-        # one more sequence keeps the last finished request's prompt (its cells on top)
-        self._hold_cap = min(4096, max(_BATCH, n_ctx // 4))
+        # ``hold``: one more sequence keeps the last finished request's prompt (its cells
+        # on top) for the requests that come after it
+        self._hold_cap = min(4096, max(_BATCH, n_ctx // 4)) if hold else 0
         self._holder, self._held = n_seq, []
-        self._ctx = engine._context(n_ctx + self._hold_cap, n_seq + 1)  # memory cleared
+        self._ctx = engine._context(n_ctx + self._hold_cap, n_seq + int(hold))  # cleared
         self.shared_tokens = 0  # prompt tokens copied from a cache instead of computed
         self._free = list(range(n_seq))
         self._used_cells = 0
@@ -120,7 +124,7 @@ class RunningBatch:
         ends = (stop, stop_inclusive, max_new_tokens, engine.eos_id if stop_at_eos else -1)
         ticket = Ticket(rows=rows, chains=chains, prompt_tokens=[len(e) for e in encoded],
                         fed=[e + i for e, i in zip(encoded, inserts, strict=True)],
-                        num_samples=k, ends=ends, calculate=calculate, cells=cells, seqs=seqs)
+                        num_samples=k, ends=ends, calculate=calculate, cells=cells)
         self._used_cells += cells
         self._tickets.append(ticket)
         try:
@@ -160,7 +164,7 @@ class RunningBatch:
         request's prompt (or an earlier prompt of this one), or the last finished one's
         (the holder); (0, 0) when shorter than ``_MIN_SHARED``. The last prompt token is
         always decoded (its logits draw the first tokens)."""
-        sources = [(self._holder, self._held)]
+        sources = [(self._holder, self._held)] if self._held else []
         for other in self._tickets:
             count = p if other is ticket else len(other.fed)
             sources += [(other.rows[q * other.num_samples].seq, other.fed[q])
@@ -175,17 +179,18 @@ class RunningBatch:
     def step(self) -> list[tuple[Ticket, list[Generation]]]:
         """One decode of every live row; the requests that finished, with their rows."""
         finished = self._finished()
-        live = [(t, r) for t in self._tickets for r in t.rows if r.result is None]
+        live = [(t, j, r) for t in self._tickets for j, r in enumerate(t.rows)
+                if r.result is None]
         if live:
-            self.engine._decode(self._batch, [(r.seq, r.pos, r.pending) for _, r in live])
+            self.engine._decode(self._batch, [(r.seq, r.pos, r.pending) for _, _, r in live])
             logits = self.engine._logits(len(live))
             lse = _logsumexp(logits)
             index = -1
-            for i, (ticket, row) in enumerate(live):
+            for i, (ticket, j, row) in enumerate(live):
                 index += len(row.pending)
                 row.pos += len(row.pending)
-                self.engine._take(row, ticket.chains[ticket.rows.index(row)], index,
-                                  logits[i], lse[i], ticket.ends, ticket.calculate)
+                self.engine._take(row, ticket.chains[j], index, logits[i], lse[i],
+                                  ticket.ends, ticket.calculate)
         return finished + self._finished()
 
     def _finished(self) -> list[tuple[Ticket, list[Generation]]]:
@@ -203,7 +208,7 @@ class RunningBatch:
         """Keeps the finished request's last prompt in the holder sequence, for the next
         request that starts the same way (a server's few-shot prompts)."""
         fed = ticket.fed[-1]
-        if len(fed) > self._hold_cap:
+        if len(fed) > self._hold_cap:  # also: not holding (cap 0)
             return
         mem = self._ll.llama_get_memory(self._ctx)
         seq = ticket.rows[(len(ticket.fed) - 1) * ticket.num_samples].seq
