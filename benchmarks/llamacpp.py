@@ -6,13 +6,16 @@ the embedded Q4_K_M GGUF, the same thread count (and our JAX sampler, for scale)
     .venv/bin/bigthoughts build-llamacpp --tools          # native: lib + batched-bench
     .venv/bin/bigthoughts build-llamacpp --tools --portable \\
         --dest ~/.cache/bigthoughts/llama.cpp-b11549-portable   # the wheel's flags
-    .venv/bin/python benchmarks/llamacpp.py [--libraries wheel,native] [--repeats 3]
+    .venv/bin/python benchmarks/llamacpp.py [--libraries wheel,portable,native] [--repeats 3]
 
 Each repeat runs, for each library, a child process that loads our engine on it (the
 wheel: ``BIGTHOUGHTS_LLAMA_NATIVE=0``; native: the build in the cache), warms up, times
 one ``generate`` per row count and then that build's ``llama-batched-bench`` (the
 portable build for the wheel: AVX2/FMA/F16C/BMI2, no native flags, as the wheel's
-``llama_print_system_info`` says). ``llama-batched-bench -pps -kvu`` prefills the
+``llama_print_system_info`` says). ``portable`` runs our engine on that portable
+build's own ``libllama.so``: the same machine code on both sides, so its ratio is the
+engine's own cost; the wheel's library (same commit and flags, built elsewhere) decodes
+a few per cent slower than the portable build here. ``llama-batched-bench -pps -kvu`` prefills the
 prompt once, shares it with the rows through a unified KV cache and decodes random
 tokens (no sampling); its time is prefill + decode. Ours is one ``generate`` call
 (tokenize, prefill, per-row samplers at the vote's temperatures, log-probs,
@@ -100,30 +103,36 @@ def temps(n):
     return [LADDER[i % len(LADDER)] for i in range(n)] if n > 1 else 0.0
 
 
-def bench_of(library: str) -> Path:
+def build_of(library: str) -> Path:
+    """The build folder whose ``llama-batched-bench`` is the library's peer: the native
+    build for ``native``, the portable build (the wheel's flags) for the others."""
     from bigthoughts.llama_install import native_dir
 
-    folder = native_dir() if library == "native" else \
+    return native_dir() if library == "native" else \
         native_dir().with_name(native_dir().name.replace("-native", "-portable"))
-    return folder / "bin" / "llama-batched-bench"
 
 
 def run_child(library: str, args) -> dict:
     env = {k: v for k, v in os.environ.items() if k != "BIGTHOUGHTS_LLAMA_LIB"}
     env["BIGTHOUGHTS_LLAMA_NATIVE"] = "1" if library == "native" else "0"
+    if library == "portable":  # ours on the very library the portable bench runs on
+        env["BIGTHOUGHTS_LLAMA_LIB"] = str(build_of(library) / "lib" / "libllama.so")
     cmd = [sys.executable, __file__, "--child", "--threads", str(args.threads),
            "--prompt-tokens", str(args.prompt_tokens), "--new-tokens", str(args.new_tokens),
-           "--rows", args.rows, "--batched-bench", str(bench_of(library))]
+           "--rows", args.rows,
+           "--batched-bench", str(build_of(library) / "bin" / "llama-batched-bench")]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
     out = json.loads(done.stdout.strip().splitlines()[-1])
-    if out["library"] != library:
+    if out["library"] != {"portable": "env"}.get(library, library):
         raise SystemExit(f"asked for the {library} library, the engine loaded {out['library']}")
     return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--libraries", default="wheel,native")
+    ap.add_argument("--libraries", default="wheel,portable,native",
+                    help="wheel: the xllamacpp wheel's library; portable: the portable "
+                         "build's (the wheel's flags, built here); native: the native build")
     ap.add_argument("--batched-bench", default=None, help="(child) llama-batched-bench path")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--threads", type=int, default=2)

@@ -116,7 +116,7 @@ def test_host_draw_follows_softmax_at_temperature():
         draws = np.bincount([tok for tok, _ in drawn], minlength=5)
         want = np.exp(logits / t) / np.exp(logits / t).sum()
         np.testing.assert_allclose(draws / draws.sum(), want, atol=0.01)
-        assert draws[4] == 0  # 60 nats below the top: beyond the 30*T tail, never drawn
+        assert draws[4] == 0  # 60 nats below the top: probability e^-60 of the top's
         # each draw's log-prob is that of softmax(logits / T), as the full pass gives it
         for tok, logprob in drawn[:50]:
             np.testing.assert_allclose(logprob, np.log(want[tok]), rtol=1e-6)
@@ -126,3 +126,25 @@ def test_host_draw_follows_softmax_at_temperature():
     a = [_host_draw(logits, 1.0, np.random.default_rng(7)) for _ in range(3)]
     b = [_host_draw(logits, 1.0, np.random.default_rng(7)) for _ in range(3)]
     assert a == b  # a row's draws follow its seed
+
+
+def test_host_draw_block_search_equals_a_full_running_sum():
+    """The two-level search picks the token a float64 running sum over the whole
+    vocabulary picks for the same uniform number, across block edges and a last
+    partial block (5,000 tokens: blocks of 1024 and one of 904)."""
+    from bigthoughts.inference.llamacpp import _host_draw
+
+    logits = (np.random.default_rng(3).standard_normal(5000) * 4).astype(np.float32)
+    logits[[1023, 1024, 4999]] = logits.max() + 1.0  # heavy tokens at a block's edges
+    for t in (0.3, 1.0):
+        weights = np.exp((logits - logits.max()) * np.float32(1.0 / t)).astype(np.float64)
+        running = np.cumsum(weights)
+        hits = set()
+        for seed in range(400):
+            u = np.random.default_rng(seed).random() * running[-1]
+            want = int(np.searchsorted(running, u, side="right"))
+            tok, logprob = _host_draw(logits, t, np.random.default_rng(seed))
+            assert tok == want
+            np.testing.assert_allclose(logprob, np.log(weights[tok] / running[-1]), rtol=1e-5)
+            hits.add(tok // 1024)
+        assert len(hits) >= 3 if t == 1.0 else {0, 1, 4} <= hits

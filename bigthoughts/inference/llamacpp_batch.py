@@ -79,6 +79,7 @@ class RunningBatch:
         self._used_cells = 0
         self._tickets: list[Ticket] = []
         self._batch = self._ll.llama_batch_init(max(_BATCH, n_seq * (_MAX_INSERT + 1)), 0, 1)
+        self._scratch = np.empty((n_seq, engine.n_vocab), np.float32)  # see _logsumexp
 
     def close(self) -> None:
         """Frees the batch buffer and the samplers of unfinished requests."""
@@ -151,7 +152,7 @@ class RunningBatch:
         for row in rows[1:]:
             self._ll.llama_memory_seq_cp(mem, seq0, row.seq, -1, -1)
         logits = engine._logits(1)
-        lse = _logsumexp(logits)
+        lse = _logsumexp(logits, self._scratch)
         for row, chain in zip(rows, chains, strict=True):
             row.pos = len(tokens)
             for tok in inserted:  # the prompt ended inside a calculator annotation
@@ -184,7 +185,7 @@ class RunningBatch:
         if live:
             self.engine._decode(self._batch, [(r.seq, r.pos, r.pending) for _, _, r in live])
             logits = self.engine._logits(len(live))
-            lse = _logsumexp(logits)
+            lse = _logsumexp(logits, self._scratch)
             index = -1
             for i, (ticket, j, row) in enumerate(live):
                 index += len(row.pending)
@@ -255,6 +256,13 @@ def _row_seed(seed: int, row: int) -> int:
     return (seed * 1_000_003 + row * 7919 + 1) % 0xFFFFFFFF
 
 
-def _logsumexp(logits: np.ndarray) -> np.ndarray:
+def _logsumexp(logits: np.ndarray, scratch: np.ndarray) -> np.ndarray:
+    """Row-wise log-sum-exp, the exponentials written into ``scratch`` (at least as
+    large as ``logits``): a fresh 1 MB-per-row array each step is fresh pages from the
+    OS, and those page faults cost more than the exponentials (2.4 vs 0.65 ms for 5 rows
+    of 262k, measured in the engine's process)."""
     top = logits.max(axis=-1)
-    return top + np.log(np.exp(logits - top[:, None]).sum(axis=-1))
+    out = scratch[:len(logits)]
+    np.subtract(logits, top[:, None], out=out)
+    np.exp(out, out=out)
+    return top + np.log(out.sum(axis=-1))

@@ -5,9 +5,17 @@ the 262k-token vocabulary. Prefill only needs the last position's logits and the
 GRPO loss only needs the log-probability of the sampled token, so we run the same
 sub-modules (embedder -> layers -> final norm) and project just what is needed.
 The layers and their KV-cache handling are Tunix's own; nothing is re-implemented.
+
+``local_mask`` (a long prompt prefilled in chunks, ``inference.jax_sampler``): Tunix's
+Gemma 3 draws a prefill's sliding-window band from matrix indices, as if query i sat in
+cache slot i, which is wrong for a chunk that starts past slot 0. With ``local_mask``
+the band is in the mask we pass to the sliding-window layers, and those layers run as
+global ones for that call (their weights and cache are the same).
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import jax
 import jax.numpy as jnp
@@ -20,7 +28,8 @@ ROW_TILE = 256
 VOCAB_TILE = 8192
 
 
-def hidden_states(model, tokens, positions, cache, attention_mask, *, remat: bool = False):
+def hidden_states(model, tokens, positions, cache, attention_mask, *, remat: bool = False,
+                  local_mask=None):
     """Runs embedder, decoder layers and final norm. Returns ``(hidden [B,L,D], cache)``.
 
     Models built by ``bigthoughts.models.build`` carry this as a method,
@@ -29,10 +38,12 @@ def hidden_states(model, tokens, positions, cache, attention_mask, *, remat: boo
     ``remat=True`` recomputes each decoder layer in the backward pass instead of
     storing its activations (less activation memory for long sequences, more compute).
     """
+    extra = {} if local_mask is None else {"local_mask": local_mask}
     method = getattr(model, "hidden_states", None)
     if method is not None:
-        return method(tokens, positions, cache, attention_mask, remat=remat)
-    return hidden_states_impl(model, tokens, positions, cache, attention_mask, remat=remat)
+        return method(tokens, positions, cache, attention_mask, remat=remat, **extra)
+    return hidden_states_impl(model, tokens, positions, cache, attention_mask, remat=remat,
+                              **extra)
 
 
 def _run_layer(layer, x, positions, layer_cache, attention_mask):
@@ -50,17 +61,35 @@ def _run_layer_remat(layer, x, positions, layer_cache, attention_mask):
     return jax.checkpoint(run)(state, x, layer_cache)
 
 
-def hidden_states_impl(model, tokens, positions, cache, attention_mask, *, remat: bool = False):
+def hidden_states_impl(model, tokens, positions, cache, attention_mask, *, remat: bool = False,
+                       local_mask=None):
     """The body of :func:`hidden_states` (Tunix's own sub-modules, in order)."""
     run = _run_layer_remat if remat else _run_layer
     x = model.embedder.encode(tokens)
     new_cache = None if cache is None else {}
     for i, layer in enumerate(model.layers):
         name = f"layer_{i}"
-        layer_cache, x = run(layer, x, positions, cache[name] if cache else None, attention_mask)
+        with _band_in_mask(layer.attn, local_mask is not None) as banded:
+            mask = local_mask if banded else attention_mask
+            layer_cache, x = run(layer, x, positions, cache[name] if cache else None, mask)
         if cache is not None:
             new_cache[name] = layer_cache
     return model.final_norm(x), new_cache
+
+
+@contextlib.contextmanager
+def _band_in_mask(attn, enabled: bool):
+    """Runs a sliding-window attention layer as a global one while ``enabled`` (its
+    band is then in the mask: see the module docstring); yields whether it did."""
+    kind = getattr(attn, "attn_type", None)
+    banded = enabled and kind is not None and kind.name == "LOCAL_SLIDING"
+    if banded:
+        attn.attn_type = type(kind).GLOBAL
+    try:
+        yield banded
+    finally:
+        if banded:
+            attn.attn_type = kind
 
 
 def logits(model, hidden):

@@ -54,6 +54,7 @@ MEMORY_FRACTION = 0.8
 MAX_ROWS = 1024
 """Hard cap on the rows (questions x votes) of one generation call, whatever the memory."""
 PROMPT_BUCKET, CHUNK = 64, 16  # the sampler's prompt padding and decode chunk
+PREFILL_CHUNK = 512  # a longer prompt is prefilled this many tokens at a time
 
 
 class GenerationLimitError(ValueError):
