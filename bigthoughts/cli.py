@@ -16,6 +16,7 @@ User mistakes (a bad path, an unknown model, a malformed config) end with a one-
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
@@ -114,7 +115,8 @@ def _choice(args):
         calculator=getattr(args, "calculator", None)))
 
 
-def _preflight(choice, prompts: list[str], *, rows: int, max_new_tokens: int):
+def _preflight(choice, prompts: list[str], *, rows: int, max_new_tokens: int,
+               max_prompt_tokens: int | None = None):
     """Context and memory checks before the weights load, when the spec is known; the
     spec (or None)."""
     from bigthoughts.models.limits import check_before_load
@@ -123,7 +125,8 @@ def _preflight(choice, prompts: list[str], *, rows: int, max_new_tokens: int):
     spec = spec_before_load(choice)
     if spec is not None:
         check_before_load(spec, prompts, rows=rows, max_new_tokens=max_new_tokens,
-                          dtype_bytes=2 if choice.dtype == "bfloat16" else 4)
+                          dtype_bytes=2 if choice.dtype == "bfloat16" else 4,
+                          max_prompt_tokens=max_prompt_tokens)
     return spec
 
 
@@ -131,6 +134,24 @@ def _engine(choice):
     from bigthoughts.inference.engine import make_engine
 
     return make_engine(choice)
+
+
+def _check_prompt_limit(limit: int, spec) -> None:
+    """``--max-prompt-tokens`` in range, before anything loads (the context once known)."""
+    if limit < 1:
+        raise UserError(f"--max-prompt-tokens must be >= 1, got {limit}")
+    if spec is not None and limit > spec.max_context:
+        raise UserError(f"--max-prompt-tokens {limit} is beyond {spec.name}'s context of "
+                        f"{spec.max_context} tokens")
+
+
+def _check_prompt(chosen, prompt: str, limit: int) -> None:
+    """Refuses a prompt over ``--max-prompt-tokens`` (counted by the engine's tokenizer)."""
+    from bigthoughts.inference.engine import prompt_tokens
+    from bigthoughts.models.limits import check_prompt_tokens
+
+    check_prompt_tokens(prompt_tokens(chosen.engine, prompt), limit,
+                        chosen.loaded.spec.max_context)
 
 
 def cmd_ask(args) -> int:
@@ -147,11 +168,13 @@ def cmd_ask(args) -> int:
     choice = args.choice
     spec = resolve.spec_before_load(choice)
     fmt = _config(resolve.prompt_format_for, style=choice.style, spec=spec, shots=args.shots)
+    _check_prompt_limit(args.max_prompt_tokens, spec)
     _preflight(choice, [fmt.prompt(question)], rows=vote.votes,
-               max_new_tokens=vote.max_new_tokens)
+               max_new_tokens=vote.max_new_tokens, max_prompt_tokens=args.max_prompt_tokens)
     chosen = _engine(choice)
     engine, lm = chosen.engine, chosen.loaded
     fmt = resolve.prompt_format_for(choice.style, lm.spec, args.shots)
+    _check_prompt(chosen, fmt.prompt(question), args.max_prompt_tokens)
     check_loaded(lm, [fmt.prompt(question)], rows=vote.votes, max_new_tokens=vote.max_new_tokens)
     solver = Solver(engine, format=fmt, vote=vote, seed=args.seed, calculator=choice.calculator)
     start = time.perf_counter()
@@ -206,10 +229,13 @@ def cmd_generate(args) -> int:
     from bigthoughts.models.limits import check_loaded
 
     _check_generate_args(args)
-    _preflight(args.choice, [args.prompt], rows=args.num_samples,
-               max_new_tokens=args.max_new_tokens)
+    _check_prompt_limit(args.max_prompt_tokens, None)
+    spec = _preflight(args.choice, [args.prompt], rows=args.num_samples,
+                      max_new_tokens=args.max_new_tokens, max_prompt_tokens=args.max_prompt_tokens)
+    _check_prompt_limit(args.max_prompt_tokens, spec)
     chosen = _engine(args.choice)
     sampler, lm = chosen.engine, chosen.loaded
+    _check_prompt(chosen, args.prompt, args.max_prompt_tokens)
     check_loaded(lm, [args.prompt], rows=args.num_samples, max_new_tokens=args.max_new_tokens)
     start = time.perf_counter()
     outs = sampler.generate([args.prompt], temperatures=args.temperature,
@@ -386,15 +412,22 @@ def cmd_serve(args) -> int:
     if key is None and args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: serving on {args.host} without an API key: anyone who can reach "
               f"this port can use it (--api-key KEY)", file=sys.stderr)
+    if not (args.request_timeout > 0 and math.isfinite(args.request_timeout)):
+        raise UserError(f"--request-timeout must be a positive number of seconds, got "
+                        f"{args.request_timeout}")
     choice = args.choice
+    _check_prompt_limit(args.max_prompt_tokens, None)
     chosen = _engine(choice)
     lm = chosen.loaded
     context = lm.spec.max_context
+    _check_prompt_limit(args.max_prompt_tokens, lm.spec)
     config = ServeConfig(
         model_id=choice.shipped or lm.spec.name,
         prompt_style=prompt_format_for(choice.style, lm.spec, args.shots).style,
         shots=args.shots, calculator=choice.calculator,
-        limits=Limits(max_n=min(16, args.max_batch_rows), context_length=context),
+        limits=Limits(max_n=min(16, args.max_batch_rows), context_length=context,
+                      max_prompt_tokens=args.max_prompt_tokens),
+        request_timeout_s=args.request_timeout,
         max_batch_rows=args.max_batch_rows, queue_size=args.queue_size,
         batch_wait_s=args.batch_wait_ms / 1000, api_key=key,
         aliases=tuple(dict.fromkeys(n for n in (lm.spec.name, choice.model) if n)),

@@ -46,6 +46,14 @@ def _vote_args(p: argparse.ArgumentParser, votes: int) -> None:
     p.add_argument("--seed", type=int, default=0)
 
 
+def _prompt_limit_arg(p: argparse.ArgumentParser) -> None:
+    from bigthoughts.models.limits import DEFAULT_MAX_PROMPT_TOKENS
+
+    p.add_argument("--max-prompt-tokens", type=int, default=DEFAULT_MAX_PROMPT_TOKENS,
+                   help="refuse longer prompts (default %(default)s; at most the model's "
+                        "context)")
+
+
 def _calculator_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--calculator", action=argparse.BooleanOptionalAction, default=None,
                    help="answer <<expr= calculator calls inside the decode (GSM8K's notes); "
@@ -60,6 +68,7 @@ def _add_inference_commands(sub) -> None:
     _vote_args(p, 5)
     p.add_argument("--traces", action="store_true", help="print every trace")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    _prompt_limit_arg(p)
     _calculator_arg(p)
 
     p = sub.add_parser("generate", help="sample a continuation of a raw prompt")
@@ -73,6 +82,7 @@ def _add_inference_commands(sub) -> None:
     p.add_argument("--top-p", type=float, default=None)
     p.add_argument("--stop", action="append", help="stop string (repeatable)")
     p.add_argument("--seed", type=int, default=0)
+    _prompt_limit_arg(p)
     _calculator_arg(p)
 
     p = sub.add_parser("eval", help="evaluate on GSM8K; resumable")
@@ -155,6 +165,9 @@ def _add_serve_command(sub) -> None:
                         "shipped model)")
     p.add_argument("--api-key", default=None, help="require Authorization: Bearer KEY on "
                    "every route but /health (or $BIGTHOUGHTS_API_KEY)")
+    _prompt_limit_arg(p)
+    p.add_argument("--request-timeout", type=float, default=600.0,
+                   help="seconds a request may run before it is stopped (504)")
     p.set_defaults(style=None)
 
 

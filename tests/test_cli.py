@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -93,6 +94,12 @@ BAD_INPUTS = [
     (["generate", "x", "--num-samples", "0"], "--num-samples and --max-new-tokens must be >= 1"),
     (["generate", "x", "--max-new-tokens", "40000"], "context of 32768"),
     (["generate", "x", "--stop", "\udcfe"], "the stop string is not valid UTF-8"),
+    (["ask", "2+2?", "--max-prompt-tokens", "0"], "--max-prompt-tokens must be >= 1, got 0"),
+    (["ask", "2+2?", "--max-prompt-tokens", "40000"],
+     "--max-prompt-tokens 40000 is beyond gemma3-270m's context of 32768 tokens"),
+    (["generate", "x", "--max-prompt-tokens", "-1"], "--max-prompt-tokens must be >= 1"),
+    (["serve", "--port", "0", "--max-prompt-tokens", "0"], "--max-prompt-tokens must be >= 1"),
+    (["serve", "--port", "0", "--request-timeout", "0"], "--request-timeout must be a positive"),
 ]
 EVAL_BAD = [
     (["--votes", "0", "--mode", "vote"], "votes must be between 1 and 64, got 0"),
@@ -105,11 +112,12 @@ EVAL_BAD = [
     # 8 GB free (patched below): 0.8 x 8e9 - 1,072,168,960 bytes of weights = 5.33e9 for
     # sequences of 447 estimated prompt tokens (the raw base's 2-shot prompt, bucket 448)
     # + 16 new slots, each 2 x 464 x 36,864 (KV) + 6 x 262,144 x 4 (logits) = 40,501,248
-    # bytes -> 131 fit
+    # bytes, and per prompt (the 20 questions) the prefill's attention, 3 x 4 heads x 448 x
+    # 464 x 4 = 9,977,856 bytes: 20.94 GB for 512 rows -> 130 fit
     (["--model", "gemma3-270m-base", "--mode", "vote", "--votes", "64", "--batch-size", "8",
-      "--max-new-tokens", "8"], "512 sequences of up to 447 + 8 tokens need about 20.7 GB"),
+      "--max-new-tokens", "8"], "512 sequences of up to 447 + 8 tokens need about 20.9 GB"),
     (["--model", "gemma3-270m-base", "--mode", "vote", "--votes", "64", "--batch-size", "8",
-      "--max-new-tokens", "8"], "at most 131 sequences fit"),
+      "--max-new-tokens", "8"], "at most 130 sequences fit"),
 ]
 
 
@@ -204,3 +212,17 @@ def test_a_refused_write_is_one_line_and_its_own_status(errno_, words, tmp_path,
         OSError(5, "Input/output error")))
     with pytest.raises(OSError):
         main(["train-report", str(run), "--out", str(tmp_path / "png")])
+
+
+@pytest.mark.skipif(not __import__("bigthoughts.inference.llama_lib",
+                                   fromlist=["available"]).available(),
+                    reason="needs the llamacpp extra")
+def test_a_120_kb_question_is_refused_in_one_line_within_seconds(capsys):
+    """The real 270M on llama.cpp: the prompt is counted by its tokenizer and refused
+    with the limit before any prefill (the issue's 127 kB question once died of a
+    31.5 GB allocation on the JAX engine)."""
+    question = "How many apples are left? " * 4800  # ~125 kB
+    start = time.monotonic()
+    err = _one_line_error(["ask", question, "--engine", "llama.cpp"], capsys)
+    assert time.monotonic() - start < 10
+    assert "more than the 8192 accepted here" in err and "--max-prompt-tokens" in err

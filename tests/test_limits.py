@@ -12,6 +12,7 @@ from bigthoughts.models.limits import (
     check_before_load,
     check_context,
     check_memory,
+    check_prompt_tokens,
     estimate_prompt_tokens,
     generation_bytes,
     param_bytes,
@@ -27,9 +28,14 @@ SPEC = ModelSpec(name="toy", family="gemma3", instruction_tuned=False, context_l
 
 def test_generation_bytes_by_hand() -> None:
     # cache: prompt 70 -> bucket 128, 20 new -> 32; 160 slots x (2 x 2 layers x 1 x 16 x 4 B)
-    # counted twice, plus 6 float32 vocabulary vectors per row
+    # counted twice, plus 6 float32 vocabulary vectors per row; per prompt the prefill's
+    # attention: 3 float32 copies of 2 heads x 128 queries x 160 slots
     per_row = 2 * 160 * (2 * 2 * 1 * 16 * 4) + 6 * 100 * 4
-    assert generation_bytes(CFG, rows=3, prompt_tokens=70, max_new_tokens=20) == 3 * per_row
+    attention = 3 * 2 * 128 * 160 * 4
+    assert generation_bytes(CFG, rows=3, prompt_tokens=70, max_new_tokens=20) == 3 * (
+        per_row + attention)
+    assert generation_bytes(CFG, rows=3, prompt_tokens=70, max_new_tokens=20, prompts=1) == (
+        3 * per_row + attention)
     assert param_bytes(CFG) == 4 * (100 * 32 + 2 * (32 * 16 * (2 * 2 + 2 * 1) + 3 * 32 * 64))
 
 
@@ -37,15 +43,16 @@ def test_the_real_270m_config_and_the_1000_vote_case() -> None:
     config = spec_model_config(REGISTRY["gemma3-270m"])
     assert (config.num_layers, config.num_kv_heads, config.head_dim, config.num_embed) == (
         18, 1, 256, 262144)
-    # 1000 rows, 300-token prompt (bucket 320) + 8 new (chunk 16): ~31 GB
+    # 1000 rows of one 300-token prompt (bucket 320) + 8 new (chunk 16): ~31 GB
     per_row = 2 * 336 * (2 * 18 * 256 * 4) + 6 * 262144 * 4
-    assert generation_bytes(config, rows=1000, prompt_tokens=300, max_new_tokens=8) == (
-        1000 * per_row) == 31_064_064_000
+    attention = 3 * 4 * 320 * 336 * 4
+    assert generation_bytes(config, rows=1000, prompt_tokens=300, max_new_tokens=8,
+                            prompts=1) == 1000 * per_row + attention == 31_069_224_960
     with pytest.raises(GenerationLimitError, match=f"limit of {MAX_ROWS}"):
         check_before_load(REGISTRY["gemma3-270m"], ["Q"], rows=1000 + MAX_ROWS, max_new_tokens=8)
     with pytest.raises(GenerationLimitError, match=r"need about 31\.1 GB .* at most 257 "):
         check_memory(config, rows=1000, prompt_tokens=300, max_new_tokens=8,
-                     available=10_000_000_000)
+                     available=10_000_000_000, prompts=1)
 
 
 def test_memory_refusal_says_the_limit_and_fitting_calls_pass() -> None:
@@ -79,3 +86,30 @@ def test_prompt_estimate_errs_large() -> None:
     assert estimate_prompt_tokens("") == 1
     assert estimate_prompt_tokens("abcdefg") == 4  # ceil(7 / 3) + BOS
     assert estimate_prompt_tokens("\udcff") == 2  # a lone surrogate still counts
+
+
+def test_a_prompt_too_long_for_the_memory_says_how_long_fits() -> None:
+    """The attention of a chunked prefill is linear in the prompt: a 30,000-token prompt
+    on the 270M needs ~3 GB a row, and the refusal names the
+    longest prompt that fits, which then passes."""
+    config = spec_model_config(REGISTRY["gemma3-270m"])
+    need = generation_bytes(config, rows=1, prompt_tokens=30_000, max_new_tokens=256)
+    assert 2.8e9 < need < 3.2e9  # 2.2 GB of cache (f32, counted twice), 0.7 GB of scores
+    with pytest.raises(GenerationLimitError, match=r"a 30000-token prompt .* at most (\d+) "
+                       r"prompt tokens fit") as err:
+        check_memory(config, rows=1, prompt_tokens=30_000, max_new_tokens=256,
+                     available=2_000_000_000)
+    longest = int(str(err.value).split("at most ")[1].split()[0])
+    assert 10_000 < longest < 30_000
+    check_memory(config, rows=1, prompt_tokens=longest, max_new_tokens=256,
+                 available=2_000_000_000)
+    with pytest.raises(GenerationLimitError):
+        check_memory(config, rows=1, prompt_tokens=longest + 64, max_new_tokens=256,
+                     available=2_000_000_000)
+
+
+def test_the_prompt_limit_names_itself_and_the_context() -> None:
+    check_prompt_tokens(8192, 8192, 32768)
+    with pytest.raises(GenerationLimitError, match="8193 tokens, more than the 8192 accepted "
+                       r"here.*--max-prompt-tokens \(at most the model's context, 32768\)"):
+        check_prompt_tokens(8193, 8192, 32768)

@@ -138,3 +138,42 @@ def test_a_prompt_prefix_in_the_cache_is_shared_not_recomputed(engine):
             assert _ids(done[ticket]) == _ids(alone[prompt])
     finally:
         batch.close()
+
+
+def test_a_long_prompt_is_prefilled_along_the_steps_while_others_decode(engine, monkeypatch):
+    """A prompt longer than one prefill chunk is fed a chunk per step inside the running
+    rows' decodes: the request already running gains a token every one of those steps,
+    and both requests equal their standalone outputs (a multi-prompt request too)."""
+    import bigthoughts.inference.llamacpp_batch as lb
+
+    monkeypatch.setattr(lb, "_BATCH", 8)  # the long prompts below take 5-6 chunks
+    long = dict(temperatures=[0.0, 0.8, 0.5, 1.0], num_samples=2, max_new_tokens=6, seed=3,
+                stop_at_eos=False)
+    prompts = ["the quick brown fox jumps over it", "a lazy dog sleeps all day long, yes"]
+    # byte fallback spells each space in 3 tokens: more tokens than bytes + 8, the
+    # tokenizer's first guess of the buffer it needs (it asks llama.cpp again)
+    assert len(engine.tokenize(prompts[1], add_bos=True)) > len(prompts[1]) + 8
+    alone_a = engine.generate(["abc"], **A)
+    alone_long = engine.generate(prompts, **long)  # itself prefilled along its steps
+    batch = engine.open_batch(n_seq=8, n_ctx=1024)
+    try:
+        first = batch.add(["abc"], **A)
+        batch.step()
+        second = batch.add(prompts, **long)
+        assert second is not None and second.filling  # nothing of it decoded yet
+        row = first.rows[0]
+        done, steps_filling = {}, 0
+        for _ in range(60):
+            before, filling = len(row.ids), bool(second.filling)
+            for ticket, gens in batch.step():
+                done[ticket] = gens
+            if filling:
+                steps_filling += 1
+                assert len(row.ids) == before + 1  # the running request was not held up
+            if len(done) == 2:
+                break
+        assert steps_filling >= 8  # two prompts of 5-6 chunks each
+        assert _ids(done[first]) == _ids(alone_a)
+        assert _ids(done[second]) == _ids(alone_long)
+    finally:
+        batch.close()

@@ -88,3 +88,12 @@ def make_engine(choice: ModelChoice | None = None) -> ChosenEngine:
         loaded = dataclasses.replace(
             loaded, source=f"{loaded.source} + {adapter_label(choice.adapter)}")
     return ChosenEngine(engine=engine, kind="llama.cpp", loaded=loaded)
+
+
+def prompt_tokens(engine: Engine, prompt: str) -> int:
+    """Tokens of ``prompt`` (BOS included) by the engine's own tokenizer: llama.cpp's
+    ``tokenize`` or the JAX sampler's SentencePiece ``tokenizer``."""
+    tokenize = getattr(engine, "tokenize", None)
+    if tokenize is not None:
+        return len(tokenize(prompt, add_bos=True))
+    return len(engine.tokenizer.encode(prompt, add_bos=True))  # type: ignore[attr-defined]

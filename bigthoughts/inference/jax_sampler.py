@@ -63,7 +63,13 @@ from bigthoughts.inference.contract import (
     resolve_calculator,
 )
 from bigthoughts.models import forward
-from bigthoughts.models.limits import CHUNK, PREFILL_CHUNK, PROMPT_BUCKET, round_up
+from bigthoughts.models.limits import (
+    CHUNK,
+    PREFILL_CHUNK,
+    PROMPT_BUCKET,
+    check_memory,
+    round_up,
+)
 
 
 def _pow2(n: int) -> int:
@@ -304,6 +310,9 @@ class Sampler:
         tokens, valid = left_pad(encoded, p_len, self.tokenizer.pad_id())
         slack = max(4 * self.chunk, opts.max_new_tokens // 2) if opts.calculator else 0
         capacity = round_up(opts.max_new_tokens + slack, self.chunk)
+        # before anything is allocated: a GenerationLimitError (one line, HTTP 400)
+        check_memory(self.config, rows=len(rows), prompt_tokens=p_len, max_new_tokens=capacity,
+                     cache_bytes=np.dtype(self.cache_dtype).itemsize, prompts=len(encoded))
         logits, cache, pos = self._prefill_prompt(tokens, valid, p_len + capacity)
         slot_valid = jnp.pad(jnp.asarray(valid), ((0, 0), (0, capacity)))
         if num_samples > 1:

@@ -52,7 +52,13 @@ from bigthoughts.inference.contract import (
     calculator_text,
     check_request,
 )
-from bigthoughts.inference.llamacpp_batch import _BATCH, _MAX_INSERT, RunningBatch, cells_needed
+from bigthoughts.inference.llamacpp_batch import (
+    _BATCH,
+    _MAX_INSERT,
+    RunningBatch,
+    cells_needed,
+    step_tokens,
+)
 from bigthoughts.inference.rows import Row
 
 _CTX_MULTIPLE = 256
@@ -115,7 +121,7 @@ class LlamaCppEngine:
         n_ctx = -(-n_ctx // _CTX_MULTIPLE) * _CTX_MULTIPLE
         params = ll.llama_context_default_params()
         params.n_ctx, params.n_seq_max = n_ctx, max(1, n_seq)
-        params.n_batch = max(512, max(1, n_seq) * (_MAX_INSERT + 1))  # a step's tokens
+        params.n_batch = step_tokens(max(1, n_seq))
         params.n_ubatch = 512
         params.n_threads = params.n_threads_batch = self.threads
         params.kv_unified = True  # a copied prompt shares its cells between sequences
@@ -161,12 +167,14 @@ class LlamaCppEngine:
     def tokenize(self, text: str, *, add_bos: bool) -> list[int]:
         ll = self._ll
         raw = text.encode("utf-8")
-        cap = len(raw) + 8
-        buf = (ll.llama_token * cap)()
-        n = ll.llama_tokenize(self._vocab, raw, len(raw), buf, cap, add_bos, True)
-        if n < 0:
-            raise LlamaCppError(f"could not tokenize a prompt of {len(raw)} bytes")
-        return list(buf[:n])
+        cap = len(raw) + 8  # enough unless byte fallback spells a character in bytes
+        for _ in range(2):
+            buf = (ll.llama_token * cap)()
+            n = ll.llama_tokenize(self._vocab, raw, len(raw), buf, cap, add_bos, True)
+            if n >= 0:
+                return list(buf[:n])
+            cap = -n  # too small: llama.cpp says how many tokens it needs
+        raise LlamaCppError(f"could not tokenize a prompt of {len(raw)} bytes")
 
     def piece(self, token: int) -> bytes:
         """The token's text as bytes (special tokens spelled out, EOS empty)."""

@@ -8,7 +8,10 @@ Every live row of every request advances in ONE ``llama_decode`` per step. ``add
 prefills a request's prompt as its first row's sequence, copies that KV cache to its
 other rows (``llama_memory_seq_cp``) and draws each row's first token, between two
 steps, so a request that arrives while others are decoding starts at once instead
-of waiting for the batch to finish (``bigthoughts serve`` on llama.cpp). A finished
+of waiting for the batch to finish (``bigthoughts serve`` on llama.cpp). A prompt
+longer than ``_BATCH`` tokens is prefilled ``_BATCH`` tokens per step instead, inside
+the steps' decodes, so the rows already running keep producing tokens meanwhile (a
+long prompt slows the others' steps, it does not stop them). A finished
 request's sequences are removed from the KV cache and its cells and sequence ids go
 back to the pool. ``add`` returns None when the request does not fit yet (too few free
 sequences or cells): the caller retries after a step.
@@ -20,7 +23,7 @@ request and a ``generate`` call run the same code.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -46,6 +49,9 @@ class Ticket:
     ends: tuple
     calculate: object
     cells: int  # KV cells reserved for it
+    inserts: list = field(default_factory=list)  # per prompt: calculator tokens after it
+    # prompts not prefilled yet, in order: [prompt index, next position or -1 (not begun)]
+    filling: list = field(default_factory=list)
 
     @property
     def seqs(self) -> list[int]:
@@ -78,7 +84,7 @@ class RunningBatch:
         self._free = list(range(n_seq))
         self._used_cells = 0
         self._tickets: list[Ticket] = []
-        self._batch = self._ll.llama_batch_init(max(_BATCH, n_seq * (_MAX_INSERT + 1)), 0, 1)
+        self._batch = self._ll.llama_batch_init(step_tokens(n_seq), 0, 1)
         self._scratch = np.empty((n_seq, engine.n_vocab), np.float32)  # see _logsumexp
 
     def close(self) -> None:
@@ -128,37 +134,59 @@ class RunningBatch:
                         num_samples=k, ends=ends, calculate=calculate, cells=cells)
         self._used_cells += cells
         self._tickets.append(ticket)
+        ticket.inserts = inserts
         try:
             for p in range(len(prompts)):
-                self._prefill(ticket.fed[p], ticket, p, inserts[p])
+                start = self._begin(ticket, p)
+                if len(ticket.fed[p]) - start > _BATCH:  # long: prefilled along the steps
+                    ticket.filling = [[p, start]] + [[q, -1] for q in range(p + 1, len(prompts))]
+                    break
+                self.engine._decode(self._batch, [(ticket.rows[p * k].seq, start,
+                                                   ticket.fed[p][start:])])
+                self._prefilled(ticket, p, 0)
         except Exception:
             self.drop(ticket)
             raise
         return ticket
 
-    def _prefill(self, tokens: list[int], ticket: Ticket, p: int, inserted: list[int]) -> None:
-        """Prefills prompt ``p`` as its first row's sequence, copies it to the others and
-        draws every row's first token from the prompt's last logits."""
+    def _begin(self, ticket: Ticket, p: int) -> int:
+        """Copies the longest cached prefix of prompt ``p`` into its first row's sequence;
+        the position its prefill starts at."""
+        src, shared = self._cached_prefix(ticket.fed[p], ticket, p)
+        if shared:  # same tokens at the same positions: the cells are shared, not redone
+            mem = self._ll.llama_get_memory(self._ctx)
+            self._ll.llama_memory_seq_cp(mem, src, ticket.rows[p * ticket.num_samples].seq,
+                                         0, shared)
+            self.shared_tokens += shared
+        return shared
+
+    def _prefilled(self, ticket: Ticket, p: int, output: int) -> None:
+        """Prompt ``p`` is in its first row's cache and its last logits are output
+        ``output`` of the last decode: copies the cache to the prompt's other rows and
+        draws every row's first token."""
         engine, k = self.engine, ticket.num_samples
         rows, chains = ticket.rows[p * k:(p + 1) * k], ticket.chains[p * k:(p + 1) * k]
-        seq0 = rows[0].seq
         mem = self._ll.llama_get_memory(self._ctx)
-        src, shared = self._cached_prefix(tokens, ticket, p)
-        if shared:  # same tokens at the same positions: the cells are shared, not redone
-            self._ll.llama_memory_seq_cp(mem, src, seq0, 0, shared)
-            self.shared_tokens += shared
-        for start in range(shared, len(tokens), _BATCH):
-            engine._decode(self._batch, [(seq0, start, tokens[start:start + _BATCH])])
         for row in rows[1:]:
-            self._ll.llama_memory_seq_cp(mem, seq0, row.seq, -1, -1)
-        logits = engine._logits(1)
+            self._ll.llama_memory_seq_cp(mem, rows[0].seq, row.seq, -1, -1)
+        logits = engine._logits(output + 1)[output:]
         lse = _logsumexp(logits, self._scratch)
         for row, chain in zip(rows, chains, strict=True):
-            row.pos = len(tokens)
-            for tok in inserted:  # the prompt ended inside a calculator annotation
+            row.pos = len(ticket.fed[p])
+            for tok in ticket.inserts[p]:  # the prompt ended inside a calculator annotation
                 row.add(tok, engine.piece(tok), 0.0, inserted=True)
             if row.check(*ticket.ends) is None:
                 engine._take(row, chain, -1, logits[0], lse[0], ticket.ends, ticket.calculate)
+
+    def _fill_feed(self) -> tuple[Ticket, int, int] | None:
+        """The oldest filling request's next prompt chunk: (ticket, prompt, start)."""
+        ticket = next((t for t in self._tickets if t.filling), None)
+        if ticket is None:
+            return None
+        p, start = ticket.filling[0]
+        if start < 0:
+            start = ticket.filling[0][1] = self._begin(ticket, p)
+        return ticket, p, start
 
     def _cached_prefix(self, tokens: list[int], ticket: Ticket, p: int) -> tuple[int, int]:
         """(sequence, length) of the longest prompt prefix already in the KV cache: a live
@@ -166,8 +194,9 @@ class RunningBatch:
         (the holder); (0, 0) when shorter than ``_MIN_SHARED``. The last prompt token is
         always decoded (its logits draw the first tokens)."""
         sources = [(self._holder, self._held)] if self._held else []
-        for other in self._tickets:
-            count = p if other is ticket else len(other.fed)
+        for other in self._tickets:  # the prompts whose prefill is complete
+            count = p if other is ticket else (
+                other.filling[0][0] if other.filling else len(other.fed))
             sources += [(other.rows[q * other.num_samples].seq, other.fed[q])
                         for q in range(count)]
         best = (0, 0)
@@ -180,10 +209,17 @@ class RunningBatch:
     def step(self) -> list[tuple[Ticket, list[Generation]]]:
         """One decode of every live row; the requests that finished, with their rows."""
         finished = self._finished()
-        live = [(t, j, r) for t in self._tickets for j, r in enumerate(t.rows)
-                if r.result is None]
+        live = [(t, j, r) for t in self._tickets if not t.filling
+                for j, r in enumerate(t.rows) if r.result is None]
+        feeds = [(r.seq, r.pos, r.pending) for _, _, r in live]
+        fill = self._fill_feed()
+        if fill is not None:  # one chunk of a long prompt rides along, last
+            ticket, p, start = fill
+            feeds.append((ticket.rows[p * ticket.num_samples].seq, start,
+                          ticket.fed[p][start:start + _BATCH]))
+        if feeds:
+            self.engine._decode(self._batch, feeds)
         if live:
-            self.engine._decode(self._batch, [(r.seq, r.pos, r.pending) for _, _, r in live])
             logits = self.engine._logits(len(live))
             lse = _logsumexp(logits, self._scratch)
             index = -1
@@ -192,6 +228,12 @@ class RunningBatch:
                 row.pos += len(row.pending)
                 self.engine._take(row, ticket.chains[j], index, logits[i], lse[i],
                                   ticket.ends, ticket.calculate)
+        if fill is not None:
+            ticket, p, start = fill
+            ticket.filling[0][1] = start + len(feeds[-1][2])
+            if ticket.filling[0][1] == len(ticket.fed[p]):
+                ticket.filling.pop(0)
+                self._prefilled(ticket, p, len(live))
         return finished + self._finished()
 
     def _finished(self) -> list[tuple[Ticket, list[Generation]]]:
@@ -234,6 +276,12 @@ class RunningBatch:
             if not isinstance(chain, np.random.Generator):
                 self._ll.llama_sampler_free(chain)
         ticket.chains = [None] * len(ticket.chains)
+
+
+def step_tokens(n_seq: int) -> int:
+    """The most tokens one step decodes: every row's token and a calculator insertion,
+    and one chunk of a long prompt."""
+    return _BATCH + n_seq * (_MAX_INSERT + 1)
 
 
 def _common_prefix(a: list[int], b: list[int], limit: int) -> int:

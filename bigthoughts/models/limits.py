@@ -13,7 +13,9 @@ limit, instead: prompt + new tokens must fit the model's context, and the estima
 bytes must fit :data:`MEMORY_FRACTION` of the memory available (free host memory on
 CPU, free device memory on an accelerator). The estimate counts the KV cache twice
 (the sampler repeats the prefilled cache k times and compacts finished rows by
-copying) and :data:`LOGIT_COPIES` vocabulary-sized float32 vectors per row. That
+copying), :data:`LOGIT_COPIES` vocabulary-sized float32 vectors per row and the
+prefill's attention scores (a chunk of at most ``PREFILL_CHUNK`` queries against the
+cache, three float32 copies: linear in the prompt). That
 errs on the safe side: on CPU, ``bigthoughts ask --votes 64 --max-new-tokens 8`` peaked
 1.03 GB above ``--votes 1`` (4.11 vs 3.08 GB max RSS), where the estimate for the 63
 extra rows is 1.96 GB; without the factor 2 the 1,000-vote case would be estimated at
@@ -43,6 +45,7 @@ __all__ = [
     "check_context",
     "check_loaded",
     "check_memory",
+    "check_prompt_tokens",
     "estimate_prompt_tokens",
     "generation_bytes",
     "param_bytes",
@@ -55,6 +58,11 @@ MAX_ROWS = 1024
 """Hard cap on the rows (questions x votes) of one generation call, whatever the memory."""
 PROMPT_BUCKET, CHUNK = 64, 16  # the sampler's prompt padding and decode chunk
 PREFILL_CHUNK = 512  # a longer prompt is prefilled this many tokens at a time
+DEFAULT_MAX_PROMPT_TOKENS = 8192
+"""Prompt tokens ``ask``, ``generate`` and ``serve`` accept unless ``--max-prompt-tokens``
+says otherwise (up to the model's context). A GSM8K few-shot prompt is under 2,000; a
+8,192-token prefill takes ~15 s on 2 CPU cores on llama.cpp, and a longer one keeps a
+server's engine, or a user, waiting minutes (a 30,000-token prompt: ~2 min)."""
 
 
 class GenerationLimitError(ValueError):
@@ -87,12 +95,17 @@ def estimate_prompt_tokens(prompt: str) -> int:
 
 
 def generation_bytes(config: Any, *, rows: int, prompt_tokens: int, max_new_tokens: int,
-                     cache_bytes: int = 4) -> int:
-    """Estimated peak bytes of a generation call (KV cache and logits, see module doc)."""
+                     cache_bytes: int = 4, prompts: int | None = None) -> int:
+    """Estimated peak bytes of a generation call (KV cache, logits, the prefill's
+    attention: see the module doc); ``prompts`` prefilled (default: one per row)."""
     cache_len = round_up(prompt_tokens, PROMPT_BUCKET) + round_up(max_new_tokens, CHUNK)
     per_token = 2 * config.num_layers * config.num_kv_heads * config.head_dim * cache_bytes
     per_row = 2 * per_token * cache_len + LOGIT_COPIES * config.num_embed * 4
-    return rows * per_row
+    # the prefill's attention, one layer at a time: scores, masked scores and softmax
+    # (float32) of a chunk of queries against the whole cache
+    queries = min(round_up(prompt_tokens, PROMPT_BUCKET), PREFILL_CHUNK)
+    attention = 3 * config.num_heads * queries * cache_len * 4
+    return rows * per_row + (rows if prompts is None else prompts) * attention
 
 
 def param_bytes(config: Any, dtype_bytes: int = 4) -> int:
@@ -143,9 +156,17 @@ def check_context(spec: ModelSpec, prompt_tokens: int | None, max_new_tokens: in
         f"{max(1, context - prompt_tokens)} new tokens")
 
 
+def check_prompt_tokens(tokens: int, limit: int, context: int) -> None:
+    """Refuses a prompt longer than ``limit`` tokens (``--max-prompt-tokens``)."""
+    if tokens > limit:
+        raise GenerationLimitError(
+            f"the prompt has {tokens} tokens, more than the {limit} accepted here; shorten "
+            f"it, or raise --max-prompt-tokens (at most the model's context, {context})")
+
+
 def check_memory(config: Any, *, rows: int, prompt_tokens: int, max_new_tokens: int,
                  cache_bytes: int = 4, loaded: bool = True,
-                 available: int | None = None) -> None:
+                 available: int | None = None, prompts: int | None = None) -> None:
     """Refuses more than :data:`MAX_ROWS` rows, or rows whose estimated bytes
     (:func:`generation_bytes`; plus the weights when not ``loaded``) exceed
     :data:`MEMORY_FRACTION` of ``available`` (default :func:`available_memory`)."""
@@ -157,30 +178,58 @@ def check_memory(config: Any, *, rows: int, prompt_tokens: int, max_new_tokens: 
     if free is None:
         return
     need = generation_bytes(config, rows=rows, prompt_tokens=prompt_tokens,
-                            max_new_tokens=max_new_tokens, cache_bytes=cache_bytes)
+                            max_new_tokens=max_new_tokens, cache_bytes=cache_bytes,
+                            prompts=prompts)
     budget = MEMORY_FRACTION * free - (0 if loaded else param_bytes(config, cache_bytes))
-    if need > budget:
-        fit = max(0, int(budget // (need / rows)))
+    if need <= budget:
+        return
+    fit = max(0, int(budget // (need / rows)))
+    if fit == 0:
+        longest = _longest_prompt(config, rows, max_new_tokens, budget, cache_bytes, prompts)
         raise GenerationLimitError(
-            f"{rows} sequences of up to {prompt_tokens} + {max_new_tokens} tokens need about "
-            f"{_gb(need)} (KV cache and logits), more than the {_gb(max(budget, 0))} "
-            f"free for them here; at most {fit} sequences fit: lower --votes, "
-            "--batch-size or --max-new-tokens")
+            f"a {prompt_tokens}-token prompt with {rows} sequence(s) of up to {max_new_tokens} "
+            f"new tokens needs about {_gb(need)} (KV cache, logits, attention), more than the "
+            f"{_gb(max(budget, 0))} free for it here; at most {longest} prompt tokens fit: "
+            "shorten the prompt, or lower --votes or --max-new-tokens")
+    raise GenerationLimitError(
+        f"{rows} sequences of up to {prompt_tokens} + {max_new_tokens} tokens need about "
+        f"{_gb(need)} (KV cache, logits, attention), more than the {_gb(max(budget, 0))} "
+        f"free for them here; at most {fit} sequences fit: lower --votes, "
+        "--batch-size or --max-new-tokens")
+
+
+def _longest_prompt(config: Any, rows: int, max_new_tokens: int, budget: float,
+                    cache_bytes: int, prompts: int | None) -> int:
+    """The longest prompt whose generation fits ``budget`` bytes (0 if none)."""
+    lo, hi = 0, 1 << 22
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if generation_bytes(config, rows=rows, prompt_tokens=mid, max_new_tokens=max_new_tokens,
+                            cache_bytes=cache_bytes, prompts=prompts) <= budget:
+            lo = mid
+        else:
+            hi = mid
+    return lo
 
 
 def check_before_load(spec: ModelSpec, prompts: Sequence[str], *, rows: int,
                       max_new_tokens: int, dtype_bytes: int = 4,
-                      available: int | None = None) -> None:
+                      available: int | None = None,
+                      max_prompt_tokens: int | None = None) -> None:
     """The checks that can run before any weights are read: the context (for at least
     a one-token prompt) and, when the spec names a Tunix config, the memory with
     estimated prompt lengths (:func:`estimate_prompt_tokens`) and the weights counted
-    (``dtype_bytes`` per parameter and cached value)."""
+    (``dtype_bytes`` per parameter and cached value); a prompt counts at most
+    ``max_prompt_tokens`` (a longer one is refused with that limit once tokenized)."""
     check_context(spec, None, max_new_tokens)
     config = spec_model_config(spec)
     if config is not None:
         tokens = max((estimate_prompt_tokens(p) for p in prompts), default=1)
+        if max_prompt_tokens is not None:  # a longer one is refused once tokenized
+            tokens = min(tokens, max_prompt_tokens)
         check_memory(config, rows=rows, prompt_tokens=tokens, max_new_tokens=max_new_tokens,
-                     cache_bytes=dtype_bytes, loaded=False, available=available)
+                     cache_bytes=dtype_bytes, loaded=False, available=available,
+                     prompts=len(prompts))
 
 
 def check_loaded(lm: LoadedModel, prompts: Sequence[str], *, rows: int,
@@ -195,4 +244,4 @@ def check_loaded(lm: LoadedModel, prompts: Sequence[str], *, rows: int,
     tokens = max((len(encode(p, add_bos=True)) for p in prompts), default=1)
     check_context(lm.spec, tokens, max_new_tokens)
     check_memory(lm.model.config, rows=rows, prompt_tokens=tokens,  # type: ignore[attr-defined]
-                 max_new_tokens=max_new_tokens, available=available)
+                 max_new_tokens=max_new_tokens, available=available, prompts=len(prompts))

@@ -105,6 +105,15 @@ def _install_error_handlers(app: FastAPI) -> None:
                                         type_="server_error", code="internal_error"))
 
 
+def _token_counter(engine):
+    """A prompt's tokens by the engine's own tokenizer, or None (then bytes bound them)."""
+    if getattr(engine, "tokenize", None) is None and getattr(engine, "tokenizer", None) is None:
+        return None
+    from bigthoughts.inference.engine import prompt_tokens
+
+    return lambda prompt: prompt_tokens(engine, prompt)
+
+
 class _Service:
     """The app's state and request path: batcher, request threads, admission."""
 
@@ -117,7 +126,7 @@ class _Service:
         self.executor = ThreadPoolExecutor(max_workers=in_flight, thread_name_prefix="request")
         self.admission = _Admission(in_flight)
         self.calculator_ok = accepts_calculator(engine)
-        self.tokenizer = getattr(engine, "tokenizer", None)
+        self.count = _token_counter(engine)
 
     def close(self) -> None:
         self.batcher.stop()
@@ -129,18 +138,25 @@ class _Service:
         with self.admission.slot():
             loop = asyncio.get_running_loop()
             task = loop.run_in_executor(self.executor, plan.run, job_engine)
+            deadline = time.monotonic() + self.config.request_timeout_s
+            timed_out = False
             while True:
                 done, _ = await asyncio.wait({task}, timeout=DISCONNECT_POLL_S)
                 if done:
                     break
-                if not job_engine.cancelled.is_set() and await request.is_disconnected():
+                if job_engine.cancelled.is_set():
+                    continue
+                if time.monotonic() > deadline:  # its rows stop at the next step
+                    timed_out = True
+                    job_engine.cancel()
+                elif await request.is_disconnected():
                     job_engine.cancel()
             try:
-                return task.result()
+                result = task.result()
             except QueueFull as exc:
                 raise _overloaded(str(exc)) from None
             except Cancelled:
-                return None
+                result = None
             except APIError:
                 raise
             except GenerationLimitError as exc:
@@ -149,6 +165,11 @@ class _Service:
             except Exception as exc:  # noqa: BLE001 - the engine failed: 500, keep serving
                 raise APIError(500, f"generation failed: {type(exc).__name__}: {exc}",
                                type_="server_error", code="generation_error") from None
+            if timed_out:  # what it produced was cut short: not an answer
+                raise APIError(504, f"the request ran longer than the server's limit of "
+                                    f"{self.config.request_timeout_s:g} s and was stopped",
+                               type_="server_error", code="timeout")
+            return result
 
     async def complete(self, request: Request, *, chat: bool) -> Response:
         limits = self.config.limits
@@ -162,7 +183,7 @@ class _Service:
         if req.calculator and not self.calculator_ok:
             raise APIError(400, "the calculator is unavailable with this engine",
                            param="calculator", code="calculator_unavailable")
-        result = await self.run_plan(request, Plan(req, self.config, self.tokenizer))
+        result = await self.run_plan(request, Plan(req, self.config, self.count))
         if result is None:  # the client left; nobody reads this
             return Response(status_code=499)
         if req.stream:

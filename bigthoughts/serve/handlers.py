@@ -21,6 +21,7 @@ vote (the ladder and the prompt style's stops do).
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,6 +56,7 @@ class ServeConfig:
     calculator: bool = False  # for requests that do not say (the shipped model's setting)
     aliases: tuple[str, ...] = ()  # other names a request's `model` may use (/v1/models)
     api_key: str | None = None  # every route but /health then needs `Bearer KEY`
+    request_timeout_s: float = 600.0  # a request running longer is stopped: 504
 
     @property
     def model_names(self) -> tuple[str, ...]:
@@ -69,6 +71,8 @@ class ServeConfig:
             raise ValueError("queue_size must be >= 1 and batch_wait_s >= 0")
         if self.api_key is not None and not self.api_key.strip():
             raise ValueError("the API key must not be empty")
+        if not self.request_timeout_s > 0:
+            raise ValueError(f"request_timeout_s must be > 0, got {self.request_timeout_s}")
 
 
 @dataclass(frozen=True)
@@ -132,10 +136,11 @@ class RequestEngine:
 class Plan:
     """A validated request turned into prompts; :meth:`run` executes it (blocking)."""
 
-    def __init__(self, req: CompletionRequest, config: ServeConfig, tokenizer=None):
+    def __init__(self, req: CompletionRequest, config: ServeConfig,
+                 count: Callable[[str], int] | None = None):
         self.req = req
         self.config = config
-        self.tokenizer = tokenizer
+        self.count = count  # a prompt's tokens by the engine's tokenizer
         fmt = prompt_format(config.prompt_style, config.shots)
         stop, inclusive = list(req.stop), []
         if req.vote is not None:
@@ -151,13 +156,19 @@ class Plan:
         self._check_context()
 
     def _count(self, prompt: str) -> int:
-        if self.tokenizer is None:  # an engine without a tokenizer: bytes bound tokens
+        if self.count is None:  # an engine without a tokenizer: bytes bound tokens
             return len(prompt.encode()) + 1
-        return len(self.tokenizer.encode(prompt, add_bos=True))
+        return self.count(prompt)
 
     def _check_context(self) -> None:
-        limit = self.config.limits.context_length
+        limits = self.config.limits
+        limit = limits.context_length
         longest = max(self._count(p) for p in self.prompts)
+        if longest > limits.max_prompt_tokens:
+            raise APIError(400, f"the prompt has {longest} tokens, more than the "
+                                f"{limits.max_prompt_tokens} this server accepts",
+                           param="messages" if self.req.chat else "prompt",
+                           code="context_length_exceeded")
         if longest + self.req.max_tokens > limit:
             param = "messages" if self.req.chat else "prompt"
             if longest < limit:

@@ -49,16 +49,19 @@ class Limits:
     """What a request may ask for.
 
     ``max_n`` bounds ``n`` and the vote's k (samples per question); ``context_length``
-    bounds prompt tokens + ``max_tokens``; ``max_request_bytes`` bounds the body.
+    bounds prompt tokens + ``max_tokens``; ``max_prompt_tokens`` the prompt alone
+    (``--max-prompt-tokens``); ``max_request_bytes`` bounds the body.
     """
 
     max_n: int = 16
     context_length: int = 32768
+    max_prompt_tokens: int = 8192  # models.limits.DEFAULT_MAX_PROMPT_TOKENS
     default_max_tokens: int = 256
     max_request_bytes: int = 256 * 1024
 
     def __post_init__(self) -> None:
-        for name in ("max_n", "context_length", "default_max_tokens", "max_request_bytes"):
+        for name in ("max_n", "context_length", "max_prompt_tokens", "default_max_tokens",
+                     "max_request_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 
