@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import bigthoughts.inference.jax_sampler as jax_sampler
+import bigthoughts.inference.prefill as prefill
 from bigthoughts.inference.jax_sampler import Sampler, left_pad
 from tests.tiny import tiny_model
 
@@ -21,9 +21,9 @@ def test_chunked_prefill_equals_one_prefill(family, monkeypatch):
     sampler = Sampler(model, tok)
     encoded = [tok.encode(p, add_bos=True) for p in PROMPTS]
     tokens, valid = left_pad(encoded, 192, tok.pad_id())
-    whole = sampler._prefill_prompt(tokens, valid, 192 + 32)
-    monkeypatch.setattr(jax_sampler, "PREFILL_CHUNK", 32)  # 6 chunks, 5 past slot 0
-    chunked = sampler._prefill_prompt(tokens, valid, 192 + 32)
+    whole = sampler._prefill(sampler.state, tokens, valid, 192 + 32)
+    monkeypatch.setattr(prefill, "PREFILL_CHUNK", 32)  # 6 chunks, 5 past slot 0
+    chunked = sampler._prefill(sampler.state, tokens, valid, 192 + 32)
     np.testing.assert_allclose(np.asarray(chunked[0]), np.asarray(whole[0]), atol=2e-5)
     np.testing.assert_array_equal(np.asarray(chunked[2]), np.asarray(whole[2]))
     for name, layer in whole[1].items():
@@ -38,7 +38,7 @@ def test_chunked_generation_equals_one_prefill(monkeypatch):
     model, tok = tiny_model("gemma3", seed=3)
     args = dict(temperatures=[0.0, 0.0, 0.8, 0.8], num_samples=2, max_new_tokens=24, seed=5)
     whole = Sampler(model, tok).generate(PROMPTS, **args)
-    monkeypatch.setattr(jax_sampler, "PREFILL_CHUNK", 64)
+    monkeypatch.setattr(prefill, "PREFILL_CHUNK", 64)
     chunked = Sampler(model, tok).generate(PROMPTS, **args)
     for a, b in zip(whole, chunked, strict=True):
         assert a.token_ids == b.token_ids and a.text == b.text

@@ -62,11 +62,10 @@ from bigthoughts.inference.contract import (
     find_stop,
     resolve_calculator,
 )
+from bigthoughts.inference.prefill import Prefill, prompt_slots
 from bigthoughts.models import forward
 from bigthoughts.models.limits import (
     CHUNK,
-    PREFILL_CHUNK,
-    PROMPT_BUCKET,
     check_memory,
     round_up,
 )
@@ -176,65 +175,14 @@ class Sampler:
         self.graphdef, self.state = nnx.split(model)
         leaves = jax.tree_util.tree_leaves(self.state)
         self.cache_dtype = cache_dtype or (leaves[0].dtype if leaves else jnp.float32)
-        self._prefill = jax.jit(self._prefill_impl, static_argnames=("cache_size",))
-        self._prefill_chunk = jax.jit(self._prefill_chunk_impl, donate_argnums=(1,))
-        self._window = getattr(self.config, "sliding_window_size", None) or 0
+        self._prefill = Prefill(self.graphdef, self.config, self.cache_dtype,
+                                slot_positions=self.slot_positions)
         self._decode = jax.jit(
             self._decode_impl, static_argnames=("steps", "top_k", "top_p", "stop_at_eos"),
             donate_argnums=(1,)
         )
 
     # --- jitted pieces -------------------------------------------------------------
-    def _prefill_impl(self, state, tokens, valid, *, cache_size: int):
-        model = nnx.merge(self.graphdef, state)
-        b, p = tokens.shape
-        positions = self._positions(valid, jnp)
-        causal = jnp.tril(jnp.ones((p, p), dtype=bool))[None] & valid[:, None, :]
-        mask = jnp.pad(causal, ((0, 0), (0, 0), (0, cache_size - p)))
-        cache = forward.init_cache(self.config, b, cache_size, self.cache_dtype)
-        hidden, cache = forward.hidden_states(model, tokens, positions, cache, mask)
-        last = forward.logits(model, hidden[:, -1]).astype(jnp.float32)
-        return last, cache, positions[:, -1] + 1
-
-    def _prefill_chunk_impl(self, state, cache, tokens, positions, slot_valid, start):
-        """Prefills prompt slots ``start .. start + C`` against the cache: each query sees
-        the valid slots up to its own (and, in sliding-window layers, the last
-        ``window`` of them). Returns the chunk's last logits and the cache."""
-        model = nnx.merge(self.graphdef, state)
-        slots = jnp.arange(slot_valid.shape[1])[None, :]
-        query = (start + jnp.arange(tokens.shape[1]))[:, None]
-        causal = (slots <= query)[None] & slot_valid[:, None, :]
-        local = causal & (slots > query - self._window)[None] if self._window else None
-        hidden, cache = forward.hidden_states(model, tokens, positions, cache, causal,
-                                              local_mask=local)
-        return forward.logits(model, hidden[:, -1]).astype(jnp.float32), cache
-
-    def _positions(self, valid, xp):
-        """Each prompt slot's position (numpy or jax.numpy ``xp``): counted over the
-        valid tokens (0 on left padding), or the slot itself for Gemma 2."""
-        b, p = valid.shape
-        if self.slot_positions:
-            return xp.broadcast_to(xp.arange(p, dtype=xp.int32), (b, p))
-        return xp.maximum(xp.cumsum(valid, axis=-1, dtype=xp.int32) - 1, 0)
-
-    def _prefill_prompt(self, tokens: np.ndarray, valid: np.ndarray, cache_size: int):
-        """(last logits, KV cache, next positions) of the left-padded prompts: in one
-        call, or ``PREFILL_CHUNK`` tokens at a time when longer (memory linear in the
-        prompt)."""
-        b, p = tokens.shape
-        if p <= PREFILL_CHUNK:
-            return self._prefill(self.state, jnp.asarray(tokens), jnp.asarray(valid),
-                                 cache_size=cache_size)
-        positions = self._positions(valid, np)
-        slot_valid = jnp.asarray(np.pad(valid, ((0, 0), (0, cache_size - p))))
-        cache = forward.init_cache(self.config, b, cache_size, self.cache_dtype)
-        for start in range(0, p, PREFILL_CHUNK):
-            part = slice(start, start + PREFILL_CHUNK)
-            logits, cache = self._prefill_chunk(
-                self.state, cache, jnp.asarray(tokens[:, part]),
-                jnp.asarray(positions[:, part]), slot_valid, jnp.int32(start))
-        return logits, cache, jnp.asarray(positions[:, -1] + 1)
-
     def _decode_impl(self, state, cache, logits, pos, slot_valid, write_slot, done, row_ids,
                      temps, forced, forced_on, base_key, step0, *, steps: int, top_k, top_p,
                      stop_at_eos: bool = True):
@@ -304,16 +252,14 @@ class Sampler:
 
     def _decode_rows(self, encoded, rows, temps, num_samples, seed, opts: _Options) -> None:
         """Prefills each prompt once, then decodes chunk by chunk until every row ends."""
-        p_len = round_up(max(len(e) for e in encoded), PROMPT_BUCKET)
-        if p_len > PREFILL_CHUNK:
-            p_len = round_up(p_len, PREFILL_CHUNK)
+        p_len = prompt_slots(max(len(e) for e in encoded))
         tokens, valid = left_pad(encoded, p_len, self.tokenizer.pad_id())
         slack = max(4 * self.chunk, opts.max_new_tokens // 2) if opts.calculator else 0
         capacity = round_up(opts.max_new_tokens + slack, self.chunk)
         # before anything is allocated: a GenerationLimitError (one line, HTTP 400)
         check_memory(self.config, rows=len(rows), prompt_tokens=p_len, max_new_tokens=capacity,
                      cache_bytes=np.dtype(self.cache_dtype).itemsize, prompts=len(encoded))
-        logits, cache, pos = self._prefill_prompt(tokens, valid, p_len + capacity)
+        logits, cache, pos = self._prefill(self.state, tokens, valid, p_len + capacity)
         slot_valid = jnp.pad(jnp.asarray(valid), ((0, 0), (0, capacity)))
         if num_samples > 1:
             rep = lambda x: jnp.repeat(x, num_samples, axis=0)  # noqa: E731
