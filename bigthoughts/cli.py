@@ -469,6 +469,17 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {message}", file=sys.stderr)
         return EXIT_IO
+    except (MemoryError, RuntimeError) as exc:  # an allocation outside training's handler
+        from bigthoughts.training.loop import is_out_of_memory, out_of_memory
+
+        if not is_out_of_memory(exc):
+            raise
+        print(f"error: {out_of_memory(exc, _MEMORY_KNOBS)}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+_MEMORY_KNOBS = ("--votes, --batch-size, --max-new-tokens or the prompt's length "
+                 "(--max-prompt-tokens)")
 
 
 EXIT_IO = 74  # sysexits' EX_IOERR: the disk refused a write

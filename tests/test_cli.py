@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from bigthoughts import cli
 from bigthoughts.cli import main
 from bigthoughts.models.resolve import llamacpp_available
 from bigthoughts.models.shipped import shipped_default
@@ -226,3 +227,20 @@ def test_a_120_kb_question_is_refused_in_one_line_within_seconds(capsys):
     err = _one_line_error(["ask", question, "--engine", "llama.cpp"], capsys)
     assert time.monotonic() - start < 10
     assert "more than the 8192 accepted here" in err and "--max-prompt-tokens" in err
+
+
+@pytest.mark.parametrize("exc", [MemoryError(), RuntimeError(
+    "Out of memory allocating 31525109760 bytes."), RuntimeError(
+    "RESOURCE_EXHAUSTED: Out of memory while trying to allocate 8 bytes.")])
+def test_out_of_memory_in_ask_is_one_line(exc, capsys, monkeypatch):
+    """Each backend's wording of a failed allocation (CPU, GPU/TPU, the host) during an
+    ``ask``: one line naming what to lower; any other RuntimeError stays a bug."""
+    def boom(args):
+        raise exc
+    monkeypatch.setitem(cli.COMMANDS, "ask", boom)
+    err = _one_line_error(["ask", "2+2?"], capsys)
+    assert "out of memory" in err and "--max-prompt-tokens" in err
+    monkeypatch.setitem(cli.COMMANDS, "ask", lambda args: (_ for _ in ()).throw(
+        RuntimeError("a bug")))
+    with pytest.raises(RuntimeError, match="a bug"):
+        main(["ask", "2+2?"])

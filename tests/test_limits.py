@@ -113,3 +113,17 @@ def test_the_prompt_limit_names_itself_and_the_context() -> None:
     with pytest.raises(GenerationLimitError, match="8193 tokens, more than the 8192 accepted "
                        r"here.*--max-prompt-tokens \(at most the model's context, 32768\)"):
         check_prompt_tokens(8193, 8192, 32768)
+
+
+def test_the_memory_budget_can_be_set(monkeypatch) -> None:
+    from bigthoughts.models.limits import available_memory
+
+    monkeypatch.setenv("BIGTHOUGHTS_MEMORY_GB", "1.5")
+    assert available_memory() == 1_500_000_000
+    config = spec_model_config(REGISTRY["gemma3-270m"])
+    with pytest.raises(GenerationLimitError, match="more than the 1.2 GB free"):
+        check_memory(config, rows=1, prompt_tokens=30_000, max_new_tokens=256)
+    for bad in ("lots", "0", "-2", "nan"):
+        monkeypatch.setenv("BIGTHOUGHTS_MEMORY_GB", bad)
+        with pytest.raises(GenerationLimitError, match="must be a positive number of GB"):
+            available_memory()

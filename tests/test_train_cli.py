@@ -111,7 +111,8 @@ def test_a_different_run_in_the_directory_names_the_key_and_both_values(setup, c
 
 
 @pytest.mark.parametrize("exc", [MemoryError(), RuntimeError(
-    "RESOURCE_EXHAUSTED: Out of memory while trying to allocate 123 bytes.")])
+    "RESOURCE_EXHAUSTED: Out of memory while trying to allocate 123 bytes."),
+    RuntimeError("Out of memory allocating 31525109760 bytes.")])  # XLA on the CPU
 def test_out_of_memory_is_one_line_naming_the_knobs(setup, capsys, monkeypatch, exc):
     def boom(self):
         raise exc

@@ -29,6 +29,7 @@ Example::
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -117,8 +118,19 @@ def param_bytes(config: Any, dtype_bytes: int = 4) -> int:
 
 
 def available_memory() -> int | None:
-    """Free bytes for a generation: the device's free memory on an accelerator, else the
-    host's ``MemAvailable``; None when neither can be read."""
+    """Free bytes for a generation: ``$BIGTHOUGHTS_MEMORY_GB`` when set, else the
+    device's free memory on an accelerator, else the host's ``MemAvailable``; None when
+    neither can be read."""
+    override = os.environ.get("BIGTHOUGHTS_MEMORY_GB")
+    if override is not None:
+        try:
+            gb = float(override)
+        except ValueError:
+            gb = math.nan
+        if not (math.isfinite(gb) and gb > 0):
+            raise GenerationLimitError(f"BIGTHOUGHTS_MEMORY_GB must be a positive number of "
+                                       f"GB, got {override!r}")
+        return int(gb * 1e9)
     import jax
 
     device = jax.devices()[0]

@@ -57,10 +57,16 @@ class StageResult:
     exported: Path | None = None
 
 
+_OOM_WORDS = ("resource_exhausted", "resource exhausted", "out of memory")
+
+
 def is_out_of_memory(exc: BaseException) -> bool:
-    """A host MemoryError or XLA's RESOURCE_EXHAUSTED (device allocation failed)."""
-    return isinstance(exc, MemoryError) or (
-        isinstance(exc, RuntimeError) and "RESOURCE_EXHAUSTED" in str(exc))
+    """A host MemoryError, or an allocation XLA could not make, in each backend's words:
+    ``RESOURCE_EXHAUSTED`` (GPU, TPU), ``Out of memory allocating N bytes`` (CPU)."""
+    if isinstance(exc, MemoryError):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and any(w in text for w in _OOM_WORDS)
 
 
 def out_of_memory(exc: BaseException, knobs: str) -> OutOfMemory:
