@@ -189,3 +189,13 @@ def test_folded_weights_are_cached_for_a_base_named_by_content(sft_adapter, tmp_
     with pytest.raises(pytest.fail.Exception, match="traced"):
         with_adapter(by_path, sft_adapter)  # no cache: it must trace
     assert [cached] == list((tmp_path / "cache").glob("folded-*.safetensors"))
+    monkeypatch.undo()  # the real apply_lora again; the same cache directory
+    monkeypatch.setenv("BIGTHOUGHTS_CACHE", str(tmp_path / "cache"))
+    cached.write_bytes(cached.read_bytes()[:-64])  # damaged (a kill mid-write): folded again
+    third = with_adapter(base, sft_adapter)
+    for (path, a), (_, b) in zip(nnx.to_flat_state(nnx.state(first.model, nnx.Param)),
+                                 nnx.to_flat_state(nnx.state(third.model, nnx.Param)),
+                                 strict=True):
+        np.testing.assert_array_equal(np.asarray(a.get_value()), np.asarray(b.get_value()),
+                                      err_msg=str(path))
+    assert cached.stat().st_size > 0 and with_adapter(base, sft_adapter).source == first.source

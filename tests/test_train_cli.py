@@ -161,3 +161,14 @@ def test_a_run_without_signal_exits_76_after_its_patience(setup, capsys):
     assert err.count("no group has reward spread") == 2 and "Traceback" not in err
     assert "error: stopped at step 2 (checkpoint saved)" in err and "guard_patience" in err
     assert (out / "checkpoints" / "step_000002").is_dir() and not (out / "export").exists()
+
+
+def test_completions_longer_than_the_context_are_refused_before_the_run_dir(setup, capsys):
+    """The issue's ``grpo.max_new_tokens=1000000000``: one line naming the context, no
+    model loaded and no run directory created."""
+    assert train_cli(setup, "--max-steps", "1", "model.name=gemma3-270m",
+                     "grpo.max_new_tokens=1000000000") == 2
+    err = one_line_error(capsys)
+    assert "grpo.max_new_tokens=1000000000 leaves no room for a prompt in gemma3-270m's " \
+           "context of 32768 tokens" in err
+    assert not setup[2].exists()

@@ -117,10 +117,9 @@ def with_adapter(loaded: LoadedModel, path: str | Path) -> LoadedModel:
     dtype = next(iter(base.values())).dtype
     label = adapter_label(path)
     cached = _folded_cache(loaded.source, label, str(dtype))
-    if cached is not None and cached.exists():
-        from safetensors.numpy import load_file
-
-        params = {**base, **{parse_path_name(k): v for k, v in load_file(cached).items()}}
+    folded = _read_folded(cached)
+    if folded is not None:
+        params = {**base, **folded}
     else:
         arrays, lora, _ = read_adapter(path)
         model = apply_lora(loaded.model, lora, seed=0)
@@ -134,6 +133,20 @@ def with_adapter(loaded: LoadedModel, path: str | Path) -> LoadedModel:
     merged = build_model(loaded.spec.family, loaded.model.config, params, dtype=dtype)
     return LoadedModel(model=merged, tokenizer=loaded.tokenizer, spec=loaded.spec,
                        source=f"{loaded.source} + {label}")
+
+
+def _read_folded(cached: Path | None) -> dict | None:
+    """The cached folded weights; None when absent or damaged (then folded again)."""
+    if cached is None or not cached.exists():
+        return None
+    from bigthoughts.models.spec import ModelLoadError
+    from bigthoughts.models.tensorfile import read_safetensors
+
+    try:
+        return {parse_path_name(k): v for k, v in read_safetensors(cached).items()}
+    except ModelLoadError:
+        cached.unlink(missing_ok=True)
+        return None
 
 
 def _folded_cache(source: str, label: str, dtype: str) -> Path | None:

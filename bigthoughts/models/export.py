@@ -34,7 +34,7 @@ from bigthoughts.models.spec import (
     portable_source,
     resolve_dtype,
 )
-from bigthoughts.models.tensorfile import write_safetensors
+from bigthoughts.models.tensorfile import read_safetensors, write_safetensors
 from bigthoughts.models.tokenizer import Tokenizer
 
 __all__ = ["export_checkpoint", "export_hf_gemma3", "load_exported", "merge_lora"]
@@ -113,7 +113,6 @@ def _config_from_meta(meta: dict, dtype):
 
 def load_exported(path: str | Path, *, dtype="float32") -> LoadedModel:
     """Loads a directory written by :func:`export_checkpoint`."""
-    from safetensors.numpy import load_file
 
     root = Path(path)
     meta_file = root / "bigthoughts.json"
@@ -128,7 +127,8 @@ def load_exported(path: str | Path, *, dtype="float32") -> LoadedModel:
         raise ModelLoadError(f"{meta_file} is unreadable ({err})") from err
     dt = resolve_dtype(dtype)
     family, config = _config_from_meta(meta, dt)
-    params = {parse_path_name(k): v for k, v in load_file(root / "params.safetensors").items()}
+    params = {parse_path_name(k): v
+              for k, v in read_safetensors(root / "params.safetensors").items()}
     model = build_model(family, config, params, dtype=dt)
     spec = ModelSpec(**meta["spec"])
     return LoadedModel(model=model, tokenizer=Tokenizer.from_file(root / "tokenizer.model"),

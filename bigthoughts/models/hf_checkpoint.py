@@ -183,16 +183,26 @@ def _hf_expected_shapes(family: str, c: Any) -> dict[str, tuple[int, ...]]:
     return out
 
 
+def _open_tensors(file: Path):
+    """``safe_open`` of a checkpoint file; a damaged one is a one-line ModelLoadError."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        return safe_open(str(file), framework="numpy")
+    except (SafetensorError, OSError) as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise ModelLoadError(f"{file} is not a readable safetensors file ({reason}); it may "
+                             "be truncated or damaged: copy it again") from None
+
+
 def _read_hf_tensors(
     files: list[Path], expected: dict[str, tuple[int, ...]]
 ) -> dict[str, np.ndarray]:
     """``{short name: array}`` with every expected tensor, shapes checked before loading."""
-    from safetensors import safe_open
-
     tensors: dict[str, np.ndarray] = {}
     lm_head = None
     for file in files:
-        with safe_open(str(file), framework="numpy") as fh:
+        with _open_tensors(file) as fh:
             for key in fh.keys():
                 prefix = next((p for p in _HF_PREFIXES if key.startswith(p)), "")
                 short = key[len(prefix):].removesuffix(".weight")

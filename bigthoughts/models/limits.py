@@ -198,6 +198,12 @@ def check_memory(config: Any, *, rows: int, prompt_tokens: int, max_new_tokens: 
     fit = max(0, int(budget // (need / rows)))
     if fit == 0:
         longest = _longest_prompt(config, rows, max_new_tokens, budget, cache_bytes, prompts)
+        if longest == 0:
+            raise GenerationLimitError(
+                f"{rows} sequence(s) of up to {max_new_tokens} new tokens need about "
+                f"{_gb(need)} (KV cache, logits, attention) even for a short prompt, more "
+                f"than the {_gb(max(budget, 0))} free for them here: lower the new tokens "
+                "(--max-new-tokens, grpo.max_new_tokens) or the sequences")
         raise GenerationLimitError(
             f"a {prompt_tokens}-token prompt with {rows} sequence(s) of up to {max_new_tokens} "
             f"new tokens needs about {_gb(need)} (KV cache, logits, attention), more than the "

@@ -100,6 +100,8 @@ def _load_gguf(path: Path, spec: ModelSpec | None, dtype, use_cache: bool) -> Lo
     def read_params():
         return {parse_path_name(k): v for k, v in load_file(cached["params"]).items()}
 
+    if use_cache and cached["params"].exists() and not _readable(cached["params"]):
+        cached["params"].unlink()  # a damaged cache (a full disk, a kill): converted again
     if use_cache and all(p.exists() for p in cached.values()):
         header = json.loads(cached["header"].read_text(encoding="utf-8"))
         family, config = gguf_io.tunix_config_from_header(header, param_dtype=dtype)
@@ -129,6 +131,18 @@ def _load_gguf(path: Path, spec: ModelSpec | None, dtype, use_cache: bool) -> Lo
     package = embedded_package() if spec.embedded else None
     source = portable_source(path, digest=digest, package=package)
     return LoadedModel(model=model, tokenizer=tokenizer, spec=spec, source=source)
+
+
+def _readable(path: Path) -> bool:
+    """True when a safetensors file's header parses and covers the file."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="np") as fh:
+            fh.keys()
+        return True
+    except (SafetensorError, OSError, ValueError):
+        return False
 
 
 def file_digest(path: Path) -> str:

@@ -1,4 +1,4 @@
-"""Writes safetensors files one tensor at a time.
+"""Writes safetensors files one tensor at a time; reads them with one-line errors.
 
 ``safetensors.numpy.save_file`` turns every tensor into ``bytes`` before it writes the
 first one, so saving a 1 GB model holds a second 1 GB copy for the whole write: at
@@ -29,11 +29,28 @@ import numpy as np
 
 from bigthoughts.files import atomic_output
 
-__all__ = ["write_safetensors"]
+__all__ = ["read_safetensors", "write_safetensors"]
 
 _DTYPES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16", "float64": "F64",
            "int8": "I8", "int16": "I16", "int32": "I32", "int64": "I64", "uint8": "U8",
            "uint16": "U16", "uint32": "U32", "uint64": "U64", "bool": "BOOL"}
+
+
+def read_safetensors(path: str | Path) -> dict[str, np.ndarray]:
+    """Every tensor of a safetensors file. A damaged, truncated or unreadable file is a
+    ``ModelLoadError`` naming it (a user's checkpoint; a cache file is rebuilt by its
+    caller instead)."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    from bigthoughts.models.spec import ModelLoadError
+
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise ModelLoadError(f"{path} is not a readable safetensors file ({reason}); "
+                             "it may be truncated or damaged: write or copy it again") from None
 
 
 def _code(array: np.ndarray) -> str:

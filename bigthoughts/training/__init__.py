@@ -109,7 +109,20 @@ def _checked_start(config: TrainConfig | SFTConfig, max_steps: int | None,
     check_run_dir(out, _run_record(config))
     check_adapter_path(config.model, _trained_lora(config))
     check_trackers(config.report)
+    if isinstance(config, TrainConfig):
+        _check_completion_length(config)
     return limit, out, deadline
+
+
+def _check_completion_length(config: TrainConfig) -> None:
+    """``grpo.max_new_tokens`` must leave room for a prompt in the model's context."""
+    from bigthoughts.models.registry import REGISTRY
+
+    spec = REGISTRY.get(config.model.name)
+    if spec is not None and config.grpo.max_new_tokens >= spec.max_context:
+        raise ConfigError(
+            f"grpo.max_new_tokens={config.grpo.max_new_tokens} leaves no room for a prompt in "
+            f"{spec.name}'s context of {spec.max_context} tokens; use fewer new tokens")
 
 
 def _trained_lora(config: TrainConfig | SFTConfig) -> LoraSection | None:
