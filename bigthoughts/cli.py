@@ -24,29 +24,18 @@ import warnings
 from pathlib import Path
 
 from bigthoughts.cli_args import build_parser
-
-EXIT_USAGE = 2
-
-
-class UserError(Exception):
-    """An error caused by the user's input: printed as one line, exit status 2."""
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from bigthoughts.config import ConfigError
-    from bigthoughts.data import DataError
-    from bigthoughts.models.adapter import AdapterError
-    from bigthoughts.models.build import ParameterMismatch
-    from bigthoughts.models.gguf import GGUFError
-    from bigthoughts.models.gguf_export import GGUFExportError
-    from bigthoughts.models.limits import GenerationLimitError
-    from bigthoughts.models.spec import ModelLoadError
-    from bigthoughts.rundir import RunDirBusy
-    from bigthoughts.training.loop import OutOfMemory
-
-    return (UserError, ConfigError, DataError, GGUFError, GGUFExportError, ModelLoadError,
-            ParameterMismatch, GenerationLimitError, FileNotFoundError, OutOfMemory,
-            AdapterError, RunDirBusy)
+from bigthoughts.cli_checks import (
+    EXIT_IO,
+    EXIT_USAGE,
+    MEMORY_KNOBS,
+    UserError,
+    check_args,
+    check_generate_args,
+    check_prompt_limit,
+    disk_error,
+    user_errors,
+    utf8,
+)
 
 
 def enable_compilation_cache() -> None:
@@ -62,38 +51,6 @@ def enable_compilation_cache() -> None:
     jax.config.update("jax_compilation_cache_dir", str(cache_dir() / "xla"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-
-
-def _utf8(what: str, text: str) -> str:
-    """``text`` if it encodes as UTF-8; argv bytes that are not UTF-8 arrive as lone
-    surrogates (PEP 383) and are refused here, before any tokenizer sees them."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as err:
-        raise UserError(f"the {what} is not valid UTF-8 text (byte "
-                        f"{ord(text[err.start]) & 0xFF:#04x} at position {err.start})") from None
-    return text
-
-
-def _check_args(args) -> None:
-    """The numeric and string flags every command may have, checked before anything
-    loads: one line each instead of a traceback (or a silent empty run) later."""
-    from bigthoughts.inference.contract import SEED_MAX
-
-    seed = getattr(args, "seed", None)
-    if seed is not None and not 0 <= seed <= SEED_MAX:
-        raise UserError(f"--seed must be between 0 and {SEED_MAX}, got {seed}")
-    port = getattr(args, "port", None)
-    if port is not None and not 0 <= port <= 65535:  # 0: any free port
-        raise UserError(f"--port must be between 0 and 65535, got {port}")
-    limit = getattr(args, "limit", None)
-    if limit is not None and limit < 1:
-        raise UserError(f"--limit must be >= 1 (omit it for every question), got {limit}")
-    window = getattr(args, "window", None)
-    if window is not None and window < 1:
-        raise UserError(f"--window must be >= 1, got {window}")
-    if any(stop == "" for stop in getattr(args, "stop", None) or ()):
-        raise UserError("--stop must not be empty (an empty string would stop at once)")
 
 
 def _config(cls, **kwargs):
@@ -136,15 +93,6 @@ def _engine(choice):
     return make_engine(choice)
 
 
-def _check_prompt_limit(limit: int, spec) -> None:
-    """``--max-prompt-tokens`` in range, before anything loads (the context once known)."""
-    if limit < 1:
-        raise UserError(f"--max-prompt-tokens must be >= 1, got {limit}")
-    if spec is not None and limit > spec.max_context:
-        raise UserError(f"--max-prompt-tokens {limit} is beyond {spec.name}'s context of "
-                        f"{spec.max_context} tokens")
-
-
 def _check_prompt(chosen, prompt: str, limit: int) -> None:
     """Refuses a prompt over ``--max-prompt-tokens`` (counted by the engine's tokenizer)."""
     from bigthoughts.inference.engine import prompt_tokens
@@ -160,7 +108,7 @@ def cmd_ask(args) -> int:
     from bigthoughts.models import resolve
     from bigthoughts.models.limits import check_loaded
 
-    question = _utf8("question", args.question)
+    question = utf8("question", args.question)
     if not question.strip():
         raise UserError("the question is empty")
     vote = _config(VoteConfig, votes=args.votes, strategy=args.strategy,
@@ -168,7 +116,7 @@ def cmd_ask(args) -> int:
     choice = args.choice
     spec = resolve.spec_before_load(choice)
     fmt = _config(resolve.prompt_format_for, style=choice.style, spec=spec, shots=args.shots)
-    _check_prompt_limit(args.max_prompt_tokens, spec)
+    check_prompt_limit(args.max_prompt_tokens, spec)
     _preflight(choice, [fmt.prompt(question)], rows=vote.votes,
                max_new_tokens=vote.max_new_tokens, max_prompt_tokens=args.max_prompt_tokens)
     chosen = _engine(choice)
@@ -208,31 +156,14 @@ def _print_solution(args, sol, seconds: float, *, model: str) -> None:
     print(f"model: {model}")
 
 
-def _check_generate_args(args) -> None:
-    import math
-
-    _utf8("prompt", args.prompt)
-    for stop in args.stop or ():
-        _utf8("stop string", stop)
-    if args.num_samples < 1 or args.max_new_tokens < 1:
-        raise UserError(f"--num-samples and --max-new-tokens must be >= 1, got "
-                        f"{args.num_samples} and {args.max_new_tokens}")
-    if not (math.isfinite(args.temperature) and args.temperature >= 0):
-        raise UserError(f"--temperature must be finite and >= 0, got {args.temperature}")
-    if args.top_k is not None and args.top_k < 1:
-        raise UserError(f"--top-k must be >= 1, got {args.top_k}")
-    if args.top_p is not None and not 0.0 < args.top_p <= 1.0:
-        raise UserError(f"--top-p must be in (0, 1], got {args.top_p}")
-
-
 def cmd_generate(args) -> int:
     from bigthoughts.models.limits import check_loaded
 
-    _check_generate_args(args)
-    _check_prompt_limit(args.max_prompt_tokens, None)
+    check_generate_args(args)
+    check_prompt_limit(args.max_prompt_tokens, None)
     spec = _preflight(args.choice, [args.prompt], rows=args.num_samples,
                       max_new_tokens=args.max_new_tokens, max_prompt_tokens=args.max_prompt_tokens)
-    _check_prompt_limit(args.max_prompt_tokens, spec)
+    check_prompt_limit(args.max_prompt_tokens, spec)
     chosen = _engine(args.choice)
     sampler, lm = chosen.engine, chosen.loaded
     _check_prompt(chosen, args.prompt, args.max_prompt_tokens)
@@ -416,11 +347,11 @@ def cmd_serve(args) -> int:
         raise UserError(f"--request-timeout must be a positive number of seconds, got "
                         f"{args.request_timeout}")
     choice = args.choice
-    _check_prompt_limit(args.max_prompt_tokens, None)
+    check_prompt_limit(args.max_prompt_tokens, None)
     chosen = _engine(choice)
     lm = chosen.loaded
     context = lm.spec.max_context
-    _check_prompt_limit(args.max_prompt_tokens, lm.spec)
+    check_prompt_limit(args.max_prompt_tokens, lm.spec)
     config = ServeConfig(
         model_id=choice.shipped or lm.spec.name,
         prompt_style=prompt_format_for(choice.style, lm.spec, args.shots).style,
@@ -451,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
     # parameter access would bury our output.
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     try:
-        _check_args(args)
+        check_args(args)
         if args.command not in ("report", "download", "train-report", "build-llamacpp"):
             enable_compilation_cache()
         if args.command in ("ask", "eval", "generate", "serve"):
@@ -460,11 +391,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except _user_errors() as exc:
+    except user_errors() as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except OSError as exc:
-        message = _disk_error(exc)
+        message = disk_error(exc)
         if message is None:
             raise
         print(f"error: {message}", file=sys.stderr)
@@ -474,32 +405,8 @@ def main(argv: list[str] | None = None) -> int:
 
         if not is_out_of_memory(exc):
             raise
-        print(f"error: {out_of_memory(exc, _MEMORY_KNOBS)}", file=sys.stderr)
+        print(f"error: {out_of_memory(exc, MEMORY_KNOBS)}", file=sys.stderr)
         return EXIT_USAGE
-
-
-_MEMORY_KNOBS = ("--votes, --batch-size, --max-new-tokens or the prompt's length "
-                 "(--max-prompt-tokens)")
-
-
-EXIT_IO = 74  # sysexits' EX_IOERR: the disk refused a write
-
-
-def _disk_error(exc: OSError) -> str | None:
-    """One line for a write the file system refused (full, read-only, not allowed); None
-    for any other OSError (a bug: its traceback is worth seeing)."""
-    import errno
-
-    where = f" while writing {exc.filename}" if exc.filename else ""
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return (f"no space left on the device{where}. Everything written before it is "
-                f"kept (atomic files, checkpoints): free some space and run the same "
-                f"command again to resume")
-    if exc.errno == errno.EROFS:
-        return f"the file system is read-only{where}: choose another --out"
-    if exc.errno in (errno.EACCES, errno.EPERM):
-        return f"permission denied{where}: choose a folder you can write (--out)"
-    return None
 
 
 if __name__ == "__main__":
