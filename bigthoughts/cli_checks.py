@@ -24,12 +24,12 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from bigthoughts.models.gguf_export import GGUFExportError
     from bigthoughts.models.limits import GenerationLimitError
     from bigthoughts.models.spec import ModelLoadError
-    from bigthoughts.rundir import RunDirBusy
+    from bigthoughts.rundir import NotARunDir, RunDirBusy
     from bigthoughts.training.loop import OutOfMemory
 
     return (UserError, ConfigError, DataError, GGUFError, GGUFExportError, ModelLoadError,
             ParameterMismatch, GenerationLimitError, FileNotFoundError, OutOfMemory,
-            AdapterError, RunDirBusy)
+            AdapterError, RunDirBusy, NotARunDir)
 
 
 def utf8(what: str, text: str) -> str:

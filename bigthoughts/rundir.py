@@ -50,6 +50,10 @@ class RunDirBusy(RuntimeError):
     """Another process is writing to the run directory."""
 
 
+class NotARunDir(ValueError):
+    """``--out`` names something that cannot be a run directory (a file)."""
+
+
 LOCK_NAME = ".lock"
 
 
@@ -72,6 +76,8 @@ def lock_run_dir(out: Path) -> Iterator[Path]:
     import fcntl
 
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise NotARunDir(f"{out} exists and is not a directory; use another --out")
     out.mkdir(parents=True, exist_ok=True)
     path = out / LOCK_NAME
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)

@@ -76,3 +76,15 @@ def test_taking_the_lock_removes_what_a_killed_writer_left(tmp_path):
     assert not any(p.exists() for p in stale)
     assert all(p.read_text() == "whole" for p in keep)
     assert (out / "summary.json").read_text() == "{}"
+
+
+def test_an_out_that_is_a_file_is_one_line_and_left_alone(tmp_path, gsm8k_dir, capsys):
+    from bigthoughts.cli import main
+
+    afile = tmp_path / "notes.txt"
+    afile.write_text("mine")
+    assert main(["eval", "--limit", "1", "--engine", "llama.cpp", "--out", str(afile),
+                 "--data", str(gsm8k_dir)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: {afile} exists and is not a directory; use another --out\n"
+    assert afile.read_text() == "mine"

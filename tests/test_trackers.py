@@ -116,3 +116,43 @@ def test_changing_the_trackers_resumes_the_same_run():
     del saved["report"]  # a run saved before the key existed
     now = to_dict(TrainConfig(report=ReportSection(to=("wandb",), samples_every=5)))
     assert config_differences(saved, now) == []
+
+
+def _tfrecords(path):
+    """The payloads of a TFRecord file (length, its CRC, data, its CRC; CRCs unchecked)."""
+    import struct
+
+    raw, out, at = path.read_bytes(), [], 0
+    while at < len(raw):
+        (n,) = struct.unpack("<Q", raw[at:at + 8])
+        out.append(raw[at + 12:at + 12 + n])
+        at += 12 + n + 4
+    return out
+
+
+def test_tensorboard_events_are_written_in_the_callers_thread(tmp_path, monkeypatch):
+    """Each step's scalars are one event, flushed at once and readable; a write the disk
+    refuses raises in the caller (one line, exit 74), not in a thread of tensorboardX."""
+    import errno
+
+    from tensorboardX.event_file_writer import EventsWriter
+    from tensorboardX.proto import event_pb2
+
+    from bigthoughts.training.trackers import TensorBoard
+
+    board = TensorBoard(tmp_path)
+    board.scalars(1, {"loss": 0.5, "reward_mean": 2.0})
+    board.scalars(2, {"loss": 0.25, "reward_mean": 3.0})
+    (events,) = (tmp_path / "tensorboard").glob("events.out.tfevents.*")
+    got = [event_pb2.Event.FromString(r) for r in _tfrecords(events)][1:]  # 0: the header
+    assert [(e.step, {v.tag: round(v.simple_value, 3) for v in e.summary.value})
+            for e in got] == [(1, {"loss": 0.5, "reward_mean": 2.0}),
+                              (2, {"loss": 0.25, "reward_mean": 3.0})]
+
+    def full(self, data):
+        raise OSError(errno.ENOSPC, "No space left on device", str(events))
+    monkeypatch.setattr(EventsWriter, "_write_serialized_event", full)
+    with pytest.raises(OSError) as err:
+        board.scalars(3, {"loss": 0.1})
+    assert err.value.errno == errno.ENOSPC
+    board.close()

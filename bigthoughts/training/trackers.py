@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,7 +78,12 @@ class Tracker(Protocol):
 
 
 class TensorBoard:
-    """Scalars under ``<run>/tensorboard`` (tensorboardX; silently none without it)."""
+    """Scalars under ``<run>/tensorboard`` (tensorboardX; silently none without it).
+
+    Each step's event is written and flushed in the caller's thread: tensorboardX's
+    ``SummaryWriter`` writes from a thread of its own, where a full disk printed a
+    traceback and left the queue to fill; here the ``OSError`` reaches the command line
+    (one line, exit 74) like any other refused write."""
 
     def __init__(self, out: Path):
         self._dir = Path(out) / "tensorboard"
@@ -86,14 +92,21 @@ class TensorBoard:
     def scalars(self, step: int, values: Mapping[str, float]) -> None:
         if self._writer is None:
             try:
-                from tensorboardX import SummaryWriter
+                from tensorboardX.event_file_writer import EventsWriter
             except ImportError:  # optional
                 self._writer = False
                 return
-            self._writer = SummaryWriter(str(self._dir))
+            self._dir.mkdir(parents=True, exist_ok=True)
+            self._writer = EventsWriter(str(self._dir / "events"))
         if self._writer:
-            for k, v in values.items():
-                self._writer.add_scalar(k, v, step)
+            from tensorboardX.proto import event_pb2, summary_pb2
+            from tensorboardX.summary import scalar
+
+            summary = summary_pb2.Summary(value=[v for k, x in values.items()
+                                                 for v in scalar(k, float(x)).value])
+            self._writer.write_event(event_pb2.Event(wall_time=time.time(), step=step,
+                                                     summary=summary))
+            self._writer.flush()
 
     def samples(self, step: int, rows: Sequence[Mapping]) -> None:
         pass
