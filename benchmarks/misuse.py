@@ -15,7 +15,6 @@ import argparse
 import contextlib
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -133,34 +132,47 @@ def case_out_read_only(work, data):
         return one_line(done, code=74, words=["read-only"])
 
 
-def _damaged_export(work) -> Path | None:
-    source = next(iter(sorted((ROOT / "runs").glob("*/export/params.safetensors"))), None)
-    if source is None:
-        return None
-    ck = work / "damaged"
-    shutil.copytree(source.parent, ck, ignore=shutil.ignore_patterns("hf"))
-    with open(ck / "params.safetensors", "r+b") as fh:
-        fh.truncate(os.path.getsize(ck / "params.safetensors") - 1000)
-    return ck
+def _tiny_exports(work) -> tuple[Path, Path]:
+    """An exported checkpoint and a Hugging Face checkpoint of a tiny random Gemma 3 (the
+    tests' model), written by the project's own exporters: any checkpoint serves to
+    damage."""
+    if not (work / "export").exists():
+        sys.path.insert(0, str(ROOT))
+        import numpy as np
+        from flax import nnx
+
+        from bigthoughts.models.export import export_checkpoint, export_hf_gemma3
+        from bigthoughts.models.spec import ModelSpec
+        from tests.tiny import tiny_model
+
+        model, tok = tiny_model()
+        params = {p: np.asarray(v.get_value())
+                  for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+        export_checkpoint(work / "export", params, family="gemma3", config=model.config,
+                          spec=ModelSpec(name="tiny", family="gemma3", instruction_tuned=False),
+                          tokenizer=tok)
+        export_hf_gemma3(work / "hf", params, model.config, tok)
+    return work / "export", work / "hf"
+
+
+def _truncate(path: Path, keep: float) -> None:
+    with open(path, "r+b") as fh:
+        fh.truncate(int(os.path.getsize(path) * keep))
 
 
 def case_damaged_checkpoint(work, data):
-    ck = _damaged_export(work)
-    if ck is None:
-        return "skipped (no exported run under runs/)"
-    done, _ = run(["ask", "2+2?", "--checkpoint", str(ck)])
+    export, _ = _tiny_exports(work)
+    done, _ = run(["ask", "2+2?", "--checkpoint", str(export)])
+    if done.returncode != 0:
+        return f"the intact checkpoint failed: {done.stderr[-200:]}"
+    _truncate(export / "params.safetensors", 0.9)
+    done, _ = run(["ask", "2+2?", "--checkpoint", str(export)])
     return one_line(done, code=2, words=["not a readable safetensors file"])
 
 
 def case_damaged_hf_dir(work, data):
-    source = next(iter(sorted((ROOT / "runs").glob("*/export/hf"))), None)
-    if source is None:
-        return "skipped (no exported HF checkpoint under runs/)"
-    hf = work / "hf"
-    shutil.copytree(source, hf)
-    shard = next(hf.glob("*.safetensors"))
-    with open(shard, "r+b") as fh:
-        fh.truncate(os.path.getsize(shard) // 2)
+    _, hf = _tiny_exports(work)
+    _truncate(next(hf.glob("*.safetensors")), 0.5)
     done, _ = run(["ask", "2+2?", "--model", str(hf)])
     return one_line(done, code=2, words=["not a readable safetensors file"])
 
