@@ -16,6 +16,7 @@ from bigthoughts.training import grpo_loss as grpo
 from bigthoughts.training.adapter import check_adapter_path, load_starting_model
 from bigthoughts.training.config import ModelSection
 from tests.test_sft import run, toy_sft
+from tests.tiny import assert_same_params
 from tests.train_toy import lowercase_share, toy_loaded, toy_setup
 
 
@@ -169,8 +170,6 @@ def test_folded_weights_are_cached_for_a_base_named_by_content(sft_adapter, tmp_
     model; a base known only by a path is never cached."""
     import dataclasses
 
-    from flax import nnx
-
     import bigthoughts.models.adapter as adapter_mod
 
     monkeypatch.setenv("BIGTHOUGHTS_CACHE", str(tmp_path / "cache"))
@@ -179,11 +178,7 @@ def test_folded_weights_are_cached_for_a_base_named_by_content(sft_adapter, tmp_
     (cached,) = (tmp_path / "cache").glob("folded-*.safetensors")
     monkeypatch.setattr(adapter_mod, "apply_lora", lambda *a, **k: pytest.fail("traced"))
     second = with_adapter(base, sft_adapter)
-    for (path, a), (_, b) in zip(nnx.to_flat_state(nnx.state(first.model, nnx.Param)),
-                                 nnx.to_flat_state(nnx.state(second.model, nnx.Param)),
-                                 strict=True):
-        np.testing.assert_array_equal(np.asarray(a.get_value()), np.asarray(b.get_value()),
-                                      err_msg=str(path))
+    assert_same_params(first.model, second.model)
     assert second.source == first.source
     by_path = dataclasses.replace(toy_loaded(), source="some/dir")
     with pytest.raises(pytest.fail.Exception, match="traced"):
@@ -193,9 +188,5 @@ def test_folded_weights_are_cached_for_a_base_named_by_content(sft_adapter, tmp_
     monkeypatch.setenv("BIGTHOUGHTS_CACHE", str(tmp_path / "cache"))
     cached.write_bytes(cached.read_bytes()[:-64])  # damaged (a kill mid-write): folded again
     third = with_adapter(base, sft_adapter)
-    for (path, a), (_, b) in zip(nnx.to_flat_state(nnx.state(first.model, nnx.Param)),
-                                 nnx.to_flat_state(nnx.state(third.model, nnx.Param)),
-                                 strict=True):
-        np.testing.assert_array_equal(np.asarray(a.get_value()), np.asarray(b.get_value()),
-                                      err_msg=str(path))
+    assert_same_params(first.model, third.model)
     assert cached.stat().st_size > 0 and with_adapter(base, sft_adapter).source == first.source

@@ -15,7 +15,7 @@ import tests.fixtures_checkpoints as fx
 from bigthoughts.models.export import export_checkpoint, load_exported
 from bigthoughts.models.spec import ModelLoadError, ModelSpec
 from bigthoughts.models.tensorfile import read_safetensors
-from tests.tiny import tiny_model
+from tests.tiny import assert_same_params, tiny_model
 
 
 def damage(path, how: str) -> None:
@@ -68,11 +68,7 @@ def test_a_damaged_gguf_conversion_cache_is_rebuilt(tmp_path, monkeypatch):
     (cached,) = (tmp_path / "cache").glob("params-*.safetensors")
     damage(cached, "truncated")
     again = load_model(gguf)
-    for (path, a), (_, b) in zip(nnx.to_flat_state(nnx.state(first.model, nnx.Param)),
-                                 nnx.to_flat_state(nnx.state(again.model, nnx.Param)),
-                                 strict=True):
-        np.testing.assert_array_equal(np.asarray(a.get_value()), np.asarray(b.get_value()),
-                                      err_msg=str(path))
+    assert_same_params(first.model, again.model)
     assert read_safetensors(cached)  # rewritten whole
 
 

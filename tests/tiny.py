@@ -55,3 +55,14 @@ def tiny_model(family: str = "gemma3", *, seed: int = 0, scale: float = 0.5):
     config = tiny_config(family)
     params = random_params(family, config, seed=seed, scale=scale)
     return build_model(family, config, params), byte_tokenizer()
+
+
+def assert_same_params(a, b) -> None:
+    """Every parameter of models ``a`` and ``b`` equal, bit for bit."""
+    import numpy as np
+    from flax import nnx
+
+    for (path, x), (_, y) in zip(nnx.to_flat_state(nnx.state(a, nnx.Param)),
+                                 nnx.to_flat_state(nnx.state(b, nnx.Param)), strict=True):
+        np.testing.assert_array_equal(np.asarray(x.get_value()), np.asarray(y.get_value()),
+                                      err_msg=str(path))
