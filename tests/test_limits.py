@@ -127,3 +127,27 @@ def test_the_memory_budget_can_be_set(monkeypatch) -> None:
         monkeypatch.setenv("BIGTHOUGHTS_MEMORY_GB", bad)
         with pytest.raises(GenerationLimitError, match="must be a positive number of GB"):
             available_memory()
+
+
+def test_a_call_prefills_at_most_one_prompt_per_row() -> None:
+    """``eval`` names every question of the run while ``rows`` is one batch's: the
+    attention is counted for at most ``rows`` prompts (it once counted 1,319)."""
+    config = spec_model_config(REGISTRY["gemma3-270m"])
+    one_batch = generation_bytes(config, rows=8, prompt_tokens=960, max_new_tokens=256,
+                                 prompts=8)
+    assert generation_bytes(config, rows=8, prompt_tokens=960, max_new_tokens=256,
+                            prompts=1319) == one_batch < 1.1e9  # not ~40 GB
+
+
+def test_the_sampler_checks_memory_unless_told_not_to(monkeypatch) -> None:
+    """``ask``/``eval``/``serve`` samplers refuse a call that cannot fit; the trainers'
+    samplers (``memory_check=False``) do not read free memory mid-run."""
+    from bigthoughts.inference.jax_sampler import Sampler
+    from tests.tiny import tiny_model
+
+    model, tok = tiny_model()
+    monkeypatch.setattr("bigthoughts.models.limits.available_memory", lambda: 1000)
+    with pytest.raises(GenerationLimitError, match="free for"):
+        Sampler(model, tok).generate(["2+2="], max_new_tokens=4)
+    [out] = Sampler(model, tok, memory_check=False).generate(["2+2="], max_new_tokens=4)
+    assert out.num_tokens == 4 or out.finish_reason == "stop"

@@ -222,3 +222,67 @@ def test_a_client_leaving_mid_generation_cancels_only_its_rows():
     assert engine.answers == [True, True, False, False]
     assert takes_keyword(engine.generate, "cancelled")
     assert not takes_keyword(ScriptedEngine(["x"]).generate, "cancelled")
+
+
+class SlowAdmissionEngine:
+    """An engine with ``open_batch`` whose ``add`` (the prefill) waits at a gate: a job can
+    be cancelled by its handler while the worker admits it."""
+
+    def __init__(self):
+        self.adding, self.gate = threading.Event(), threading.Event()
+        self.dropped = []
+
+    def open_batch(self, *, n_seq, n_ctx):
+        engine = self
+
+        class Running:
+            def __init__(self):
+                self.tickets = []
+
+            def add(self, prompts, **kwargs):
+                if "slow" in prompts[0]:
+                    engine.adding.set()
+                    assert engine.gate.wait(30)
+                ticket = object()
+                self.tickets.append((ticket, list(prompts)))
+                return ticket
+
+            def step(self):
+                done, self.tickets = self.tickets, []
+                from bigthoughts.inference.contract import Generation
+                return [(t, [Generation(text=p.upper(), token_ids=(1,), logprobs=(0.0,),
+                                        finish_reason="stop", prompt_tokens=1,
+                                        temperature=0.0) for p in ps]) for t, ps in done]
+
+            def drop(self, ticket):
+                engine.dropped.append(ticket)
+                self.tickets = [(t, p) for t, p in self.tickets if t is not ticket]
+
+            def close(self):
+                pass
+
+        return Running()
+
+
+def test_a_job_cancelled_while_admitted_leaves_the_worker_alive():
+    """The handler's timeout or a hang-up can cancel a job while the worker is inside
+    its prefill: the job ends once, its rows are dropped, and the worker serves on (it
+    once died of a second set_exception on the same future)."""
+    from bigthoughts.serve.batcher import Cancelled, ContinuousBatcher
+
+    engine = SlowAdmissionEngine()
+    batcher = ContinuousBatcher(engine, max_batch_rows=4, queue_size=4, batch_wait_s=0.0)
+    batcher.start()
+    try:
+        slow = batcher.submit(["slow one"], temperatures=[0.0], num_samples=1,
+                              settings=SETTINGS)
+        assert engine.adding.wait(30)
+        batcher.cancel(slow)  # still in the queue: its future ends here
+        engine.gate.set()
+        with pytest.raises(Cancelled):
+            slow.future.result(timeout=30)
+        fast = batcher.submit(["next"], temperatures=[0.0], num_samples=1, settings=SETTINGS)
+        assert [g.text for g in fast.future.result(timeout=30)] == ["NEXT"]
+        assert len(engine.dropped) == 1  # the cancelled job's rows left the batch
+    finally:
+        batcher.stop()

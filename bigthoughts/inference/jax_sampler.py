@@ -163,9 +163,13 @@ class Sampler:
     """Batched sampler over a Tunix Gemma model (see module docstring)."""
 
     def __init__(self, model, tokenizer, *, chunk: int = CHUNK, cache_dtype=None,
-                 compact: bool = True):
+                 compact: bool = True, memory_check: bool = True):
         self.tokenizer = tokenizer
         self.compact = compact
+        # refuse a call whose estimate exceeds the free memory (ask, eval, serve); the
+        # trainers' rollouts skip it: sized by their recipe, checked when training starts,
+        # and free memory read mid-run (training state live) would stop a run that fits
+        self.memory_check = memory_check
         self.config = model.config
         self.chunk = chunk
         # Tunix's Gemma 2 builds its sliding-window mask from positions, assuming
@@ -256,9 +260,10 @@ class Sampler:
         tokens, valid = left_pad(encoded, p_len, self.tokenizer.pad_id())
         slack = max(4 * self.chunk, opts.max_new_tokens // 2) if opts.calculator else 0
         capacity = round_up(opts.max_new_tokens + slack, self.chunk)
-        # before anything is allocated: a GenerationLimitError (one line, HTTP 400)
-        check_memory(self.config, rows=len(rows), prompt_tokens=p_len, max_new_tokens=capacity,
-                     cache_bytes=np.dtype(self.cache_dtype).itemsize, prompts=len(encoded))
+        if self.memory_check:  # before anything is allocated: one line, or HTTP 400
+            check_memory(self.config, rows=len(rows), prompt_tokens=p_len,
+                         max_new_tokens=capacity, cache_bytes=np.dtype(self.cache_dtype).itemsize,
+                         prompts=len(encoded))
         logits, cache, pos = self._prefill(self.state, tokens, valid, p_len + capacity)
         slot_valid = jnp.pad(jnp.asarray(valid), ((0, 0), (0, capacity)))
         if num_samples > 1:

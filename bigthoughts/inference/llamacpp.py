@@ -366,8 +366,10 @@ def _host_draw(logits: np.ndarray, temperature: float, rng: np.random.Generator,
     u = rng.random() * ends[-1]
     b = min(int(np.searchsorted(ends, u, side="right")), len(blocks) - 1)
     inner = np.cumsum(weights[b * _BLOCK:(b + 1) * _BLOCK], dtype=np.float64)
-    i = min(int(np.searchsorted(inner, u - (ends[b] - blocks[b]), side="right")),
-            len(inner) - 1)
+    # the block's float32 sum and its float64 running sum differ by ~1e-7: the target is
+    # rescaled to the running sum, so it never lands past it (on a token of weight 0)
+    target = (u - (ends[b] - blocks[b])) * (inner[-1] / blocks[b])
+    i = min(int(np.searchsorted(inner, target, side="right")), len(inner) - 1)
     tok = b * _BLOCK + i
     return tok, float((logits[tok] - top) / temperature - np.log(ends[-1]))
 

@@ -106,7 +106,9 @@ def generation_bytes(config: Any, *, rows: int, prompt_tokens: int, max_new_toke
     # (float32) of a chunk of queries against the whole cache
     queries = min(round_up(prompt_tokens, PROMPT_BUCKET), PREFILL_CHUNK)
     attention = 3 * config.num_heads * queries * cache_len * 4
-    return rows * per_row + (rows if prompts is None else prompts) * attention
+    # a call prefills at most one prompt per row (a caller may name every prompt of a
+    # whole evaluation while ``rows`` is one batch's)
+    return rows * per_row + (rows if prompts is None else min(prompts, rows)) * attention
 
 
 def param_bytes(config: Any, dtype_bytes: int = 4) -> int:
@@ -195,6 +197,10 @@ def check_memory(config: Any, *, rows: int, prompt_tokens: int, max_new_tokens: 
     budget = MEMORY_FRACTION * free - (0 if loaded else param_bytes(config, cache_bytes))
     if need <= budget:
         return
+    if budget <= 0:
+        raise GenerationLimitError(
+            f"the model's weights ({_gb(param_bytes(config, cache_bytes))}) leave no room in "
+            f"the {_gb(free)} free here; use a smaller model or --dtype bfloat16")
     fit = max(0, int(budget // (need / rows)))
     if fit == 0:
         longest = _longest_prompt(config, rows, max_new_tokens, budget, cache_bytes, prompts)

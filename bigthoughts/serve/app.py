@@ -146,7 +146,7 @@ class _Service:
                     break
                 if job_engine.cancelled.is_set():
                     continue
-                if time.monotonic() > deadline:  # its rows stop at the next step
+                if time.monotonic() > deadline and not task.done():  # rows stop next step
                     timed_out = True
                     job_engine.cancel()
                 elif await request.is_disconnected():

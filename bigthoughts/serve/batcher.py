@@ -33,12 +33,13 @@ temperature 0, never depend on batching).
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import threading
 import time
 from collections import deque
 from collections.abc import Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -113,6 +114,16 @@ class Job:
     def rows(self) -> int:
         return len(self.prompts) * self.num_samples
 
+    def fail(self, exc: BaseException) -> None:
+        """Ends the job with ``exc``, unless it has already ended (a cancel from the
+        handler's thread can end it while the worker is still admitting it)."""
+        with contextlib.suppress(InvalidStateError):
+            self.future.set_exception(exc)
+
+    def finish(self, result) -> None:
+        with contextlib.suppress(InvalidStateError):
+            self.future.set_result(result)
+
 
 @dataclass
 class BatchStats:
@@ -153,7 +164,7 @@ class Batcher:
         with self._cond:
             self._stopping = True
             for job in self._pending:
-                job.future.set_exception(Cancelled("server shutting down"))
+                job.fail(Cancelled("server shutting down"))
             self._pending.clear()
             self._cond.notify_all()
         if self._thread is not None:
@@ -196,7 +207,7 @@ class Batcher:
             if job in self._pending:
                 self._pending.remove(job)
                 self.stats.dropped += 1
-                job.future.set_exception(Cancelled("client disconnected"))
+                job.fail(Cancelled("client disconnected"))
 
     # --- worker side --------------------------------------------------------------
     def _run(self) -> None:
@@ -235,7 +246,7 @@ class Batcher:
             for job in self._pending:
                 if job.cancelled.is_set():
                     self.stats.dropped += 1
-                    job.future.set_exception(Cancelled("client disconnected"))
+                    job.fail(Cancelled("client disconnected"))
             if not live:
                 self._pending.clear()
                 return []
@@ -275,7 +286,7 @@ class Batcher:
                 raise RuntimeError(f"engine returned {len(gens)} rows for {len(temps)}")
         except Exception as exc:  # noqa: BLE001 - every job learns; the worker lives on
             for job in batch:
-                job.future.set_exception(exc)
+                job.fail(exc)
             return
         finally:
             self.stats.engine_calls += 1
@@ -284,7 +295,7 @@ class Batcher:
             self.stats.largest_batch = max(self.stats.largest_batch, len(batch))
         start = 0
         for job in batch:
-            job.future.set_result(list(gens[start:start + job.rows]))
+            job.finish(list(gens[start:start + job.rows]))
             start += job.rows
 
 
@@ -309,7 +320,7 @@ class ContinuousBatcher(Batcher):
                         self._cond.wait()
                     if self._stopping:
                         for job in active.values():
-                            job.future.set_exception(Cancelled("server shutting down"))
+                            job.fail(Cancelled("server shutting down"))
                         return
                     waiting = list(self._pending)
                 self._admit(running, waiting, active)
@@ -323,7 +334,7 @@ class ContinuousBatcher(Batcher):
             if job.cancelled.is_set():
                 self._forget(job)
                 self.stats.dropped += 1
-                job.future.set_exception(Cancelled("client disconnected"))
+                job.fail(Cancelled("client disconnected"))
                 continue
             try:
                 ticket = running.add(list(job.prompts), temperatures=list(job.temperatures),
@@ -331,10 +342,13 @@ class ContinuousBatcher(Batcher):
                                      **job.settings.engine_kwargs())
             except Exception as exc:  # noqa: BLE001 - this job fails, the others go on
                 self._forget(job)
-                job.future.set_exception(exc)
+                job.fail(exc)
                 continue
             if ticket is None:  # no room until rows finish: keep the order
                 return
+            if job.future.done():  # cancelled while its prompt was prefilled
+                running.drop(ticket)
+                continue
             self._forget(job)
             active[ticket] = job
             self.stats.jobs += 1
@@ -352,7 +366,7 @@ class ContinuousBatcher(Batcher):
                 running.drop(ticket)
                 del active[ticket]
                 self.stats.dropped += 1
-                job.future.set_exception(Cancelled("client disconnected"))
+                job.fail(Cancelled("client disconnected"))
         if not active:
             return
         try:
@@ -361,11 +375,11 @@ class ContinuousBatcher(Batcher):
         except Exception as exc:  # noqa: BLE001 - every running job learns; the worker lives on
             for ticket, job in active.items():
                 running.drop(ticket)
-                job.future.set_exception(exc)
+                job.fail(exc)
             active.clear()
             return
         for ticket, gens in finished:
-            active.pop(ticket).future.set_result(gens)
+            active.pop(ticket).finish(gens)
 
 
 def make_batcher(engine: Engine, **kwargs) -> Batcher:

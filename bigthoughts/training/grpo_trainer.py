@@ -76,7 +76,7 @@ class GRPOTrainer:
         # the KL reference: the starting policy. A continued adapter keeps a copy of its
         # matrices (updates donate self.lora's buffers); a fresh LoRA is the base (LoRA off)
         self.ref_lora = None if lora_init is None else jax.tree_util.tree_map(jnp.copy, self.lora)
-        self.sampler = Sampler(model, self.tokenizer)
+        self.sampler = Sampler(model, self.tokenizer, memory_check=False)
         self.rollouts = self.sampler  # or llama.cpp, following the LoRA (_sync_sampler)
         if config.grpo.rollout_engine == "llama.cpp":
             from bigthoughts.training.llamacpp_rollouts import LlamaCppRollouts, rollout_gguf

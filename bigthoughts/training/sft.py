@@ -91,7 +91,7 @@ class SFTStage:
         self.loaded = dataclasses.replace(loaded, model=None)
         kind = nnx.Param if config.full_finetune else nnx.LoRAParam
         self.graphdef, self.params, self.frozen = nnx.split(model, kind, ...)
-        self.sampler = Sampler(model, self.tokenizer)
+        self.sampler = Sampler(model, self.tokenizer, memory_check=False)
         self.tx, self.schedule = make_optimizer(config.optim, config.max_steps)
         self.opt_state = self.tx.init(self.params)
         self.order = BucketedOrder([x.length for x in self.train], config.batch_size,
