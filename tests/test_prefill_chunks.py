@@ -44,3 +44,16 @@ def test_chunked_generation_equals_one_prefill(monkeypatch):
         assert a.token_ids == b.token_ids and a.text == b.text
         np.testing.assert_allclose(a.logprobs, b.logprobs, atol=1e-4)
     assert len({g.token_ids for g in whole}) > 1  # the rows differ: a real comparison
+
+
+def test_the_lowered_program_of_a_long_prompt_is_one_chunks(monkeypatch):
+    """AOT memory analysis lowers what runs: for a prompt over the chunk, one chunk's
+    program (2 rows x 32 queries against the whole cache), not the whole prompt's."""
+    model, tok = tiny_model("gemma3", seed=3)
+    sampler = Sampler(model, tok)
+    tokens, valid = np.zeros((2, 192), np.int32), np.ones((2, 192), bool)
+    whole = sampler._prefill.lower(sampler.state, tokens, valid, cache_size=224).as_text()
+    monkeypatch.setattr(prefill, "PREFILL_CHUNK", 32)
+    chunk = sampler._prefill.lower(sampler.state, tokens, valid, cache_size=224).as_text()
+    assert "tensor<2x192xi32>" in whole and "tensor<2x192xi32>" not in chunk
+    assert "tensor<2x32xi32>" in chunk

@@ -67,6 +67,20 @@ class Prefill:
                                         jnp.asarray(pos[:, part]), slot_valid, jnp.int32(start))
         return logits, cache, jnp.asarray(pos[:, -1] + 1)
 
+    def lower(self, state, tokens, valid, *, cache_size: int):
+        """The XLA program a prefill of these shapes runs (``jax.stages.Lowered``): the
+        whole-prompt one, or one chunk's for a prompt over ``PREFILL_CHUNK`` (for AOT
+        memory analysis, ``scripts/aot_memory.py``)."""
+        b, p = tokens.shape
+        if p <= PREFILL_CHUNK:
+            return self._whole.lower(state, tokens, valid, cache_size=cache_size)
+        s = jax.ShapeDtypeStruct
+        cache = jax.eval_shape(lambda: forward.init_cache(self.config, b, cache_size,
+                                                          self.cache_dtype))
+        return self._chunk.lower(state, cache, s((b, PREFILL_CHUNK), jnp.int32),
+                                 s((b, PREFILL_CHUNK), jnp.int32), s((b, cache_size), bool),
+                                 s((), jnp.int32))
+
     def _whole_impl(self, state, tokens, valid, *, cache_size: int):
         model = nnx.merge(self.graphdef, state)
         b, p = tokens.shape
