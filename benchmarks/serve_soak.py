@@ -205,6 +205,14 @@ def main() -> int:
                 normal(client, random.Random(i), qs)
         start_mem = memory(server.pid)
         until = time.monotonic() + args.minutes * 60
+        timeline: list[tuple[float, int]] = []  # (seconds, RSS) every 15 s
+
+        def sample() -> None:
+            t0 = time.monotonic()
+            while time.monotonic() < until:
+                timeline.append((time.monotonic() - t0, memory(server.pid)["VmRSS"]))
+                time.sleep(15)
+        threading.Thread(target=sample, daemon=True).start()
         workers = [threading.Thread(target=worker, args=(base, until, tally, s, qs,
                                                           args.max_prompt_tokens))
                    for s in range(args.clients)]
@@ -220,10 +228,10 @@ def main() -> int:
     finally:
         server.terminate()
         server.wait(timeout=30)
-    return report(tally, start_mem, end_mem, alive, args)
+    return report(tally, start_mem, end_mem, alive, args, timeline)
 
 
-def report(tally: Tally, start_mem, end_mem, alive: bool, args) -> int:
+def report(tally: Tally, start_mem, end_mem, alive: bool, args, timeline) -> int:
     counts = tally.counts
     total = sum(counts.values())
     answered = sum(n for (k, s), n in counts.items() if k == "normal" and s == 200)
@@ -240,6 +248,7 @@ def report(tally: Tally, start_mem, end_mem, alive: bool, args) -> int:
     print(f"server RSS after warm-up {gb(start_mem['VmRSS'])}, at the end "
           f"{gb(end_mem['VmRSS'])} ({growth:.3f}x), peak {gb(end_mem['VmHWM'])}; "
           f"alive at the end: {alive}")
+    print("RSS every 15 s (GB): " + " ".join(f"{r / 1e9:.2f}" for _, r in timeline))
     print("by kind and status: " + ", ".join(f"{k} {s}: {n}" for (k, s), n in
                                             sorted(counts.items())))
     for line in tally.bad[:10]:
@@ -249,7 +258,8 @@ def report(tally: Tally, start_mem, end_mem, alive: bool, args) -> int:
             "counts": {f"{k} {s}": n for (k, s), n in counts.items()}, "answered": answered,
             "p50_s": percentile(tally.latency, 0.5), "p95_s": percentile(tally.latency, 0.95),
             "rss_start": start_mem["VmRSS"], "rss_end": end_mem["VmRSS"],
-            "rss_peak": end_mem["VmHWM"], "unexpected": tally.bad}, indent=2))
+            "rss_peak": end_mem["VmHWM"], "rss_timeline": timeline,
+            "unexpected": tally.bad}, indent=2))
     return 0 if alive and not fives and not tally.bad and growth <= 1.10 else 1
 
 
