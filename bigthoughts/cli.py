@@ -16,7 +16,6 @@ User mistakes (a bad path, an unknown model, a malformed config) end with a one-
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
 import time
@@ -95,10 +94,10 @@ def _engine(choice):
 
 def _check_prompt(chosen, prompt: str, limit: int) -> None:
     """Refuses a prompt over ``--max-prompt-tokens`` (counted by the engine's tokenizer)."""
-    from bigthoughts.inference.engine import prompt_tokens
+    from bigthoughts.inference.engine import token_counter
     from bigthoughts.models.limits import check_prompt_tokens
 
-    check_prompt_tokens(prompt_tokens(chosen.engine, prompt), limit,
+    check_prompt_tokens(token_counter(chosen.engine)(prompt), limit,
                         chosen.loaded.spec.max_context)
 
 
@@ -160,7 +159,6 @@ def cmd_generate(args) -> int:
     from bigthoughts.models.limits import check_loaded
 
     check_generate_args(args)
-    check_prompt_limit(args.max_prompt_tokens, None)
     spec = _preflight(args.choice, [args.prompt], rows=args.num_samples,
                       max_new_tokens=args.max_new_tokens, max_prompt_tokens=args.max_prompt_tokens)
     check_prompt_limit(args.max_prompt_tokens, spec)
@@ -343,11 +341,7 @@ def cmd_serve(args) -> int:
     if key is None and args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: serving on {args.host} without an API key: anyone who can reach "
               f"this port can use it (--api-key KEY)", file=sys.stderr)
-    if not (args.request_timeout > 0 and math.isfinite(args.request_timeout)):
-        raise UserError(f"--request-timeout must be a positive number of seconds, got "
-                        f"{args.request_timeout}")
     choice = args.choice
-    check_prompt_limit(args.max_prompt_tokens, None)
     chosen = _engine(choice)
     lm = chosen.loaded
     context = lm.spec.max_context

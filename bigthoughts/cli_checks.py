@@ -62,19 +62,25 @@ def check_args(args) -> None:
         raise UserError(f"--window must be >= 1, got {window}")
     if any(stop == "" for stop in getattr(args, "stop", None) or ()):
         raise UserError("--stop must not be empty (an empty string would stop at once)")
+    prompt_limit = getattr(args, "max_prompt_tokens", None)
+    if prompt_limit is not None and prompt_limit < 1:
+        raise UserError(f"--max-prompt-tokens must be >= 1, got {prompt_limit}")
+    timeout = getattr(args, "request_timeout", None)
+    if timeout is not None and not (timeout > 0 and math.isfinite(timeout)):
+        raise UserError(f"--request-timeout must be a positive number of seconds, got "
+                        f"{timeout}")
 
 
 def check_prompt_limit(limit: int, spec) -> None:
-    """``--max-prompt-tokens`` in range, before anything loads (the context once known)."""
-    if limit < 1:
-        raise UserError(f"--max-prompt-tokens must be >= 1, got {limit}")
+    """``--max-prompt-tokens`` within the model's context (once ``spec`` is known; its
+    lower bound is :func:`check_args`'s)."""
     if spec is not None and limit > spec.max_context:
         raise UserError(f"--max-prompt-tokens {limit} is beyond {spec.name}'s context of "
                         f"{spec.max_context} tokens")
 
 
 def check_generate_args(args) -> None:
-
+    """``generate``'s own flags (text as UTF-8, sampling settings in range)."""
     utf8("prompt", args.prompt)
     for stop in args.stop or ():
         utf8("stop string", stop)

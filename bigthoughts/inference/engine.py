@@ -24,6 +24,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -90,10 +91,14 @@ def make_engine(choice: ModelChoice | None = None) -> ChosenEngine:
     return ChosenEngine(engine=engine, kind="llama.cpp", loaded=loaded)
 
 
-def prompt_tokens(engine: Engine, prompt: str) -> int:
-    """Tokens of ``prompt`` (BOS included) by the engine's own tokenizer: llama.cpp's
-    ``tokenize`` or the JAX sampler's SentencePiece ``tokenizer``."""
+def token_counter(engine: Engine) -> Callable[[str], int] | None:
+    """A prompt's tokens (BOS included) by the engine's own tokenizer: llama.cpp's
+    ``tokenize`` or the JAX sampler's SentencePiece ``tokenizer``; None for an engine
+    with neither."""
     tokenize = getattr(engine, "tokenize", None)
     if tokenize is not None:
-        return len(tokenize(prompt, add_bos=True))
-    return len(engine.tokenizer.encode(prompt, add_bos=True))  # type: ignore[attr-defined]
+        return lambda prompt: len(tokenize(prompt, add_bos=True))
+    tokenizer = getattr(engine, "tokenizer", None)
+    if tokenizer is not None:
+        return lambda prompt: len(tokenizer.encode(prompt, add_bos=True))
+    return None

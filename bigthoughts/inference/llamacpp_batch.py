@@ -49,7 +49,7 @@ class Ticket:
     ends: tuple
     calculate: object
     cells: int  # KV cells reserved for it
-    inserts: list = field(default_factory=list)  # per prompt: calculator tokens after it
+    inserts: list  # per prompt: the calculator tokens after it (in ``fed`` too)
     # prompts not prefilled yet, in order: [prompt index, next position or -1 (not begun)]
     filling: list = field(default_factory=list)
 
@@ -131,10 +131,10 @@ class RunningBatch:
         ends = (stop, stop_inclusive, max_new_tokens, engine.eos_id if stop_at_eos else -1)
         ticket = Ticket(rows=rows, chains=chains, prompt_tokens=[len(e) for e in encoded],
                         fed=[e + i for e, i in zip(encoded, inserts, strict=True)],
-                        num_samples=k, ends=ends, calculate=calculate, cells=cells)
+                        num_samples=k, ends=ends, calculate=calculate, cells=cells,
+                        inserts=inserts)
         self._used_cells += cells
         self._tickets.append(ticket)
-        ticket.inserts = inserts
         try:
             for p in range(len(prompts)):
                 start = self._begin(ticket, p)

@@ -26,6 +26,7 @@ from bigthoughts.models.checkpoint_common import (
     load_tokenizer,
 )
 from bigthoughts.models.spec import ModelLoadError, ModelSpec
+from bigthoughts.models.tensorfile import open_safetensors
 
 # transformers' defaults for fields a config.json may omit (Gemma2Config, Gemma3TextConfig).
 _HF_COMMON = dict(hidden_size=2304, intermediate_size=9216, num_hidden_layers=26,
@@ -183,18 +184,6 @@ def _hf_expected_shapes(family: str, c: Any) -> dict[str, tuple[int, ...]]:
     return out
 
 
-def _open_tensors(file: Path):
-    """``safe_open`` of a checkpoint file; a damaged one is a one-line ModelLoadError."""
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        return safe_open(str(file), framework="numpy")
-    except (SafetensorError, OSError) as exc:
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise ModelLoadError(f"{file} is not a readable safetensors file ({reason}); it may "
-                             "be truncated or damaged: copy it again") from None
-
-
 def _read_hf_tensors(
     files: list[Path], expected: dict[str, tuple[int, ...]]
 ) -> dict[str, np.ndarray]:
@@ -202,7 +191,7 @@ def _read_hf_tensors(
     tensors: dict[str, np.ndarray] = {}
     lm_head = None
     for file in files:
-        with _open_tensors(file) as fh:
+        with open_safetensors(file) as fh:
             for key in fh.keys():
                 prefix = next((p for p in _HF_PREFIXES if key.startswith(p)), "")
                 short = key[len(prefix):].removesuffix(".weight")

@@ -201,23 +201,23 @@ def check_memory(config: Any, *, rows: int, prompt_tokens: int, max_new_tokens: 
         raise GenerationLimitError(
             f"the model's weights ({_gb(param_bytes(config, cache_bytes))}) leave no room in "
             f"the {_gb(free)} free here; use a smaller model or --dtype bfloat16")
-    fit = max(0, int(budget // (need / rows)))
+    fit = int(budget // (need / rows))  # budget > 0 here
     if fit == 0:
         longest = _longest_prompt(config, rows, max_new_tokens, budget, cache_bytes, prompts)
         if longest == 0:
             raise GenerationLimitError(
                 f"{rows} sequence(s) of up to {max_new_tokens} new tokens need about "
                 f"{_gb(need)} (KV cache, logits, attention) even for a short prompt, more "
-                f"than the {_gb(max(budget, 0))} free for them here: lower the new tokens "
+                f"than the {_gb(budget)} free for them here: lower the new tokens "
                 "(--max-new-tokens, grpo.max_new_tokens) or the sequences")
         raise GenerationLimitError(
             f"a {prompt_tokens}-token prompt with {rows} sequence(s) of up to {max_new_tokens} "
             f"new tokens needs about {_gb(need)} (KV cache, logits, attention), more than the "
-            f"{_gb(max(budget, 0))} free for it here; at most {longest} prompt tokens fit: "
+            f"{_gb(budget)} free for it here; at most {longest} prompt tokens fit: "
             "shorten the prompt, or lower --votes or --max-new-tokens")
     raise GenerationLimitError(
         f"{rows} sequences of up to {prompt_tokens} + {max_new_tokens} tokens need about "
-        f"{_gb(need)} (KV cache, logits, attention), more than the {_gb(max(budget, 0))} "
+        f"{_gb(need)} (KV cache, logits, attention), more than the {_gb(budget)} "
         f"free for them here; at most {fit} sequences fit: lower --votes, "
         "--batch-size or --max-new-tokens")
 

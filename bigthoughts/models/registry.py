@@ -28,7 +28,7 @@ from bigthoughts.models.spec import (
     portable_source,
     resolve_dtype,
 )
-from bigthoughts.models.tensorfile import write_safetensors
+from bigthoughts.models.tensorfile import open_safetensors, write_safetensors
 
 __all__ = ["DEFAULT_MODEL", "EMBEDDED_PACKAGE", "REGISTRY", "LoadedModel", "ModelLoadError",
            "ModelSpec", "cache_dir", "embedded_gguf_path", "load_model", "resolve_dtype"]
@@ -135,13 +135,11 @@ def _load_gguf(path: Path, spec: ModelSpec | None, dtype, use_cache: bool) -> Lo
 
 def _readable(path: Path) -> bool:
     """True when a safetensors file's header parses and covers the file."""
-    from safetensors import SafetensorError, safe_open
-
     try:
-        with safe_open(str(path), framework="np") as fh:
+        with open_safetensors(path) as fh:
             fh.keys()
         return True
-    except (SafetensorError, OSError, ValueError):
+    except ModelLoadError:
         return False
 
 

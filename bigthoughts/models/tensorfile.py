@@ -20,6 +20,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import struct
 from collections.abc import Mapping
@@ -29,7 +30,7 @@ import numpy as np
 
 from bigthoughts.files import atomic_output
 
-__all__ = ["read_safetensors", "write_safetensors"]
+__all__ = ["open_safetensors", "read_safetensors", "write_safetensors"]
 
 _DTYPES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16", "float64": "F64",
            "int8": "I8", "int16": "I16", "int32": "I32", "int64": "I64", "uint8": "U8",
@@ -40,13 +41,29 @@ def read_safetensors(path: str | Path) -> dict[str, np.ndarray]:
     """Every tensor of a safetensors file. A damaged, truncated or unreadable file is a
     ``ModelLoadError`` naming it (a user's checkpoint; a cache file is rebuilt by its
     caller instead)."""
-    from safetensors import SafetensorError
     from safetensors.numpy import load_file
+
+    with _one_line_errors(path):
+        return load_file(str(path))
+
+
+def open_safetensors(path: str | Path):
+    """``safetensors.safe_open`` (numpy) of a file, for reading tensor by tensor; a
+    damaged one is a ``ModelLoadError`` naming it, as in :func:`read_safetensors`."""
+    from safetensors import safe_open
+
+    with _one_line_errors(path):
+        return safe_open(str(path), framework="numpy")
+
+
+@contextlib.contextmanager
+def _one_line_errors(path: str | Path):
+    from safetensors import SafetensorError
 
     from bigthoughts.models.spec import ModelLoadError
 
     try:
-        return load_file(str(path))
+        yield
     except (SafetensorError, OSError, ValueError) as exc:
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         raise ModelLoadError(f"{path} is not a readable safetensors file ({reason}); "

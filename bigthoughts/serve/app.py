@@ -31,6 +31,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException
 
+from bigthoughts.inference.engine import token_counter
 from bigthoughts.models.limits import GenerationLimitError
 from bigthoughts.serve.batcher import Cancelled, Engine, QueueFull, make_batcher
 from bigthoughts.serve.handlers import Plan, RequestEngine, ServeConfig, accepts_calculator
@@ -105,15 +106,6 @@ def _install_error_handlers(app: FastAPI) -> None:
                                         type_="server_error", code="internal_error"))
 
 
-def _token_counter(engine):
-    """A prompt's tokens by the engine's own tokenizer, or None (then bytes bound them)."""
-    if getattr(engine, "tokenize", None) is None and getattr(engine, "tokenizer", None) is None:
-        return None
-    from bigthoughts.inference.engine import prompt_tokens
-
-    return lambda prompt: prompt_tokens(engine, prompt)
-
-
 class _Service:
     """The app's state and request path: batcher, request threads, admission."""
 
@@ -126,7 +118,7 @@ class _Service:
         self.executor = ThreadPoolExecutor(max_workers=in_flight, thread_name_prefix="request")
         self.admission = _Admission(in_flight)
         self.calculator_ok = accepts_calculator(engine)
-        self.count = _token_counter(engine)
+        self.count = token_counter(engine)  # None: bytes bound a prompt's tokens
 
     def close(self) -> None:
         self.batcher.stop()

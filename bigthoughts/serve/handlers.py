@@ -164,13 +164,12 @@ class Plan:
         limits = self.config.limits
         limit = limits.context_length
         longest = max(self._count(p) for p in self.prompts)
+        param = "messages" if self.req.chat else "prompt"
         if longest > limits.max_prompt_tokens:
             raise APIError(400, f"the prompt has {longest} tokens, more than the "
                                 f"{limits.max_prompt_tokens} this server accepts",
-                           param="messages" if self.req.chat else "prompt",
-                           code="context_length_exceeded")
+                           param=param, code="context_length_exceeded")
         if longest + self.req.max_tokens > limit:
-            param = "messages" if self.req.chat else "prompt"
             if longest < limit:
                 param = "max_tokens"
             raise APIError(400, f"the prompt ({longest} tokens) plus max_tokens "

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bigthoughts.inference.voting import STRATEGIES
+from bigthoughts.models.limits import DEFAULT_MAX_PROMPT_TOKENS
 
 MAX_STOP_STRINGS = 4  # as the OpenAI API
 CHAT_ROLES = ("system", "developer", "user", "assistant")
@@ -55,7 +56,7 @@ class Limits:
 
     max_n: int = 16
     context_length: int = 32768
-    max_prompt_tokens: int = 8192  # models.limits.DEFAULT_MAX_PROMPT_TOKENS
+    max_prompt_tokens: int = DEFAULT_MAX_PROMPT_TOKENS
     default_max_tokens: int = 256
     max_request_bytes: int = 256 * 1024
 
