@@ -16,7 +16,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,6 +23,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 EXE = str(Path(sys.executable).with_name("bigthoughts"))
 BIG = "How many apples are left after the farmer sells some? " * 2400  # ~130 kB
 
@@ -137,7 +137,6 @@ def _tiny_exports(work) -> tuple[Path, Path]:
     tests' model), written by the project's own exporters: any checkpoint serves to
     damage."""
     if not (work / "export").exists():
-        sys.path.insert(0, str(ROOT))
         import numpy as np
         from flax import nnx
 
@@ -285,18 +284,10 @@ def server_cases():
 def run_server_cases(results) -> None:
     import httpx
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen([EXE, "serve", "--port", str(port)], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE, text=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(360):
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                    break
-            time.sleep(0.5)
+    from benchmarks.common import server_process
+
+    command = lambda port: [EXE, "serve", "--port", str(port)]  # noqa: E731
+    with server_process(command, what="bigthoughts serve") as (_, base):
         with httpx.Client(base_url=base, timeout=120) as client:
             for name, route, body, want in server_cases():
                 start = time.monotonic()
@@ -310,9 +301,6 @@ def run_server_cases(results) -> None:
             text = r.json()["choices"][0]["message"]["content"] if r.status_code == 200 else ""
             results.append(("serve: a normal request after them",
                             None if text else f"{r.status_code}: {r.text[:160]}"))
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
 
 def main() -> int:

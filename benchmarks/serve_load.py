@@ -44,15 +44,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import questions  # noqa: E402
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Nearest-rank percentile (q in [0, 100]); NaN for no values."""
-    if not values:
-        return float("nan")
-    ranked = sorted(values)
-    return ranked[min(len(ranked) - 1, max(0, math.ceil(q / 100 * len(ranked)) - 1))]
+from benchmarks.common import percentile, questions, server_process  # noqa: E402
 
 
 def run_clients(base_url: str, plan: list[list[str]], args) -> dict:
@@ -172,35 +164,16 @@ def default_peer() -> Path | None:
 def peer_rows(peer: Path, gguf: Path, qs: list[str], clients: int, args) -> list[dict]:
     """llama-server on the same GGUF, threads and requests: N clients, then one at a time
     (interleaved rounds, as ours)."""
-    import socket
-    import subprocess
-
     import httpx
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    cmd = [str(peer), "-m", str(gguf), "--host", "127.0.0.1", "--port", str(port),
-           "-t", str(args.threads), "-tb", str(args.threads), "-np", str(clients),
-           "-c", str(clients * 1024), "-kvu", "-ngl", "0"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        with httpx.Client(base_url=base, timeout=60) as raw:
-            while True:
-                try:
-                    if raw.get("/health").status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError(f"llama-server did not start: {' '.join(cmd)}")
-                time.sleep(0.2)
-            rows = compare(f"{base}/v1", raw, qs, clients, args)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    def command(port: int) -> list[str]:
+        return [str(peer), "-m", str(gguf), "--host", "127.0.0.1", "--port", str(port),
+                "-t", str(args.threads), "-tb", str(args.threads), "-np", str(clients),
+                "-c", str(clients * 1024), "-kvu", "-ngl", "0"]
+
+    with server_process(command, what="llama-server", timeout_s=120) as (_, base), \
+            httpx.Client(base_url=base, timeout=60) as raw:
+        rows = compare(f"{base}/v1", raw, qs, clients, args)
     for row in rows:
         row["label"] = "llama-server: " + row["label"]
     return rows

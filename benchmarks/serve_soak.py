@@ -24,10 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
-import socket
-import subprocess
 import sys
 import threading
 import time
@@ -39,7 +36,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import questions  # noqa: E402
+from benchmarks.common import percentile, questions, server_process  # noqa: E402
 
 MALFORMED = [
     b"{not json", b"[1, 2]", b'{"messages": "hi"}',
@@ -48,12 +45,6 @@ MALFORMED = [
     b'{"messages": [{"role": "user", "content": "hi"}], "max_tokens": "8"}',
     b"[" * 10_000 + b"]" * 10_000,
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def memory(pid: int) -> dict[str, int]:
@@ -165,11 +156,6 @@ def burst(base: str, tally: Tally, qs: list[str], size: int = 24) -> None:
         t.join()
 
 
-def percentile(values: list[float], q: float) -> float:
-    values = sorted(values)
-    return values[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--minutes", type=float, default=3.0)
@@ -179,27 +165,16 @@ def main() -> int:
     ap.add_argument("--max-prompt-tokens", type=int, default=2048)
     ap.add_argument("--json", default=None, help="also write the numbers here")
     args = ap.parse_args()
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
     exe = Path(sys.executable).with_name("bigthoughts")
-    cmd = [str(exe), "serve", "--port", str(port), "--engine", args.engine, "--threads",
-           str(args.threads), "--queue-size", "8", "--max-batch-rows", "16",
-           "--max-prompt-tokens", str(args.max_prompt_tokens)]
-    server = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True,
-                              env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+    def command(port: int) -> list[str]:
+        return [str(exe), "serve", "--port", str(port), "--engine", args.engine, "--threads",
+                str(args.threads), "--queue-size", "8", "--max-batch-rows", "16",
+                "--max-prompt-tokens", str(args.max_prompt_tokens)]
+
     qs = questions(200)
     tally = Tally()
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"the server did not start: {server.stderr.read()[-2000:]}")
-            time.sleep(0.5)
+    with server_process(command, what="bigthoughts serve") as (server, base):
         with httpx.Client(base_url=base, timeout=300) as client:  # warm-up
             for i in range(4):
                 normal(client, random.Random(i), qs)
@@ -225,9 +200,6 @@ def main() -> int:
             t.join()
         end_mem = memory(server.pid)
         alive = server.poll() is None and httpx.get(f"{base}/health").status_code == 200
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
     return report(tally, start_mem, end_mem, alive, args, timeline)
 
 
@@ -244,7 +216,7 @@ def report(tally: Tally, start_mem, end_mem, alive: bool, args, timeline) -> int
     print("| requests | answered (200) | 4xx | 503 + Retry-After | other 5xx | p50 | p95 |")
     print("|---:|---:|---:|---:|---:|---:|---:|")
     print(f"| {total} | {answered} | {fours} | {busy} | {fives} | "
-          f"{percentile(tally.latency, 0.5):.2f} s | {percentile(tally.latency, 0.95):.2f} s |")
+          f"{percentile(tally.latency, 50):.2f} s | {percentile(tally.latency, 95):.2f} s |")
     print(f"server RSS after warm-up {gb(start_mem['VmRSS'])}, at the end "
           f"{gb(end_mem['VmRSS'])} ({growth:.3f}x), peak {gb(end_mem['VmHWM'])}; "
           f"alive at the end: {alive}")
@@ -256,7 +228,7 @@ def report(tally: Tally, start_mem, end_mem, alive: bool, args, timeline) -> int
     if args.json:
         Path(args.json).write_text(json.dumps({
             "counts": {f"{k} {s}": n for (k, s), n in counts.items()}, "answered": answered,
-            "p50_s": percentile(tally.latency, 0.5), "p95_s": percentile(tally.latency, 0.95),
+            "p50_s": percentile(tally.latency, 50), "p95_s": percentile(tally.latency, 95),
             "rss_start": start_mem["VmRSS"], "rss_end": end_mem["VmRSS"],
             "rss_peak": end_mem["VmHWM"], "rss_timeline": timeline,
             "unexpected": tally.bad}, indent=2))
